@@ -1,0 +1,1 @@
+"""earshot deploy: the robustness release gate and the operator kit."""

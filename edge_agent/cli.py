@@ -1,0 +1,58 @@
+"""The ``earshot`` command: one door, subcommands imported lazily so the agent never loads torch."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+# subcommand -> (module with ``main(argv) -> int``, one-line help, needs the [train] extra)
+SUBCOMMANDS: dict[str, tuple[str, str, bool]] = {
+    "agent": ("edge_agent.agent_cli", "run the sensor agent on a mic, a file or stdin", False),
+    "bench": ("edge_agent.bench", "measure real-time factor, latency and memory of the agent pipeline", False),
+    "listen": ("edge_agent.listen", "show live class scores as bars, for tuning on site", False),
+    "calibrate": ("edge_agent.calibrate", "suggest per-class thresholds from a site recording", False),
+    "train": ("training.cli", "train and cross-validate models on UrbanSound8K", True),
+    "export": ("export.cli", "export a checkpoint to ONNX (FP32/INT8) with a model card", True),
+    "gate": ("deploy.gate.cli", "run the robustness release gate on a model", True),
+}
+TRAINING_ONLY_MODULES = {"torch", "torchaudio", "librosa", "foolbox", "eagerpy", "onnx", "onnxscript",
+                         "matplotlib", "tqdm"}
+
+
+def _usage() -> str:
+    lines = ["usage: earshot <command> [options]", "", "commands:"]
+    lines += [f"  {name:<10} {help_text}" for name, (_, help_text, _) in SUBCOMMANDS.items()]
+    lines += ["", "Run 'earshot <command> --help' for a command's options."]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Dispatch to a subcommand; a missing optional dependency is one line naming the install command."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    if not args or args[0] in ("-h", "--help", "help"):
+        print(_usage())
+        return 0 if args else 2
+    if args[0] == "--version":
+        from edge_agent import __version__
+
+        print(f"earshot {__version__}")
+        return 0
+    name, rest = args[0], args[1:]
+    if name not in SUBCOMMANDS:
+        print(f"earshot: unknown command {name!r}\n\n{_usage()}", file=sys.stderr)
+        return 2
+    module_name, _, needs_train = SUBCOMMANDS[name]
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as error:
+        missing = (error.name or "").split(".")[0]
+        if needs_train and missing in TRAINING_ONLY_MODULES:
+            print(f"earshot {name} needs the training extras ({missing} is missing): "
+                  "pip install 'earshot[train]'", file=sys.stderr)
+            return 2
+        raise
+    return int(module.main(rest) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

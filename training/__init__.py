@@ -1,0 +1,1 @@
+"""earshot training: UrbanSound8K log-mel classifiers under the official fold protocol."""
