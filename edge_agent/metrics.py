@@ -33,7 +33,8 @@ class AgentMetrics:
             "earshot_audio_last_sample_timestamp_seconds", "Unix time of the last audio block received",
             registry=r)
         self.audio_source_errors = Counter(
-            "earshot_audio_source_errors_total", "Audio source failures (device lost, read errors)", registry=r)
+            "earshot_audio_source_errors_total", "Audio source failures (device lost, read errors)",
+            registry=r)
         self.detections = Counter(
             "earshot_detections_total", "Detection start events", ["label"], registry=r)
         self.last_score = Gauge(
