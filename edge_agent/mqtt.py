@@ -1,0 +1,221 @@
+"""MQTT publisher: events at QoS 1 through the on-disk queue, retained state and availability, HA discovery.
+
+Threads: the audio consumer calls ``publish_event`` (a fsync'd local write, never network I/O); paho's
+network thread connects, reconnects with exponential backoff and reports PUBACKs; our sender thread moves
+events from the disk queue to paho in order and deletes each from the queue only once it is acknowledged.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import ssl
+import threading
+import time
+from collections import deque
+from collections.abc import Sequence
+from pathlib import Path
+
+import paho.mqtt.client as mqtt
+
+from edge_agent import __version__
+from edge_agent.config import MqttConfig
+from edge_agent.discovery import Topics, discovery_messages, node_id
+from edge_agent.disk_queue import DiskQueue, QueuedEvent
+from edge_agent.metrics import AgentMetrics
+
+logger = logging.getLogger(__name__)
+
+# Events handed to paho but not yet acknowledged; the rest wait on disk, so memory stays bounded.
+SEND_WINDOW = 32
+_POLL_S = 1.0  # the sender re-reads the queue at least this often even without a wake-up
+
+
+class MqttSetupError(ValueError):
+    """A configuration problem found while building the publisher (one line, names the key)."""
+
+
+class Publisher:
+    """Publishes events reliably (disk queue + PUBACK) and keeps availability and state topics current."""
+
+    def __init__(self, config: MqttConfig, client: mqtt.Client, queue: DiskQueue, topics: Topics,
+                 labels: Sequence[str], model: dict, metrics: AgentMetrics) -> None:
+        self.config = config
+        self.client = client
+        self.queue = queue
+        self.topics = topics
+        self.labels = tuple(labels)
+        self.model = dict(model)
+        self.metrics = metrics
+        self._states: dict[str, str] = {label: "OFF" for label in self.labels}
+        self._states_lock = threading.Lock()
+        self._acks: deque[tuple[int, bool]] = deque()  # (mid, refused) from paho's thread to the sender's
+        self._inflight: dict[int, QueuedEvent] = {}  # mid -> event; touched by the sender thread only
+        self._last_handed = 0  # highest queue seq handed to paho in this process
+        self._connected = threading.Event()
+        self._drain_first = False  # after a reconnect, paho resends older in-flight events before new ones
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._sender = threading.Thread(target=self._run_sender, name="earshot-mqtt-sender", daemon=True)
+        client.on_connect = self._on_connect
+        client.on_disconnect = self._on_disconnect
+        client.on_publish = self._on_publish
+
+    def start(self) -> None:
+        """Connect in the background (retrying with backoff) and start delivering queued events."""
+        host, port = self.config.host, self.config.port
+        logger.info("MQTT: connecting to %s:%s (tls %s)", host, port, "on" if self.config.tls else "off")
+        self.client.connect_async(str(host), int(port or 0), keepalive=self.config.keepalive_s)
+        self.client.loop_start()
+        self._sender.start()
+
+    def publish_event(self, event: dict) -> None:
+        """Queue one event durably and wake the sender; never raises for broker or disk trouble."""
+        label, kind = str(event["label"]), str(event["kind"])
+        self.queue.put(self.topics.event(label), json.dumps(event, separators=(",", ":")))
+        state = "ON" if kind == "start" else "OFF"
+        with self._states_lock:
+            self._states[label] = state
+        if self._connected.is_set():
+            self._publish_retained(self.topics.state(label), state)
+        self._wake.set()
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Try to deliver what is queued within ``timeout`` s, then go ``offline``; the rest stays on disk."""
+        deadline = time.monotonic() + timeout
+        while self._connected.is_set() and (self.queue.depth() or self._inflight):
+            if time.monotonic() >= deadline:
+                break
+            self._wake.set()
+            time.sleep(0.02)
+        self._stop.set()
+        self._wake.set()
+        if self._sender.is_alive():
+            self._sender.join(max(0.1, deadline - time.monotonic()))
+        if self._connected.is_set():
+            info = self.client.publish(self.topics.availability, "offline", qos=1, retain=True)
+            info.wait_for_publish(max(0.1, min(2.0, deadline - time.monotonic())))
+        self.client.disconnect()
+        self.client.loop_stop()
+        self.metrics.mqtt_connected.set(0)
+        self.queue.close()
+        logger.info("MQTT: closed with %d events left in the disk queue", self.queue.depth())
+
+    # --- paho's network thread: keep these short and never touch the disk here ---
+
+    def _on_connect(self, client: mqtt.Client, userdata: object, flags: mqtt.ConnectFlags,
+                    reason_code: mqtt.ReasonCode, properties: object) -> None:
+        if reason_code.is_failure:
+            logger.error("MQTT: broker refused the connection: %s (retrying)", reason_code)
+            return
+        logger.info("MQTT: connected to %s:%s", self.config.host, self.config.port)
+        self._publish_retained(self.topics.availability, "online")
+        if self.config.discovery:
+            for topic, payload in discovery_messages(self.topics, self.config.discovery_prefix, self.labels,
+                                                     self.model, __version__):
+                self._publish_retained(topic, payload)
+        with self._states_lock:
+            states = dict(self._states)
+        for label, state in states.items():
+            self._publish_retained(self.topics.state(label), state)
+        self._drain_first = True
+        self.metrics.mqtt_connected.set(1)
+        self._connected.set()
+        self._wake.set()
+
+    def _on_disconnect(self, client: mqtt.Client, userdata: object, flags: object,
+                       reason_code: mqtt.ReasonCode, properties: object) -> None:
+        was_connected = self._connected.is_set()
+        self._connected.clear()
+        self.metrics.mqtt_connected.set(0)
+        if was_connected and not self._stop.is_set():
+            logger.warning("MQTT: disconnected (%s); events are kept in the disk queue until it returns",
+                           reason_code)
+
+    def _on_publish(self, client: mqtt.Client, userdata: object, mid: int, reason_code: mqtt.ReasonCode,
+                    properties: object) -> None:
+        self._acks.append((mid, reason_code.is_failure))
+        self._wake.set()
+
+    def _publish_retained(self, topic: str, payload: str) -> None:
+        self.client.publish(topic, payload, qos=1, retain=True)
+
+    # --- the sender thread ---
+
+    def _run_sender(self) -> None:
+        """Loop: settle acknowledgements, then hand the next queued events to paho, until stopped."""
+        while not self._stop.is_set():
+            self._wake.wait(_POLL_S)
+            self._wake.clear()
+            try:
+                self._settle_acks()
+                self._hand_off()
+            except Exception:  # the loop must survive anything; the events stay on disk meanwhile
+                logger.exception("MQTT sender: unexpected error; retrying")
+                self._stop.wait(1.0)
+        self._settle_acks()
+
+    def _settle_acks(self) -> None:
+        """Delete acknowledged events from the disk queue and record their latency."""
+        while self._acks:
+            mid, refused = self._acks.popleft()
+            event = self._inflight.pop(mid, None)
+            if event is None:
+                continue  # a retained availability/state/discovery message
+            self.queue.ack(event.seq)
+            if refused:
+                logger.error("MQTT: broker refused event seq %d on %s; dropped", event.seq, event.topic)
+                self.metrics.mqtt_queue_dropped.inc()
+                continue
+            self.metrics.mqtt_events_published.inc()
+            self.metrics.mqtt_publish_latency.observe(max(0.0, time.time() - event.created))
+
+    def _hand_off(self) -> None:
+        """Publish the next queued events, oldest first, keeping at most SEND_WINDOW unacknowledged."""
+        if self._drain_first and not self._inflight:
+            self._drain_first = False
+        if not self._connected.is_set() or self._drain_first:
+            return
+        room = SEND_WINDOW - len(self._inflight)
+        if room <= 0:
+            return
+        for event in self.queue.read_after(self._last_handed, room):
+            info = self.client.publish(event.topic, event.payload, qos=self.config.qos, retain=False)
+            self._inflight[info.mid] = event
+            self._last_handed = event.seq
+
+
+def make_publisher(config: MqttConfig, device_id: str, labels: Sequence[str], model: dict,
+                   metrics: AgentMetrics) -> Publisher | None:
+    """Build (not start) the publisher for ``config``; None when MQTT is off; MqttSetupError on bad setup."""
+    if not config.enabled:
+        return None
+    topics = Topics(config.topic_prefix, device_id)
+    client = _make_client(config, device_id, topics)
+    queue_path = Path(config.queue_dir).expanduser() / f"{node_id(device_id)}.sqlite3"
+    try:
+        queue = DiskQueue(queue_path, config.queue_max_events, metrics)
+    except (OSError, ValueError) as error:
+        raise MqttSetupError(f"mqtt.queue_dir: cannot use {queue_path}: {error}") from None
+    return Publisher(config, client, queue, topics, labels, model, metrics)
+
+
+def _make_client(config: MqttConfig, device_id: str, topics: Topics) -> mqtt.Client:
+    """A paho 2.x client with the Last Will, credentials, TLS and reconnect backoff from ``config``."""
+    client_id = config.client_id or f"earshot-{device_id}"
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv311)
+    client.enable_logger(logging.getLogger(f"{__name__}.paho"))  # paho never logs the password
+    client.will_set(topics.availability, "offline", qos=1, retain=True)
+    client.reconnect_delay_set(config.reconnect_min_s, config.reconnect_max_s)  # doubles per failure
+    client.max_inflight_messages_set(0)  # unbounded in paho; SEND_WINDOW bounds the events we hand it
+    if config.username is not None:
+        client.username_pw_set(config.username, config.password)
+    if config.tls:
+        try:
+            client.tls_set(ca_certs=config.tls_ca, certfile=config.tls_cert, keyfile=config.tls_key,
+                           tls_version=ssl.PROTOCOL_TLS_CLIENT)
+        except (OSError, ssl.SSLError, ValueError) as error:
+            key = "mqtt.tls_cert" if config.tls_cert else "mqtt.tls_ca"
+            # The error names the file, never the key material or a password.
+            raise MqttSetupError(f"{key}: cannot load TLS files: {error}") from None
+    return client

@@ -1,0 +1,204 @@
+"""The MQTT publisher against a real mosquitto: events, state, LWT, discovery, outages, restarts."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import jsonschema
+import pytest
+from prometheus_client import CollectorRegistry
+from support import mosquitto as broker_support
+from support.mosquitto import Mosquitto, Subscriber, contract_event
+
+from edge_agent.config import MqttConfig
+from edge_agent.metrics import AgentMetrics
+from edge_agent.mqtt import MqttSetupError, Publisher, make_publisher
+
+REPO = Path(__file__).resolve().parents[1]
+SCHEMA = json.loads((REPO / "edge_agent/schemas/event.schema.json").read_text())
+DEVICE = "test-device"
+MODEL = {"name": "tiny", "version": "1", "sha256": "0" * 64}
+mosquitto_broker = broker_support.mosquitto_broker  # the fixture: a real broker per test
+
+
+def _config(broker: Mosquitto, tmp_path: Path, **overrides: object) -> MqttConfig:
+    """Fast reconnects so outage tests stay short."""
+    values = {"url": broker.url, "queue_dir": str(tmp_path / "queue"), "reconnect_min_s": 0.1,
+              "reconnect_max_s": 0.5, "keepalive_s": 5, **overrides}
+    return MqttConfig(**values)  # type: ignore[arg-type]
+
+
+def _publisher(config: MqttConfig, metrics: AgentMetrics | None = None) -> Publisher:
+    publisher = make_publisher(config, DEVICE, ["siren", "gun_shot"], MODEL,
+                               metrics or AgentMetrics(CollectorRegistry()))
+    assert publisher is not None
+    return publisher
+
+
+def _last_siren_state_is_off(messages: list) -> bool:
+    return [m.payload for m in messages if m.topic.endswith("state/siren")][-1:] == [b"OFF"]
+
+
+def _events(subscriber: Subscriber) -> list[dict]:
+    return [json.loads(m.payload) for m in subscriber.on("") if "/event/" in m.topic]
+
+
+def test_url_none_means_no_publisher(tmp_path: Path) -> None:
+    metrics = AgentMetrics(CollectorRegistry())
+    assert make_publisher(MqttConfig(url="none"), DEVICE, ["siren"], MODEL, metrics) is None
+
+
+def test_events_state_availability_and_discovery(mosquitto_broker: Mosquitto, tmp_path: Path) -> None:
+    subscriber = Subscriber(mosquitto_broker.port, ["earshot/#", "homeassistant/#"])
+    metrics = AgentMetrics(CollectorRegistry())
+    publisher = _publisher(_config(mosquitto_broker, tmp_path), metrics)
+    publisher.start()
+    start, end = contract_event(kind="start"), contract_event(kind="end", score=0.95)
+    publisher.publish_event(start)
+    publisher.publish_event(end)
+    subscriber.wait_for(lambda ms: sum("/event/" in m.topic for m in ms) == 2)
+    assert _events(subscriber) == [start, end]
+    for event in _events(subscriber):
+        jsonschema.validate(event, SCHEMA)
+    assert [m.topic for m in subscriber.on("/event/siren")] == [f"earshot/{DEVICE}/event/siren"] * 2
+    assert subscriber.on("/availability")[0].payload == b"online"
+    subscriber.wait_for(_last_siren_state_is_off)
+    assert b"ON" in [m.payload for m in subscriber.on("state/siren")]
+    configs = {m.topic: json.loads(m.payload) for m in subscriber.on("/config")}
+    binary = configs["homeassistant/binary_sensor/earshot_test-device/siren/config"]
+    assert binary["state_topic"] == f"earshot/{DEVICE}/state/siren"
+    assert binary["availability_topic"] == f"earshot/{DEVICE}/availability"
+    assert binary["unique_id"] == "earshot_test-device_siren" and binary["device"]["identifiers"]
+    assert "homeassistant/sensor/earshot_test-device/gun_shot_score/config" in configs
+    _wait(lambda: metrics.registry.get_sample_value("earshot_mqtt_events_published_total") == 2)
+    assert metrics.registry.get_sample_value("earshot_mqtt_connected") == 1
+    assert metrics.registry.get_sample_value("earshot_mqtt_queue_depth") == 0
+    assert metrics.registry.get_sample_value("earshot_mqtt_publish_latency_seconds_count") == 2
+    publisher.close(5)
+    subscriber.wait_for(lambda ms: ms[-1].topic.endswith("/availability") and ms[-1].payload == b"offline")
+    subscriber.close()
+
+
+def test_retained_topics_reach_a_late_subscriber_and_discovery_can_be_off(
+        mosquitto_broker: Mosquitto, tmp_path: Path) -> None:
+    publisher = _publisher(_config(mosquitto_broker, tmp_path, discovery=False))
+    publisher.start()
+    publisher.publish_event(contract_event(kind="start"))
+    _wait(lambda: publisher.queue.depth() == 0)
+    late = Subscriber(mosquitto_broker.port, ["earshot/#", "homeassistant/#"], client_id="late")
+    expected = {f"earshot/{DEVICE}/{topic}" for topic in ("state/siren", "state/gun_shot", "availability")}
+    late.wait_for(lambda ms: {m.topic for m in ms} >= expected)
+    retained = {m.topic: m.payload for m in late.messages if m.retain}
+    assert retained[f"earshot/{DEVICE}/state/siren"] == b"ON"
+    assert retained[f"earshot/{DEVICE}/state/gun_shot"] == b"OFF"
+    assert retained[f"earshot/{DEVICE}/availability"] == b"online"
+    assert not any(topic.startswith("homeassistant/") for topic in retained)
+    publisher.close(5)
+    late.close()
+
+
+def test_broker_restart_mid_stream_loses_nothing_in_order_exactly_once(
+        mosquitto_broker: Mosquitto, tmp_path: Path) -> None:
+    subscriber = Subscriber(mosquitto_broker.port, "earshot/+/event/#")
+    metrics = AgentMetrics(CollectorRegistry())
+    publisher = _publisher(_config(mosquitto_broker, tmp_path), metrics)
+    publisher.start()
+    sent = []
+    for n in range(60):
+        if n == 20:
+            mosquitto_broker.stop()
+        if n == 40:
+            mosquitto_broker.start()
+        sent.append(contract_event(kind="start" if n % 2 == 0 else "end", n=n))
+        publisher.publish_event(sent[-1])
+        time.sleep(0.03)
+    subscriber.wait_for(lambda ms: len(ms) >= len(sent), timeout=15)
+    time.sleep(0.5)  # a duplicate would arrive now
+    received = [event["event_id"] for event in _events(subscriber)]
+    assert received == [event["event_id"] for event in sent]
+    assert metrics.registry.get_sample_value("earshot_mqtt_events_published_total") == len(sent)
+    assert metrics.registry.get_sample_value("earshot_mqtt_queue_dropped_total") == 0
+    publisher.close(5)
+    subscriber.close()
+
+
+PUBLISHER_PROCESS = textwrap.dedent("""
+    import json, sys, time
+    from prometheus_client import CollectorRegistry
+    from edge_agent.config import MqttConfig
+    from edge_agent.metrics import AgentMetrics
+    from edge_agent.mqtt import make_publisher
+    url, queue_dir, events_file = sys.argv[1:4]
+    config = MqttConfig(url=url, queue_dir=queue_dir, reconnect_min_s=0.1, reconnect_max_s=0.5, keepalive_s=5)
+    publisher = make_publisher(config, "test-device", ["siren"], {"name": "tiny", "version": "1",
+                               "sha256": "0" * 64}, AgentMetrics(CollectorRegistry()))
+    publisher.start()
+    for line in open(events_file):
+        publisher.publish_event(json.loads(line))
+    print("queued", publisher.queue.depth(), flush=True)
+    time.sleep(3600)  # until the test kills it
+""")
+
+
+def _spawn_publisher(url: str, tmp_path: Path, events: list[dict]) -> subprocess.Popen[str]:
+    """A separate publishing process (so that it can be SIGKILLed); returns once its events are queued."""
+    events_file = tmp_path / f"events-{time.monotonic_ns()}.jsonl"
+    events_file.write_text("".join(json.dumps(e) + "\n" for e in events))
+    process = subprocess.Popen([sys.executable, "-c", PUBLISHER_PROCESS, url, str(tmp_path / "queue"),
+                                str(events_file)], cwd=REPO, stdout=subprocess.PIPE, text=True)
+    assert process.stdout is not None and process.stdout.readline().startswith("queued")
+    return process
+
+
+def _kill(process: subprocess.Popen[str]) -> None:
+    process.send_signal(signal.SIGKILL)
+    process.wait(timeout=10)
+
+
+def test_last_will_offline_when_the_publisher_is_sigkilled(
+        mosquitto_broker: Mosquitto, tmp_path: Path) -> None:
+    subscriber = Subscriber(mosquitto_broker.port, f"earshot/{DEVICE}/availability")
+    process = _spawn_publisher(mosquitto_broker.url, tmp_path, [contract_event()])
+    subscriber.wait_for(lambda ms: [m.payload for m in ms][-1:] == [b"online"])
+    _kill(process)
+    subscriber.wait_for(lambda ms: [m.payload for m in ms][-1:] == [b"offline"], timeout=5)
+    subscriber.close()
+
+
+def test_queue_survives_a_sigkilled_publisher_while_the_broker_is_down(
+        mosquitto_broker: Mosquitto, tmp_path: Path) -> None:
+    subscriber = Subscriber(mosquitto_broker.port, "earshot/+/event/#")
+    mosquitto_broker.stop()
+    first = [contract_event(n=n) for n in range(5)]
+    _kill(_spawn_publisher(mosquitto_broker.url, tmp_path, first))
+    mosquitto_broker.start()
+    second = [contract_event(n=n) for n in range(5, 8)]
+    process = _spawn_publisher(mosquitto_broker.url, tmp_path, second)
+    try:
+        subscriber.wait_for(lambda ms: len(ms) >= 8, timeout=15)
+        time.sleep(0.3)
+        assert [e["event_id"] for e in _events(subscriber)] == [e["event_id"] for e in first + second]
+    finally:
+        _kill(process)
+        subscriber.close()
+
+
+def test_missing_tls_file_is_a_one_line_setup_error(tmp_path: Path) -> None:
+    config = MqttConfig(url="mqtts://127.0.0.1:8883", tls_ca=str(tmp_path / "missing-ca.pem"),
+                        queue_dir=str(tmp_path / "queue"))
+    with pytest.raises(MqttSetupError, match=r"^mqtt\.tls_ca: cannot load TLS files") as error:
+        make_publisher(config, DEVICE, ["siren"], MODEL, AgentMetrics(CollectorRegistry()))
+    assert "\n" not in str(error.value)
+
+
+def _wait(predicate, timeout: float = 10.0) -> None:  # noqa: ANN001
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.02)
