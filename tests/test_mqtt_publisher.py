@@ -202,3 +202,33 @@ def _wait(predicate, timeout: float = 10.0) -> None:  # noqa: ANN001
     while not predicate():
         assert time.monotonic() < deadline, "condition not met in time"
         time.sleep(0.02)
+
+
+def test_username_password_auth_and_the_password_never_logged(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    if broker_support.mosquitto_binary() is None:
+        pytest.skip("mosquitto is not installed")
+    secret = "s3cret-Pa55-do-not-log"
+    passwords = tmp_path / "passwd"
+    subprocess.run(["mosquitto_passwd", "-b", "-c", str(passwords), "sensor", secret], check=True,
+                   capture_output=True)
+    passwords.chmod(0o600)
+    broker = Mosquitto(tmp_path / "auth-broker",
+                       extra_conf=f"allow_anonymous false\npassword_file {passwords}\n")
+    broker.start()
+    caplog.set_level("DEBUG")
+    try:
+        wrong = _publisher(_config(broker, tmp_path / "wrong", username="sensor", password="nope"))
+        wrong.start()
+        _wait(lambda: "refused" in caplog.text)
+        assert wrong.metrics.registry.get_sample_value("earshot_mqtt_connected") == 0
+        wrong.close(0.5)
+        good = _publisher(_config(broker, tmp_path / "good", username="sensor", password=secret))
+        good.start()
+        good.publish_event(contract_event())
+        _wait(lambda: good.metrics.registry.get_sample_value("earshot_mqtt_events_published_total") == 1)
+        good.close(2)
+    finally:
+        broker.stop()
+    assert "Not authorized" in caplog.text or "not authorised" in caplog.text.lower()
+    assert secret not in caplog.text and "nope" not in caplog.text
