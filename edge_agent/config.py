@@ -263,7 +263,8 @@ def _coerce_text(key: str, text: str, hint: Any) -> Any:
         if base is float:
             return float(text)
     except ValueError:
-        raise ConfigError(f"{key}: must be a{'n integer' if base is int else ' number'}, got {text!r}") from None
+        kind = "an integer" if base is int else "a number"
+        raise ConfigError(f"{key}: must be {kind}, got {text!r}") from None
     if typing.get_origin(base) is tuple:
         return [part.strip() for part in text.split(",") if part.strip()]
     if typing.get_origin(base) is Mapping:
@@ -300,7 +301,8 @@ def _check_type(key: str, value: Any, hint: Any) -> Any:
         _require(key, base is not hint, "must be set", value)
         return None
     if base is float:
-        _require(key, isinstance(value, (int, float)) and not isinstance(value, bool), "must be a number", value)
+        number = isinstance(value, (int, float)) and not isinstance(value, bool)
+        _require(key, number, "must be a number", value)
         return float(value)
     if base is int:
         _require(key, isinstance(value, int) and not isinstance(value, bool), "must be an integer", value)

@@ -68,7 +68,7 @@ def _graph(weights: np.ndarray, bias: np.ndarray, params: FrontendParams, name: 
 
 def band_energy_model(path: str | Path, *, params: FrontendParams | None = None,
                       labels: tuple[str, ...] = URBANSOUND8K_LABELS,
-                      bands: Mapping[str, tuple[float, float]] | None = None, gain: float = 2.0,
+                      bands: Mapping[str, tuple[float, float]] | None = None, gain: float = 6.0,
                       offset: float = 3.0, name: str = "band-energy", version: str = "test-1",
                       thresholds: Mapping[str, float] | None = None,
                       metadata: ModelMetadata | None = None) -> Path:

@@ -1,0 +1,156 @@
+"""``earshot agent``: open model and source, run the pipeline to the end or a signal."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+from edge_agent.config import AgentConfig, ConfigError, load_config
+
+logger = logging.getLogger("edge_agent.agent")
+
+DEFAULT_MODEL = Path(__file__).resolve().parent / "models" / "default.onnx"
+
+
+class UsageError(Exception):
+    """Bad input from the user: printed as one line, exit code 2."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The agent's command-line flags (each one overrides the config file and the environment)."""
+    parser = argparse.ArgumentParser(prog="earshot agent", description="Run the sound-monitoring agent.")
+    parser.add_argument("--source", help="mic, mic:NAME_OR_INDEX, an audio file, or - for raw s16le stdin")
+    parser.add_argument("--model", help=f"ONNX model (default: {DEFAULT_MODEL})")
+    parser.add_argument("--config", help="TOML config file")
+    parser.add_argument("--mqtt", metavar="URL|none", help="mqtt://host:port, mqtts://host:port, or none")
+    parser.add_argument("--metrics-port", type=int, help="serve /metrics and /healthz on this port")
+    parser.add_argument("--fast", action="store_true", default=None, help="read files as fast as possible")
+    parser.add_argument("--allow-ungated", action="store_true", default=None,
+                        help="run a model without a passing release-gate record (logged, metric set)")
+    parser.add_argument("--stdin-rate", type=int, help="sample rate of raw stdin audio")
+    parser.add_argument("--stdin-channels", type=int, help="channels of raw stdin audio")
+    parser.add_argument("--hop", type=float, help="seconds between windows (default 0.25)")
+    parser.add_argument("--threads", type=int, help="onnxruntime threads (default 1)")
+    parser.add_argument("--device-id", help="device id in topics and events (default: host name)")
+    parser.add_argument("--list-devices", action="store_true", help="list audio input devices and exit")
+    parser.add_argument("--check-config", metavar="FILE", help="validate a config file, print it, and exit")
+    parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    return parser
+
+
+def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
+    """CLI flags as a config layer; None means the flag was not given."""
+    return {
+        "device_id": args.device_id,
+        "audio": {"source": args.source, "fast": args.fast, "stdin_rate": args.stdin_rate,
+                  "stdin_channels": args.stdin_channels, "hop_seconds": args.hop},
+        "model": {"path": args.model, "allow_ungated": args.allow_ungated, "threads": args.threads},
+        "mqtt": {"url": args.mqtt},
+        "metrics": {"port": args.metrics_port},
+    }
+
+
+def describe_config(config: AgentConfig) -> str:
+    """The resolved config as JSON, secrets masked."""
+    data = dataclasses.asdict(config)
+    for key in ("password", "tls_key"):
+        data["mqtt"][key] = "<set>" if data["mqtt"][key] else None
+    data["detector"]["thresholds"] = dict(config.detector.thresholds)
+    return json.dumps(data, indent=2)
+
+
+def model_path(config: AgentConfig) -> str:
+    """The configured model, or the packaged default (with a clear error while none is packaged)."""
+    if config.model.path is not None:
+        return config.model.path
+    if not DEFAULT_MODEL.is_file():
+        raise UsageError(f"no default model is installed ({DEFAULT_MODEL}); pass --model PATH")
+    return str(DEFAULT_MODEL)
+
+
+def run_agent(config: AgentConfig) -> int:
+    """Open everything, run until end of stream or SIGINT/SIGTERM, close everything."""
+    from edge_agent.metrics import AgentMetrics
+    from edge_agent.mqtt import make_publisher
+    from edge_agent.onnx_model import OnnxModel
+    from edge_agent.pipeline import Pipeline
+    from edge_agent.sources import open_source
+
+    model = OnnxModel.load(model_path(config), config.model.threads, config.model.allow_ungated)
+    source = open_source(config.audio, model.frontend.sample_rate)
+    metrics = AgentMetrics()
+    publisher = make_publisher(config.mqtt, config.device_id, config.detector.listen,
+                               {"name": model.metadata.name, "version": model.metadata.version,
+                                "sha256": model.sha256}, metrics)
+    pipeline = Pipeline(config, model, source, metrics=metrics, publisher=publisher)
+    logger.info("model %s %s (%s), source %s, hop %.3f s", model.metadata.name, model.metadata.version,
+                model.sha256[:12], source.description, pipeline.hop / pipeline.rate)
+    server = _start_metrics(config, metrics, pipeline)
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: pipeline.stop())
+    if publisher is not None:
+        publisher.start()
+    try:
+        code = pipeline.run()
+    finally:
+        if publisher is not None:
+            publisher.close()
+        if server is not None:
+            server.shutdown()
+    if pipeline.error:
+        print(f"earshot agent: {pipeline.error}", file=sys.stderr)
+    return code
+
+
+def _start_metrics(config: AgentConfig, metrics: Any, pipeline: Any) -> Any:
+    """The /metrics + /healthz server when a port is configured."""
+    if config.metrics.port is None:
+        return None
+    from edge_agent.http_server import start_http_server
+
+    try:
+        return start_http_server(metrics, config.metrics.host, config.metrics.port, pipeline.health)
+    except OSError as error:
+        raise UsageError(f"metrics.port: cannot listen on {config.metrics.host}:{config.metrics.port}: "
+                         f"{error.strerror or error}") from None
+
+
+def _user_errors() -> tuple[type[Exception], ...]:
+    """Exceptions that mean bad input (config, model, audio, broker setup): one line, no traceback."""
+    from edge_agent.mqtt import MqttSetupError
+    from edge_agent.onnx_model import ModelError
+    from edge_agent.sources import SourceError
+
+    return UsageError, ConfigError, ModelError, SourceError, MqttSetupError
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point for ``earshot agent``; bad input is one line on stderr and exit code 2."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=args.log_level, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        return _dispatch(args)
+    except _user_errors() as error:
+        print(f"earshot agent: {error}", file=sys.stderr)
+        return 2
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    """--list-devices, --check-config, or run."""
+    if args.list_devices:
+        from edge_agent.sources import list_devices
+
+        print(list_devices())
+        return 0
+    if args.check_config:
+        config = load_config(args.check_config, overrides=overrides_from_args(args))
+        print(describe_config(config))
+        return 0
+    return run_agent(load_config(args.config, overrides=overrides_from_args(args)))

@@ -1,0 +1,126 @@
+"""The detector: a pure state machine from per-window class scores to start/end detections.
+
+``update(scores, now)`` takes the clock as an argument, so it is tested with made-up score sequences.
+Per listened class: a window is a *hit* when its score reaches the class threshold; an episode
+*starts* when N of the last M windows are hits (and the class is not cooling down); it *ends* once the
+class has not been hit for ``end_after_s``; after an end, no new start for ``cooldown_s``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+from edge_agent.config import ConfigError, DetectorConfig
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_THRESHOLD = 0.5
+
+
+@dataclass(frozen=True)
+class Detection:
+    """A start or end of one class's episode, on the detector's clock (seconds)."""
+
+    label: str
+    kind: str  # "start" or "end"
+    score: float  # start: the confirming window's score; end: the episode's peak score
+    started_at: float
+    ended_at: float | None
+    top_k: tuple[tuple[str, float], ...]  # the triggering window's best classes, best first
+
+
+@dataclass
+class _ClassState:
+    """Mutable per-class state, private to the detector."""
+
+    hits: deque[bool]
+    active: bool = False
+    started_at: float = 0.0
+    last_hit: float = 0.0
+    peak: float = 0.0
+    peak_top_k: tuple[tuple[str, float], ...] = field(default_factory=tuple)
+    quiet_until: float = float("-inf")  # cooldown: no start before this time
+
+
+def resolve_thresholds(labels: Sequence[str], configured: Mapping[str, float],
+                       suggested: Mapping[str, float]) -> dict[str, float]:
+    """Per label: the config's threshold, else the model's suggestion, else 0.5."""
+    unknown = sorted(set(configured) - set(labels))
+    if unknown:
+        raise ConfigError(f"detector.thresholds.{unknown[0]}: not a label of this model "
+                          f"(labels: {', '.join(labels)})")
+    return {label: float(configured.get(label, suggested.get(label, DEFAULT_THRESHOLD))) for label in labels}
+
+
+class Detector:
+    """Turns per-window class scores into start/end ``Detection``s for the listened classes."""
+
+    def __init__(self, labels: Sequence[str], config: DetectorConfig,
+                 suggested_thresholds: Mapping[str, float] | None = None) -> None:
+        missing = [label for label in config.listen if label not in labels]
+        if missing:
+            raise ConfigError(f"detector.listen: {missing[0]!r} is not a label of this model "
+                              f"(labels: {', '.join(labels)})")
+        self.labels = tuple(labels)
+        self.config = config
+        self.thresholds = resolve_thresholds(labels, config.thresholds, suggested_thresholds or {})
+        self._index = {label: i for i, label in enumerate(self.labels)}
+        self._states = {label: _ClassState(hits=deque(maxlen=config.confirm_m)) for label in config.listen}
+
+    def top_k(self, scores: Sequence[float]) -> tuple[tuple[str, float], ...]:
+        """The ``top_k`` best (label, score) pairs, best first."""
+        order = sorted(range(len(self.labels)), key=lambda i: -float(scores[i]))[: self.config.top_k]
+        return tuple((self.labels[i], float(scores[i])) for i in order)
+
+    def update(self, scores: Sequence[float], now: float) -> list[Detection]:
+        """Feed one window's scores (model label order) at time ``now``; return the detections it causes."""
+        if len(scores) != len(self.labels):
+            raise ValueError(f"expected {len(self.labels)} scores, got {len(scores)}")
+        detections: list[Detection] = []
+        ranked = self.top_k(scores)
+        for label, state in self._states.items():
+            score = float(scores[self._index[label]])
+            hit = score >= self.thresholds[label]
+            state.hits.append(hit)
+            if state.active:
+                detections += self._continue(label, state, hit, score, ranked, now)
+            elif sum(state.hits) >= self.config.confirm_n and now >= state.quiet_until:
+                self._start(state, score, ranked, now)
+                detections.append(Detection(label, "start", score, now, None, ranked))
+        return detections
+
+    def _start(self, state: _ClassState, score: float, ranked: tuple[tuple[str, float], ...],
+               now: float) -> None:
+        """Open an episode."""
+        state.active, state.started_at, state.last_hit = True, now, now
+        state.peak, state.peak_top_k = score, ranked
+
+    def _continue(self, label: str, state: _ClassState, hit: bool, score: float,
+                  ranked: tuple[tuple[str, float], ...], now: float) -> list[Detection]:
+        """Extend an open episode on a hit; end it after ``end_after_s`` without one."""
+        if hit:
+            state.last_hit = now
+            if score > state.peak:
+                state.peak, state.peak_top_k = score, ranked
+            return []
+        if now - state.last_hit < self.config.end_after_s:
+            return []
+        return [self._end(label, state, now)]
+
+    def _end(self, label: str, state: _ClassState, now: float) -> Detection:
+        """Close an episode and start the cooldown."""
+        state.active = False
+        state.hits.clear()
+        state.quiet_until = now + self.config.cooldown_s
+        return Detection(label, "end", state.peak, state.started_at, now, state.peak_top_k)
+
+    def active(self) -> list[str]:
+        """Labels with an open episode."""
+        return [label for label, state in self._states.items() if state.active]
+
+    def flush(self, now: float) -> list[Detection]:
+        """End every open episode (end of stream or shutdown)."""
+        return [self._end(label, state, now) for label, state in self._states.items() if state.active]

@@ -1,0 +1,195 @@
+"""The agent's data path: source -> ring buffer -> one consumer thread (windows, log-mel, model, detector,
+outputs).
+
+The source (PortAudio callback or a reader thread) only fills the ring buffer. One consumer thread does
+everything else, so the model, detector and publisher never run concurrently with each other.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, TextIO
+
+import numpy as np
+
+from edge_agent.config import AgentConfig
+from edge_agent.detector import Detection, Detector
+from edge_agent.events import ModelRef, make_event, to_json_line
+from edge_agent.metrics import AgentMetrics
+from edge_agent.onnx_model import OnnxModel, StreamingLogMel
+from edge_agent.resample import StreamResampler, downmix
+from edge_agent.ring_buffer import RingBuffer
+from edge_agent.sources import AudioSource
+from edge_agent.windowing import Window, Windower, hop_samples
+
+logger = logging.getLogger(__name__)
+
+READ_FRAMES = 4096  # consumer read size; any value gives the same scores (the frame contract)
+STALL_AFTER_S = 5.0  # /healthz turns 503 when a live source delivered nothing for this long
+RTF_SMOOTHING = 0.05  # weight of the newest window in the real-time-factor gauge
+
+
+@dataclass(frozen=True)
+class WindowResult:
+    """What one window produced, for tests, ``earshot bench`` and ``earshot listen``."""
+
+    window: Window
+    time_s: float  # stream time at the window's end
+    scores: np.ndarray  # (n_classes,) softmax
+    frontend_s: float
+    model_s: float
+    detections: tuple[Detection, ...]
+
+
+class Pipeline:
+    """Runs one source through one model until end of stream or ``stop()``; ``run()`` gives the exit code."""
+
+    def __init__(self, config: AgentConfig, model: OnnxModel, source: AudioSource,
+                 metrics: AgentMetrics | None = None, publisher: Any = None, out: TextIO | None = None,
+                 on_window: Callable[[WindowResult], None] | None = None) -> None:
+        params = model.frontend
+        self.config, self.model, self.source = config, model, source
+        self.metrics = metrics if metrics is not None else AgentMetrics()
+        self.publisher, self.on_window = publisher, on_window
+        self.out = out if out is not None else sys.stdout
+        self.rate = params.sample_rate
+        self.hop = hop_samples(config.audio.hop_seconds, params.sample_rate, params.hop_length)
+        if abs(self.hop / self.rate - config.audio.hop_seconds) > 1e-9:
+            logger.info("hop %.3f s rounded to %.3f s (%d STFT frames) so windows share STFT frames",
+                        config.audio.hop_seconds, self.hop / self.rate, self.hop // params.hop_length)
+        self.windower = Windower(params.window_samples, self.hop)
+        self.features = StreamingLogMel(params, self.hop)
+        self.resampler = StreamResampler(source.sample_rate, params.sample_rate)
+        self.detector = Detector(model.labels, config.detector, model.metadata.thresholds)
+        capacity = max(int(config.audio.ring_seconds * source.sample_rate), 4 * config.audio.block_size)
+        self.ring = RingBuffer(capacity, source.channels)
+        self.model_ref = ModelRef(model.metadata.name, model.metadata.version, model.sha256)
+        self.stop_event = threading.Event()
+        self.error: str | None = None
+        self.clock_origin = time.time()  # Unix time of stream time zero
+        self._started = time.monotonic()
+        self._last_audio = 0.0  # monotonic time of the last block (0: none yet)
+        self._overruns_seen = 0
+        self._rtf = 0.0
+        self._consumer = threading.Thread(target=self._consume, name="earshot-consumer", daemon=True)
+
+    # --- lifecycle (main thread) ---
+
+    def run(self) -> int:
+        """Start source and consumer, wait for the end (or ``stop``), shut down; 0 ok, 1 failure."""
+        self._set_model_metrics()
+        self.clock_origin, self._started = time.time(), time.monotonic()
+        self.source.start(self.ring)
+        self._consumer.start()
+        while self._consumer.is_alive() and not self.stop_event.is_set():
+            self._consumer.join(timeout=0.2)  # short joins keep the main thread responsive to signals
+        self.source.stop()
+        self._consumer.join(timeout=10.0)
+        if self._consumer.is_alive():
+            logger.error("consumer thread did not stop within 10 s")
+            return 1
+        return 1 if self.error else 0
+
+    def stop(self) -> None:
+        """Request shutdown (signal handlers call this); open episodes are ended and published."""
+        self.stop_event.set()
+
+    def health(self) -> tuple[bool, str]:
+        """For /healthz: unhealthy when the model is not loaded or a live source stalled."""
+        if self.model is None or self.model.session is None:
+            return False, "model not loaded"
+        if self.error:
+            return False, self.error
+        last = self._last_audio or self._started
+        silent_for = time.monotonic() - last
+        if self.source.live and silent_for > STALL_AFTER_S:
+            return False, f"audio stalled: no samples for {silent_for:.1f} s"
+        return True, "ok"
+
+    def _set_model_metrics(self) -> None:
+        """Model info and the ungated flag."""
+        meta = self.model.metadata
+        info = {"name": meta.name, "version": meta.version, "sha256": self.model.sha256}
+        self.metrics.model_info.info(info)
+        gated = self.model.check.gated if self.model.check is not None else False
+        self.metrics.model_ungated.set(0 if gated else 1)
+
+    # --- consumer thread ---
+
+    def _consume(self) -> None:
+        """Thread body: process blocks until the stream ends or stop is requested, then flush."""
+        try:
+            while not self.stop_event.is_set():
+                block = self.ring.read(READ_FRAMES, timeout=0.25)
+                if block is None:
+                    break
+                if len(block):
+                    self._process_block(block)
+            self._flush(end_of_stream=not self.stop_event.is_set())
+        except Exception as error:  # the consumer's boundary: log it, fail the run, never hang
+            logger.exception("audio processing failed")
+            self.error = f"audio processing failed: {error}"
+        if self.ring.error and not self.error:
+            self.error = self.ring.error
+            self.metrics.audio_source_errors.inc()
+
+    def _process_block(self, block: np.ndarray) -> None:
+        """Downmix, resample, window, and process every completed window."""
+        self._last_audio = time.monotonic()
+        self.metrics.audio_seconds.inc(len(block) / self.source.sample_rate)
+        self.metrics.audio_last_sample_ts.set(time.time())
+        if self.ring.overruns > self._overruns_seen:
+            self.metrics.overruns.inc(self.ring.overruns - self._overruns_seen)
+            logger.warning("ring buffer overrun: %d audio blocks lost so far", self.ring.overruns)
+            self._overruns_seen = self.ring.overruns
+        for window in self.windower.push(self.resampler.process(downmix(block))):
+            self._process_window(window)
+
+    def _flush(self, end_of_stream: bool) -> None:
+        """End of stream: the resampler's tail and a last padded window; then end open episodes."""
+        if end_of_stream:
+            for window in self.windower.push(self.resampler.flush()) + self.windower.flush():
+                self._process_window(window)
+        now = self.windower.samples_received / self.rate
+        self._emit(self.detector.flush(now))
+
+    def _process_window(self, window: Window) -> None:
+        """Features, model, metrics, detector and outputs for one window."""
+        started = time.perf_counter()
+        features = self.features(window)  # (1, 1, n_mels, n_frames)
+        featured = time.perf_counter()
+        scores = self.model.scores(features)[0]  # (n_classes,)
+        done = time.perf_counter()
+        now = min(window.start + len(window.samples), self.windower.samples_received) / self.rate
+        detections = self.detector.update(scores, now)
+        self._observe(scores, done - started)
+        self._emit(detections)
+        if self.on_window is not None:
+            self.on_window(WindowResult(window, now, scores, featured - started, done - featured,
+                                        tuple(detections)))
+
+    def _observe(self, scores: np.ndarray, seconds: float) -> None:
+        """Latency, real-time factor and last score per label."""
+        self.metrics.inference_latency.observe(seconds)
+        self._rtf += RTF_SMOOTHING * (seconds / (self.hop / self.rate) - self._rtf)
+        self.metrics.realtime_factor.set(self._rtf)
+        for label, score in zip(self.model.labels, scores, strict=True):
+            self.metrics.last_score.labels(label=label).set(float(score))
+
+    def _emit(self, detections: list[Detection]) -> None:
+        """Print each event as a JSON line, publish it, and count starts."""
+        for detection in detections:
+            event = make_event(detection, self.config.device_id, self.model_ref, self.clock_origin)
+            self.out.write(to_json_line(event) + "\n")
+            self.out.flush()
+            if self.publisher is not None:
+                self.publisher.publish_event(event)
+            if detection.kind == "start":
+                self.metrics.detections.labels(label=detection.label).inc()
+                self.metrics.last_detection_ts.labels(label=detection.label).set(time.time())
+            logger.info("%s %s score %.2f", detection.label, detection.kind, detection.score)

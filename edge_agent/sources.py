@@ -1,0 +1,260 @@
+"""Audio sources behind one small interface, made by ``open_source``: mic, file, or raw s16le stdin.
+
+Every source writes (frames, channels) float32 blocks into a ``RingBuffer`` at its own rate and channel
+count; the consumer downmixes and resamples. The mic callback only copies; files and stdin are read by
+a thread that waits for room in the buffer, and closes it at end of stream.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any, BinaryIO, Protocol
+
+import numpy as np
+
+from edge_agent.config import AudioConfig
+from edge_agent.ring_buffer import RingBuffer
+
+logger = logging.getLogger(__name__)
+
+
+class SourceError(RuntimeError):
+    """The audio source cannot be opened or failed; one-line message for the user."""
+
+
+class AudioSource(Protocol):
+    """What the pipeline needs from a source."""
+
+    sample_rate: int
+    channels: int
+    description: str
+    live: bool  # a device that never ends by itself (stall detection applies)
+
+    def start(self, ring: RingBuffer) -> None:
+        """Begin writing blocks into ``ring``; close it at end of stream or on failure."""
+
+    def stop(self) -> None:
+        """Stop producing and release the device or file; safe to call twice."""
+
+
+def _sounddevice() -> Any:
+    """Import sounddevice lazily: file and stdin sources work without PortAudio."""
+    try:
+        import sounddevice
+    except OSError as error:  # sounddevice raises OSError when libportaudio is missing
+        raise SourceError(f"PortAudio is not available ({error}); "
+                          "install it: sudo apt install libportaudio2") from None
+    return sounddevice
+
+
+def input_devices() -> list[dict[str, Any]]:
+    """PortAudio's input-capable devices, each a dict with ``index``, ``name``, channels and rate."""
+    sd = _sounddevice()
+    return [dict(device, index=index) for index, device in enumerate(sd.query_devices())
+            if device["max_input_channels"] > 0]
+
+
+def list_devices() -> str:
+    """A readable table of input devices for ``--list-devices``."""
+    devices = input_devices()
+    if not devices:
+        return "no audio input devices found"
+    default = _sounddevice().default.device[0]
+    lines = [f"{'':1} {'index':>5}  {'name':<48} {'channels':>8} {'rate':>7}"]
+    lines += [f"{'*' if d['index'] == default else ' '} {d['index']:>5}  {d['name'][:48]:<48} "
+              f"{d['max_input_channels']:>8} {d['default_samplerate']:>7.0f}" for d in devices]
+    return "\n".join(lines + ["", "use --source mic:INDEX or mic:NAME_SUBSTRING (* is the default)"])
+
+
+def find_input_device(spec: str | None) -> int:
+    """Device index for '' (default), an index, or a case-insensitive name substring (survives reboots)."""
+    devices = input_devices()
+    if not devices:
+        raise SourceError("no audio input devices found (is a microphone connected?)")
+    if not spec:
+        default = _sounddevice().default.device[0]
+        return default if default is not None and default >= 0 else devices[0]["index"]
+    if spec.isdigit():
+        if int(spec) in {d["index"] for d in devices}:
+            return int(spec)
+        raise SourceError(f"no audio input device with index {spec}; see earshot agent --list-devices")
+    matches = [d for d in devices if spec.lower() in d["name"].lower()]
+    if not matches:
+        raise SourceError(f"no audio input device matches {spec!r}; see earshot agent --list-devices")
+    if len(matches) > 1:
+        logger.info("input device %r matches %d devices, using %r", spec, len(matches), matches[0]["name"])
+    return int(matches[0]["index"])
+
+
+class MicSource:
+    """A PortAudio input stream; its callback only copies into the ring buffer."""
+
+    live = True
+
+    def __init__(self, device_spec: str | None, block_size: int, preferred_rate: int) -> None:
+        self._sd = _sounddevice()
+        self.device = find_input_device(device_spec)
+        info = self._sd.query_devices(self.device)
+        self.channels = 1  # ALSA's plug layer and PortAudio downmix for us when the device has more
+        self.sample_rate = self._pick_rate(preferred_rate, int(info["default_samplerate"]))
+        self.block_size = block_size
+        self.description = f"mic {self.device} ({info['name']}) at {self.sample_rate} Hz"
+        self._stream: Any = None
+        self._ring: RingBuffer | None = None
+
+    def _pick_rate(self, preferred: int, default: int) -> int:
+        """The model's rate when the device takes it (no resampling), else the device default."""
+        try:
+            self._sd.check_input_settings(device=self.device, channels=1, samplerate=preferred,
+                                          dtype="float32")
+            return preferred
+        except Exception:  # PortAudioError or ValueError: rate unsupported
+            return default
+
+    def _callback(self, indata: np.ndarray, frames: int, time_info: Any, status: Any) -> None:
+        """PortAudio thread: copy and count; nothing else may happen here."""
+        if status.input_overflow:
+            self._ring.note_overrun()
+        self._ring.write(indata)
+
+    def _finished(self) -> None:
+        """PortAudio says the stream ended: the device went away unless we stopped it."""
+        if self._ring is not None and not self._ring.closed:
+            self._ring.close(error=f"audio device {self.device} stopped delivering audio")
+
+    def start(self, ring: RingBuffer) -> None:
+        """Open and start the input stream."""
+        self._ring = ring
+        try:
+            self._stream = self._sd.InputStream(
+                device=self.device, channels=self.channels, samplerate=self.sample_rate, dtype="float32",
+                blocksize=self.block_size, callback=self._callback, finished_callback=self._finished)
+            self._stream.start()
+        except Exception as error:  # sounddevice.PortAudioError, ValueError
+            raise SourceError(f"cannot open audio device {self.device}: {error}") from None
+
+    def stop(self) -> None:
+        """Stop and close the stream."""
+        stream, self._stream = self._stream, None
+        if self._ring is not None:
+            self._ring.close()
+        if stream is not None:
+            stream.close(ignore_errors=True)
+
+
+class _ThreadSource:
+    """Base for sources read by a thread with back-pressure (file, stdin)."""
+
+    live = False
+    sample_rate: int
+    channels: int
+    description: str
+
+    def __init__(self, block_size: int) -> None:
+        self.block_size = block_size
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._ring: RingBuffer | None = None
+
+    def start(self, ring: RingBuffer) -> None:
+        """Start the reader thread."""
+        self._ring = ring
+        self._thread = threading.Thread(target=self._run, args=(ring,), name="earshot-source", daemon=True)
+        self._thread.start()
+
+    def _run(self, ring: RingBuffer) -> None:
+        """Thread body: read until the end, then close the ring (with the error, if any)."""
+        error = None
+        try:
+            for block in self._blocks():
+                if self._stop.is_set() or not ring.write(block, wait=True):
+                    break
+        except Exception as failure:  # the thread boundary: report, never die silently
+            logger.debug("source read failed", exc_info=True)
+            error = f"cannot read {self.description}: {failure}"
+        ring.close(error=error)
+
+    def _blocks(self) -> Any:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        """Ask the reader to stop (closing the ring frees a writer waiting for room) and wait briefly."""
+        self._stop.set()
+        if self._ring is not None:
+            self._ring.close()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout=2.0)
+
+
+class FileSource(_ThreadSource):
+    """A wav/flac/ogg file, paced in real time or, with ``fast``, as fast as the consumer takes it."""
+
+    def __init__(self, path: str, block_size: int, fast: bool) -> None:
+        super().__init__(block_size)
+        import soundfile
+
+        self.path, self.fast = path, fast
+        if not Path(path).is_file():
+            raise SourceError(f"audio file not found: {path}")
+        try:
+            info = soundfile.info(path)
+        except Exception as error:  # soundfile.LibsndfileError (RuntimeError) for corrupt/unknown formats
+            raise SourceError(f"cannot read audio file {path}: {_first_line(error)}") from None
+        self.sample_rate, self.channels = int(info.samplerate), int(info.channels)
+        self.description = f"file {path}"
+
+    def _blocks(self) -> Any:
+        """Blocks from the file, sleeping to real time unless fast."""
+        import soundfile
+
+        started, sent = time.monotonic(), 0
+        for block in soundfile.blocks(self.path, blocksize=self.block_size, dtype="float32", always_2d=True):
+            if not self.fast:
+                self._stop.wait(max(0.0, started + (sent + len(block)) / self.sample_rate - time.monotonic()))
+            sent += len(block)
+            yield block
+
+
+class StdinSource(_ThreadSource):
+    """Raw interleaved s16le PCM on stdin (``arecord -f S16_LE ... | earshot agent --source -``)."""
+
+    def __init__(self, rate: int, channels: int, block_size: int, stream: BinaryIO | None = None) -> None:
+        super().__init__(block_size)
+        self.sample_rate, self.channels = rate, channels
+        self._stream = stream if stream is not None else sys.stdin.buffer
+        self.description = f"stdin (s16le, {rate} Hz, {channels} ch)"
+
+    def _blocks(self) -> Any:
+        """Whole frames from the byte stream; a trailing partial frame is dropped."""
+        frame_bytes = 2 * self.channels
+        leftover = b""
+        while True:
+            data = self._stream.read(self.block_size * frame_bytes)
+            if not data:
+                return
+            data = leftover + data
+            usable = len(data) - len(data) % frame_bytes
+            data, leftover = data[:usable], data[usable:]
+            if data:
+                samples = np.frombuffer(data, dtype="<i2").reshape(-1, self.channels)  # (frames, channels)
+                yield samples.astype(np.float32) / np.float32(32768.0)
+
+
+def _first_line(error: BaseException) -> str:
+    """The first line of an exception message, for one-line errors."""
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+def open_source(config: AudioConfig, preferred_rate: int, stdin: BinaryIO | None = None) -> AudioSource:
+    """``mic``/``mic:NAME_OR_INDEX``, ``-`` (stdin) or a file path -> an unstarted source."""
+    spec = config.source
+    if spec == "-":
+        return StdinSource(config.stdin_rate, config.stdin_channels, config.block_size, stdin)
+    if spec == "mic" or spec.startswith("mic:"):
+        return MicSource(spec[4:] or None, config.block_size, preferred_rate)
+    return FileSource(spec, config.block_size, config.fast)
