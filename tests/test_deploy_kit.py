@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import importlib.machinery
 import importlib.util
+import json
 import re
 import shutil
 import subprocess
@@ -232,3 +233,116 @@ def test_pi_check_scores_windows_on_this_host(tmp_path: Path) -> None:
     assert scores.shape == (13, len(scored["labels"]))
     assert np.allclose(scores.sum(axis=1), 1.0, atol=1e-5)
     assert scores[-1, siren] > scores[0, siren] + 0.3  # the sweep scores siren, the noise does not
+
+
+# --- Prometheus rules and the Grafana dashboard ------------------------------------------------------
+
+PROMETHEUS = DEPLOY / "prometheus"
+DASHBOARD = DEPLOY / "grafana" / "earshot-dashboard.json"
+needs_promtool = pytest.mark.skipif(shutil.which("promtool") is None,
+                                    reason="promtool is missing: apt-get install prometheus")
+# Series Prometheus itself adds to every scrape.
+PROMETHEUS_BUILTINS = {"up", "scrape_duration_seconds", "scrape_samples_scraped"}
+METRIC_NAME = re.compile(r"\b(earshot_[a-z0-9_]+|up)\b(?!\s*\()")
+
+
+def exposed_metric_names() -> set[str]:
+    """Every series name the agent's metrics module exposes (histograms as _bucket/_sum/_count...)."""
+    from prometheus_client import CollectorRegistry
+
+    from edge_agent.metrics import AgentMetrics
+
+    suffixes = {"counter": ["_total"], "gauge": [""], "info": ["_info"],
+                "histogram": ["_bucket", "_sum", "_count"]}
+    registry = CollectorRegistry()
+    AgentMetrics(registry)
+    return {family.name + suffix for family in registry.collect() for suffix in suffixes[family.type]}
+
+
+def dashboard_exprs() -> list[str]:
+    """Every PromQL expression in the dashboard (panels and template variables)."""
+    board = json.loads(DASHBOARD.read_text())
+    exprs = [target["expr"] for panel in board["panels"] for target in panel["targets"]]
+    exprs += [v["definition"] for v in board["templating"]["list"] if v.get("definition")]
+    return exprs
+
+
+def alert_exprs() -> list[str]:
+    """Every alert expression in alerts.yml (promtool checks the YAML; a regex is enough to read it)."""
+    return re.findall(r"^\s+expr: (.+)$", (PROMETHEUS / "alerts.yml").read_text(), flags=re.MULTILINE)
+
+
+def test_the_agent_exposes_every_metric_the_contract_names() -> None:
+    contract = set(re.findall(r"^\| `(earshot_[a-z_]+)`", (REPO / "docs/CONTRACTS.md").read_text(), re.M))
+    exposed = exposed_metric_names()
+    assert contract and all(name in exposed or name + "_info" in exposed or name + "_bucket" in exposed
+                            for name in contract)
+
+
+@pytest.mark.parametrize("source", ["dashboard", "alerts"])
+def test_every_promql_expr_uses_only_metrics_the_agent_exposes(source: str) -> None:
+    exprs = dashboard_exprs() if source == "dashboard" else alert_exprs()
+    assert len(exprs) >= 9
+    used = {name for expr in exprs for name in METRIC_NAME.findall(expr)}
+    unknown = used - exposed_metric_names() - PROMETHEUS_BUILTINS
+    assert not unknown, f"{source} uses metrics the agent does not expose: {sorted(unknown)}"
+    assert len(used) >= 9
+
+
+def test_dashboard_covers_the_operators_questions() -> None:
+    text = " ".join(dashboard_exprs())
+    for needed in ("earshot_realtime_factor", "histogram_quantile(0.95, sum by (le, instance) "
+                   "(rate(earshot_inference_latency_seconds_bucket", "earshot_detections_total",
+                   "earshot_mqtt_connected", "earshot_mqtt_queue_depth", "earshot_ring_buffer_overruns_total",
+                   "earshot_last_detection_timestamp_seconds"):
+        assert needed in text, needed
+    board = json.loads(DASHBOARD.read_text())
+    ids = [panel["id"] for panel in board["panels"]]
+    assert len(ids) == len(set(ids))
+    for panel in board["panels"]:
+        grid = panel["gridPos"]
+        assert grid["x"] + grid["w"] <= 24, panel["title"]
+
+
+def test_dashboard_json_is_what_the_generator_writes() -> None:
+    loader = importlib.machinery.SourceFileLoader("make_dashboard", str(DEPLOY / "grafana/make_dashboard.py"))
+    spec = importlib.util.spec_from_loader("make_dashboard", loader)
+    module = importlib.util.module_from_spec(spec)
+    loader.exec_module(module)
+    assert json.loads(DASHBOARD.read_text()) == module.dashboard()
+
+
+@needs_promtool
+def test_alert_rules_pass_promtool_check() -> None:
+    result = subprocess.run(["promtool", "check", "rules", str(PROMETHEUS / "alerts.yml")],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "SUCCESS: 9 rules found" in result.stdout
+
+
+@needs_promtool
+def test_alert_rules_pass_their_promtool_unit_tests() -> None:
+    result = subprocess.run(["promtool", "test", "rules", "alerts_test.yml"], cwd=PROMETHEUS,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "SUCCESS" in result.stdout
+
+
+def test_every_alert_has_a_promtool_test_that_fires_it() -> None:
+    names = set(re.findall(r"- alert: (\w+)", (PROMETHEUS / "alerts.yml").read_text()))
+    tests = (PROMETHEUS / "alerts_test.yml").read_text()
+    fired = set(re.findall(r"alertname: (\w+)\n\s+exp_alerts:", tests))
+    assert {"EarshotAgentDown", "EarshotAudioStalled", "EarshotRealtimeFactorHigh", "EarshotMqttDisconnected",
+            "EarshotMqttQueueGrowing", "EarshotModelUngated"} <= names
+    assert names == fired
+
+
+@needs_promtool
+def test_example_scrape_config_passes_promtool(tmp_path: Path) -> None:
+    # The example points at /etc/prometheus/earshot/alerts.yml; check it against the checkout's copy.
+    config = (PROMETHEUS / "prometheus.example.yml").read_text()
+    config = config.replace("/etc/prometheus/earshot/alerts.yml", str(PROMETHEUS / "alerts.yml"))
+    (tmp_path / "prometheus.yml").write_text(config)
+    result = subprocess.run(["promtool", "check", "config", str(tmp_path / "prometheus.yml")],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
