@@ -7,7 +7,6 @@ events from the disk queue to paho in order and deletes each from the queue only
 
 from __future__ import annotations
 
-import json
 import logging
 import ssl
 import threading
@@ -22,6 +21,7 @@ from edge_agent import __version__
 from edge_agent.config import MqttConfig
 from edge_agent.discovery import Topics, discovery_messages, node_id
 from edge_agent.disk_queue import DiskQueue, QueuedEvent
+from edge_agent.events import to_json_line
 from edge_agent.metrics import AgentMetrics
 
 logger = logging.getLogger(__name__)
@@ -72,7 +72,7 @@ class Publisher:
     def publish_event(self, event: dict) -> None:
         """Queue one event durably and wake the sender; never raises for broker or disk trouble."""
         label, kind = str(event["label"]), str(event["kind"])
-        self.queue.put(self.topics.event(label), json.dumps(event, separators=(",", ":")))
+        self.queue.put(self.topics.event(label), to_json_line(event))
         state = "ON" if kind == "start" else "OFF"
         with self._states_lock:
             self._states[label] = state

@@ -11,14 +11,15 @@ import socket
 import subprocess
 import threading
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
 import pytest
+
+from edge_agent.detector import Detection
+from edge_agent.events import ModelRef, make_event
 
 
 def mosquitto_binary() -> str | None:
@@ -184,13 +185,8 @@ class Subscriber:
 
 def contract_event(label: str = "siren", kind: str = "start", score: float = 0.9, n: int = 0,
                    device_id: str = "test-device") -> dict:
-    """An event shaped per docs/CONTRACTS.md (earshot.event/1); ``n`` makes started_at distinct."""
-    started = datetime(2026, 1, 1, tzinfo=timezone.utc) + timedelta(seconds=n)
-    ended = started + timedelta(seconds=2) if kind == "end" else None
-    return {
-        "schema": "earshot.event/1", "event_id": str(uuid.uuid4()), "device_id": device_id, "label": label,
-        "kind": kind, "score": score, "top_k": [{"label": label, "score": score}],
-        "started_at": started.isoformat().replace("+00:00", "Z"),
-        "ended_at": ended.isoformat().replace("+00:00", "Z") if ended else None,
-        "model": {"name": "tiny", "version": "1", "sha256": "0" * 64},
-    }
+    """A real event from the agent's own builder (earshot.event/1); ``n`` makes started_at distinct."""
+    detection = Detection(label=label, kind=kind, score=score, started_at=float(n),
+                          ended_at=float(n) + 2.0 if kind == "end" else None,
+                          top_k=((label, score), ("dog_bark", round(1.0 - score, 6))))
+    return make_event(detection, device_id, ModelRef("tiny", "1", "0" * 64), clock_origin=1_767_225_600.0)
