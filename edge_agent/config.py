@@ -253,11 +253,11 @@ def _coerce_text(key: str, text: str, hint: Any) -> Any:
     base = _strip_optional(hint)
     if base is not hint and text.strip().lower() in ("", "none", "null"):
         return None
+    if base is bool:
+        lowered = text.strip().lower()
+        _require(key, lowered in _TRUE | _FALSE, "must be true or false", text)
+        return lowered in _TRUE
     try:
-        if base is bool:
-            lowered = text.strip().lower()
-            _require(key, lowered in _TRUE | _FALSE, "must be true or false", text)
-            return lowered in _TRUE
         if base is int:
             return int(text)
         if base is float:
