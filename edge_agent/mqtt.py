@@ -57,7 +57,9 @@ class Publisher:
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._sender = threading.Thread(target=self._run_sender, name="earshot-mqtt-sender", daemon=True)
+        self._unreachable_logged = False  # warn once per outage, not on every backoff retry
         client.on_connect = self._on_connect
+        client.on_connect_fail = self._on_connect_fail
         client.on_disconnect = self._on_disconnect
         client.on_publish = self._on_publish
 
@@ -109,6 +111,7 @@ class Publisher:
             logger.error("MQTT: broker refused the connection: %s (retrying)", reason_code)
             return
         logger.info("MQTT: connected to %s:%s", self.config.host, self.config.port)
+        self._unreachable_logged = False
         self._publish_retained(self.topics.availability, "online")
         if self.config.discovery:
             for topic, payload in discovery_messages(self.topics, self.config.discovery_prefix, self.labels,
@@ -122,6 +125,13 @@ class Publisher:
         self.metrics.mqtt_connected.set(1)
         self._connected.set()
         self._wake.set()
+
+    def _on_connect_fail(self, client: mqtt.Client, userdata: object) -> None:
+        if not self._unreachable_logged:
+            logger.warning("MQTT: cannot reach the broker at %s:%s; retrying with backoff up to %g s, "
+                           "events wait in the disk queue", self.config.host, self.config.port,
+                           self.config.reconnect_max_s)
+            self._unreachable_logged = True
 
     def _on_disconnect(self, client: mqtt.Client, userdata: object, flags: object,
                        reason_code: mqtt.ReasonCode, properties: object) -> None:
@@ -204,7 +214,10 @@ def _make_client(config: MqttConfig, device_id: str, topics: Topics) -> mqtt.Cli
     """A paho 2.x client with the Last Will, credentials, TLS and reconnect backoff from ``config``."""
     client_id = config.client_id or f"earshot-{device_id}"
     client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv311)
-    client.enable_logger(logging.getLogger(f"{__name__}.paho"))  # paho never logs the password
+    # paho reports every failed retry at ERROR; our own callbacks log state changes once, so paho's
+    # lines go to debug. (paho never logs the password.)
+    paho_logger = logging.getLogger(f"{__name__}.paho")
+    client.on_log = lambda _client, _userdata, _level, line: paho_logger.debug("%s", line)
     client.will_set(topics.availability, "offline", qos=1, retain=True)
     client.reconnect_delay_set(config.reconnect_min_s, config.reconnect_max_s)  # doubles per failure
     client.max_inflight_messages_set(0)  # unbounded in paho; SEND_WINDOW bounds the events we hand it
