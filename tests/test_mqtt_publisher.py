@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import shutil
 import signal
 import subprocess
 import sys
@@ -232,3 +234,55 @@ def test_username_password_auth_and_the_password_never_logged(
         broker.stop()
     assert "Not authorized" in caplog.text or "not authorised" in caplog.text.lower()
     assert secret not in caplog.text and "nope" not in caplog.text
+
+
+def _openssl(*args: str | Path) -> None:
+    subprocess.run(["openssl", *map(str, args)], check=True, capture_output=True)
+
+
+def _test_pki(directory: Path) -> dict[str, Path]:
+    """A throwaway CA, a server certificate for 127.0.0.1 and a client certificate, made with openssl."""
+    directory.mkdir(parents=True)
+    files = {name: directory / f"{name}.pem" for name in ("ca", "ca-key", "server", "server-key",
+                                                           "client", "client-key")}
+    _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=earshot test CA",
+             "-keyout", files["ca-key"], "-out", files["ca"])
+    for name, subject, extension in (("server", "/CN=127.0.0.1", "subjectAltName=IP:127.0.0.1"),
+                                     ("client", "/CN=sensor", "extendedKeyUsage=clientAuth")):
+        request = directory / f"{name}.csr"
+        _openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", subject, "-keyout", files[f"{name}-key"],
+                 "-out", request)
+        extfile = directory / f"{name}.ext"
+        extfile.write_text(extension + "\n")
+        _openssl("x509", "-req", "-in", request, "-CA", files["ca"], "-CAkey", files["ca-key"],
+                 "-CAcreateserial", "-days", "2", "-extfile", extfile, "-out", files[name])
+    return files
+
+
+def test_tls_with_a_client_certificate(tmp_path: Path) -> None:
+    if broker_support.mosquitto_binary() is None or shutil.which("openssl") is None:
+        pytest.skip("mosquitto or openssl is not installed")
+    pki = _test_pki(tmp_path / "pki")
+    port = broker_support.free_port()
+    broker = Mosquitto(tmp_path / "tls-broker", port=port, listener=f"listener {port} 127.0.0.1\n"
+                       f"cafile {pki['ca']}\ncertfile {pki['server']}\nkeyfile {pki['server-key']}\n"
+                       "require_certificate true")
+    broker.start()
+    try:
+        config = _config(broker, tmp_path, url=f"mqtts://127.0.0.1:{port}", tls_ca=str(pki["ca"]),
+                         tls_cert=str(pki["client"]), tls_key=str(pki["client-key"]))
+        publisher = _publisher(config)
+        publisher.start()
+        publisher.publish_event(contract_event())
+        _wait(lambda: publisher.metrics.registry.get_sample_value("earshot_mqtt_events_published_total") == 1)
+        publisher.close(2)
+        # The server certificate is verified: trusting another certificate as CA never connects.
+        untrusting = _publisher(dataclasses.replace(config, tls_ca=str(pki["client"]),
+                                                    queue_dir=str(tmp_path / "untrusting")))
+        untrusting.start()
+        time.sleep(1.0)
+        assert untrusting.metrics.registry.get_sample_value("earshot_mqtt_connected") == 0
+        untrusting.close(0.5)
+    finally:
+        broker.stop()
+    assert broker.log().count("New client connected") == 1
