@@ -51,7 +51,8 @@ class Pipeline:
 
     def __init__(self, config: AgentConfig, model: OnnxModel, source: AudioSource,
                  metrics: AgentMetrics | None = None, publisher: Any = None, out: TextIO | None = None,
-                 on_window: Callable[[WindowResult], None] | None = None) -> None:
+                 on_window: Callable[[WindowResult], None] | None = None,
+                 stall_after_s: float = STALL_AFTER_S) -> None:
         params = model.frontend
         self.config, self.model, self.source = config, model, source
         self.metrics = metrics if metrics is not None else AgentMetrics()
@@ -69,6 +70,7 @@ class Pipeline:
         capacity = max(int(config.audio.ring_seconds * source.sample_rate), 4 * config.audio.block_size)
         self.ring = RingBuffer(capacity, source.channels)
         self.model_ref = ModelRef(model.metadata.name, model.metadata.version, model.sha256)
+        self.stall_after_s = stall_after_s
         self.stop_event = threading.Event()
         self.error: str | None = None
         self.clock_origin = time.time()  # Unix time of stream time zero
@@ -107,7 +109,7 @@ class Pipeline:
             return False, self.error
         last = self._last_audio or self._started
         silent_for = time.monotonic() - last
-        if self.source.live and silent_for > STALL_AFTER_S:
+        if self.source.live and silent_for > self.stall_after_s:
             return False, f"audio stalled: no samples for {silent_for:.1f} s"
         return True, "ok"
 

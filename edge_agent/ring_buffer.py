@@ -29,6 +29,11 @@ class RingBuffer:
         self.error: str | None = None  # why the source ended, when it failed
 
     @property
+    def capacity(self) -> int:
+        """Frames the buffer holds when full."""
+        return self._capacity
+
+    @property
     def channels(self) -> int:
         """Channels per frame."""
         return int(self._data.shape[1])

@@ -21,6 +21,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from edge_agent.frontend import FrontendParams, _hz_to_mel, _mel_to_hz
 from edge_agent.labels import URBANSOUND8K_LABELS
+from edge_agent.model_card import card_path
 from edge_agent.model_metadata import INPUT_NAME, OUTPUT_NAME, ModelMetadata
 
 SIREN_BAND_HZ = (700.0, 1500.0)
@@ -104,12 +105,6 @@ def plain_onnx_model(path: str | Path, params: FrontendParams | None = None) -> 
 def sha256_of(path: str | Path) -> str:
     """Hex sha256 of a file's bytes."""
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
-
-
-def card_path(model_path: str | Path) -> Path:
-    """``<name>.card.json`` beside ``<name>.onnx``."""
-    model_path = Path(model_path)
-    return model_path.with_name(model_path.stem + ".card.json")
 
 
 def write_card(model_path: str | Path, *, gate: bool | None = True, sha256: str | None = None,
