@@ -68,7 +68,7 @@ class Pipeline:
         self.resampler = StreamResampler(source.sample_rate, params.sample_rate)
         self.detector = Detector(model.labels, config.detector, model.metadata.thresholds)
         capacity = max(int(config.audio.ring_seconds * source.sample_rate), 4 * config.audio.block_size)
-        self.ring = RingBuffer(capacity, source.channels)
+        self.ring = RingBuffer(capacity, source.channels, source.dtype)
         self.model_ref = ModelRef(model.metadata.name, model.metadata.version, model.sha256)
         self.stall_after_s = stall_after_s
         self.stop_event = threading.Event()

@@ -16,7 +16,9 @@ KAISER_BETA = 8.0
 
 
 def downmix(block: np.ndarray) -> np.ndarray:
-    """(frames,) or (frames, channels) -> (frames,) float32 mean over channels."""
+    """(frames,) or (frames, channels) float or int16 -> (frames,) float32 mean over channels, in [-1, 1]."""
+    if block.dtype == np.int16:
+        block = block.astype(np.float32) / np.float32(32768.0)
     block = np.asarray(block, dtype=np.float32)
     if block.ndim == 1:
         return block

@@ -13,12 +13,15 @@ import numpy as np
 
 
 class RingBuffer:
-    """Fixed-capacity circular float32 buffer of (frames, channels), one writer and one reader."""
+    """Fixed-capacity circular buffer of (frames, channels) samples, one writer and one reader.
 
-    def __init__(self, capacity_frames: int, channels: int) -> None:
+    ``dtype`` is the source's own sample type (int16 from a mic or stdin), so writing is a plain copy.
+    """
+
+    def __init__(self, capacity_frames: int, channels: int, dtype: str | np.dtype = np.float32) -> None:
         if capacity_frames <= 0 or channels <= 0:
             raise ValueError("ring buffer capacity and channels must be positive")
-        self._data = np.zeros((capacity_frames, channels), dtype=np.float32)
+        self._data = np.zeros((capacity_frames, channels), dtype=dtype)
         self._capacity = capacity_frames
         self._read = 0  # absolute frame counters; position in _data is counter % capacity
         self._written = 0
@@ -84,7 +87,7 @@ class RingBuffer:
             self._cond.wait_for(lambda: self._written > self._read or self._closed, timeout)
             available = self._written - self._read
             if available == 0:
-                return None if self._closed else np.zeros((0, self.channels), dtype=np.float32)
+                return None if self._closed else self._data[:0].copy()
             count = min(available, max_frames)
             start = self._read % self._capacity
             index = (start + np.arange(count)) % self._capacity if start + count > self._capacity else None

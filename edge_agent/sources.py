@@ -31,6 +31,7 @@ class AudioSource(Protocol):
 
     sample_rate: int
     channels: int
+    dtype: str  # sample type written into the ring buffer ("int16" or "float32")
     description: str
     live: bool  # a device that never ends by itself (stall detection applies)
 
@@ -91,9 +92,14 @@ def find_input_device(spec: str | None) -> int:
 
 
 class MicSource:
-    """A PortAudio input stream; its callback only copies into the ring buffer."""
+    """A PortAudio input stream; its callback only copies into the ring buffer.
+
+    Samples stay int16, the format of nearly every capture device: half the copying of float32, and
+    ALSA's plug layer converts S16 exactly (its float path through the ``file`` plugin drops frames).
+    """
 
     live = True
+    dtype = "int16"
 
     def __init__(self, device_spec: str | None, block_size: int, preferred_rate: int) -> None:
         self._sd = _sounddevice()
@@ -110,7 +116,7 @@ class MicSource:
         """The model's rate when the device takes it (no resampling), else the device default."""
         try:
             self._sd.check_input_settings(device=self.device, channels=1, samplerate=preferred,
-                                          dtype="float32")
+                                          dtype=self.dtype)
             return preferred
         except Exception:  # PortAudioError or ValueError: rate unsupported
             return default
@@ -131,7 +137,7 @@ class MicSource:
         self._ring = ring
         try:
             self._stream = self._sd.InputStream(
-                device=self.device, channels=self.channels, samplerate=self.sample_rate, dtype="float32",
+                device=self.device, channels=self.channels, samplerate=self.sample_rate, dtype=self.dtype,
                 blocksize=self.block_size, callback=self._callback, finished_callback=self._finished)
             self._stream.start()
         except Exception as error:  # sounddevice.PortAudioError, ValueError
@@ -150,6 +156,7 @@ class _ThreadSource:
     """Base for sources read by a thread with back-pressure (file, stdin)."""
 
     live = False
+    dtype = "float32"
     sample_rate: int
     channels: int
     description: str
@@ -222,6 +229,8 @@ class FileSource(_ThreadSource):
 class StdinSource(_ThreadSource):
     """Raw interleaved s16le PCM on stdin (``arecord -f S16_LE ... | earshot agent --source -``)."""
 
+    dtype = "int16"
+
     def __init__(self, rate: int, channels: int, block_size: int, stream: BinaryIO | None = None) -> None:
         super().__init__(block_size)
         self.sample_rate, self.channels = rate, channels
@@ -240,8 +249,7 @@ class StdinSource(_ThreadSource):
             usable = len(data) - len(data) % frame_bytes
             data, leftover = data[:usable], data[usable:]
             if data:
-                samples = np.frombuffer(data, dtype="<i2").reshape(-1, self.channels)  # (frames, channels)
-                yield samples.astype(np.float32) / np.float32(32768.0)
+                yield np.frombuffer(data, dtype="<i2").reshape(-1, self.channels)  # (frames, channels)
 
 
 def _first_line(error: BaseException) -> str:

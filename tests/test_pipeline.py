@@ -39,7 +39,7 @@ class RecordingPublisher:
 class SilentDevice:
     """A live source whose device delivers nothing (a stalled microphone)."""
 
-    sample_rate, channels, description, live = 16000, 1, "silent device", True
+    sample_rate, channels, dtype, description, live = 16000, 1, "int16", "silent device", True
 
     def start(self, ring: RingBuffer) -> None:
         self.ring = ring

@@ -44,6 +44,10 @@ def test_same_rate_passes_samples_through() -> None:
     assert len(resampler.flush()) == 0
 
 
+def test_downmix_scales_int16() -> None:
+    np.testing.assert_array_equal(downmix(np.array([[-32768, 16384]], dtype=np.int16)), [-0.25])
+
+
 def test_downmix_averages_channels() -> None:
     stereo = np.array([[1.0, 0.0], [0.5, 0.5], [-1.0, 1.0]], dtype=np.float32)
     np.testing.assert_array_equal(downmix(stereo), [0.5, 0.5, 0.0])
