@@ -1,0 +1,106 @@
+"""Export-time checks: PyTorch vs FP32 ONNX logits, FP32 vs INT8 agreement and accuracy, window latency."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import torch
+from torch import nn
+
+from edge_agent.model_metadata import INPUT_NAME
+from training.metrics import aggregate_windows
+
+
+@dataclass(frozen=True)
+class ParityPolicy:
+    """Pass marks for an export; the issue fixes the defaults."""
+
+    min_agreement: float = 0.98  # FP32 vs INT8 clip-level top-1 agreement
+    max_accuracy_drop: float = 0.01  # FP32 accuracy minus INT8 accuracy, as a fraction
+    max_logit_diff: float = 1e-3  # PyTorch vs FP32 ONNX, max abs over the checked windows
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.min_agreement <= 1.0:
+            raise ValueError(f"min_agreement must be in 0..1, got {self.min_agreement}")
+        if not 0.0 <= self.max_accuracy_drop <= 1.0:
+            raise ValueError(f"max_accuracy_drop must be in 0..1, got {self.max_accuracy_drop}")
+        if self.max_logit_diff <= 0:
+            raise ValueError(f"max_logit_diff must be positive, got {self.max_logit_diff}")
+
+
+def session(path: Path, threads: int = 1) -> ort.InferenceSession:
+    """CPU session with pinned thread counts (the Pi setting: one intra-op thread)."""
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.log_severity_level = 3
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def onnx_logits(sess: ort.InferenceSession, logmel: np.ndarray, batch: int = 64) -> np.ndarray:
+    """(windows, 1, n_mels, frames) -> (windows, classes) logits, in batches."""
+    parts = [sess.run(None, {INPUT_NAME: logmel[i : i + batch]})[0] for i in range(0, len(logmel), batch)]
+    return np.concatenate(parts)
+
+
+def torch_logits(model: nn.Module, logmel: np.ndarray, batch: int = 64) -> np.ndarray:
+    """The reference: the eval-mode PyTorch model on the same windows."""
+    with torch.no_grad():
+        parts = [model(torch.from_numpy(logmel[i : i + batch])).numpy() for i in range(0, len(logmel), batch)]
+    return np.concatenate(parts)  # (windows, classes)
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Row-wise softmax, stable."""
+    shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
+    return shifted / shifted.sum(axis=1, keepdims=True)
+
+
+def clip_predictions(logits: np.ndarray, clip_index: np.ndarray, n_clips: int) -> np.ndarray:
+    """Top-1 class per clip from the mean of its windows' softmax scores (training's aggregation)."""
+    return aggregate_windows(softmax(logits), clip_index, n_clips, how="mean").argmax(axis=1)
+
+
+def accuracy(predicted: np.ndarray, labels: np.ndarray) -> float:
+    """Fraction of clips predicted right."""
+    return float((predicted == labels).mean()) if len(labels) else float("nan")
+
+
+def parity_failures(figures: dict, policy: ParityPolicy) -> list[str]:
+    """Human-readable reasons an export fails its parity policy; empty when it passes."""
+    problems = []
+    diff = figures.get("max_abs_logit_diff")
+    if diff is not None and not diff <= policy.max_logit_diff:
+        problems.append(f"PyTorch vs ONNX max |logit diff| {diff:.2e} > {policy.max_logit_diff:.0e}")
+    agreement = figures.get("int8_agreement")
+    if agreement is not None and agreement < policy.min_agreement:
+        problems.append(f"INT8 top-1 agreement {agreement:.2%} < {policy.min_agreement:.2%}")
+    fp32, int8 = figures.get("fp32_accuracy"), figures.get("int8_accuracy")
+    if fp32 is not None and int8 is not None and fp32 - int8 > policy.max_accuracy_drop + 1e-12:
+        problems.append(
+            f"INT8 accuracy drop {100 * (fp32 - int8):.2f} pp > {100 * policy.max_accuracy_drop:.2f} pp "
+            f"({fp32:.4f} -> {int8:.4f})"
+        )
+    return problems
+
+
+def latency_ms(paths: dict[str, Path], windows: np.ndarray, rounds: int = 7, per_round: int = 50) -> dict:
+    """Median per-window latency (batch 1, one intra-op thread) of each model, interleaved round by round
+    so that load from other processes on this shared CPU hits every model alike."""
+    sessions = {name: session(path, threads=1) for name, path in paths.items()}
+    samples: dict[str, list[float]] = {name: [] for name in paths}
+    feeds = [windows[i % len(windows)][None] for i in range(per_round)]  # (1, 1, n_mels, frames) each
+    for sess in sessions.values():  # warm-up: first runs allocate and pick kernels
+        for feed in feeds[:10]:
+            sess.run(None, {INPUT_NAME: feed})
+    for _ in range(rounds):
+        for name, sess in sessions.items():
+            start = time.perf_counter()
+            for feed in feeds:
+                sess.run(None, {INPUT_NAME: feed})
+            samples[name].append((time.perf_counter() - start) / per_round * 1000.0)
+    return {name: float(np.median(values)) for name, values in samples.items()}

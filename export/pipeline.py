@@ -1,0 +1,261 @@
+"""Checkpoint -> shipped ONNX model + model card: export, quantize, check parity and speed, decide, write."""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from edge_agent.frontend import LogMel
+from edge_agent.model_metadata import ModelMetadata
+from export.card import file_facts, file_sha256, write_card
+from export.clips import WindowSet, logmel_windows, sample_clips, split_for_checkpoint
+from export.onnx_export import assert_self_contained, attach_metadata, export_fp32
+from export.parity import (
+    ParityPolicy,
+    accuracy,
+    clip_predictions,
+    latency_ms,
+    onnx_logits,
+    parity_failures,
+    session,
+    torch_logits,
+)
+from export.quantize import quantize_int8
+from training.checkpoint import Checkpoint, load_checkpoint
+from training.complexity import count_macs, count_params
+
+logger = logging.getLogger(__name__)
+
+SHIP_CHOICES = ("faster", "int8", "fp32")
+PARITY_WINDOWS = 512  # PyTorch vs ONNX is exact up to float reordering: a few hundred windows show it
+
+
+class ParityError(RuntimeError):
+    """The exported model does not match its source closely enough to ship."""
+
+
+@dataclass(frozen=True)
+class ExportConfig:
+    """Everything one ``earshot export`` run needs; built once from the command line."""
+
+    checkpoint: Path
+    out: Path
+    int8: bool = False
+    calibration_data: Path | None = None
+    name: str | None = None
+    version: str | None = None
+    eval_fold: int | None = None
+    calibration_clips: int = 64
+    eval_clips: int | None = None  # None: every held-out clip
+    hop_seconds: float = 0.25  # the agent's default hop
+    seed: int = 0
+    ship: str = "faster"
+    allow_parity_failure: bool = False
+    policy: ParityPolicy = field(default_factory=ParityPolicy)
+
+    def __post_init__(self) -> None:
+        if self.out.suffix != ".onnx":
+            raise ValueError(f"--out must end in .onnx, got {self.out}")
+        if self.int8 and self.calibration_data is None:
+            raise ValueError(
+                "--int8 needs --calibration-data (an UrbanSound8K root) to calibrate on real clips"
+            )
+        if self.ship not in SHIP_CHOICES:
+            raise ValueError(f"--ship must be one of {', '.join(SHIP_CHOICES)}, got {self.ship!r}")
+        if self.calibration_clips < 1 or (self.eval_clips is not None and self.eval_clips < 1):
+            raise ValueError("--calibration-clips and --eval-clips must be at least 1")
+        if not 0 < self.hop_seconds <= 10:
+            raise ValueError(f"--hop-seconds must be in (0, 10], got {self.hop_seconds}")
+
+
+@dataclass
+class Windows:
+    """The log-mel windows an export is judged on, and where they came from."""
+
+    heldout: WindowSet | None
+    parity: np.ndarray  # (n, 1, n_mels, frames) for PyTorch vs ONNX
+    calibration: np.ndarray | None
+    provenance: dict
+
+
+def synthetic_windows(checkpoint: Checkpoint, count: int, seed: int) -> np.ndarray:
+    """Log-mel of seeded noise and tones, for PyTorch-vs-ONNX parity when no real clips are given."""
+    params = checkpoint.frontend
+    rng = np.random.default_rng(seed)
+    t = np.arange(params.window_samples) / params.sample_rate
+    waves = [
+        rng.normal(0, rng.uniform(0.001, 0.3), params.window_samples)
+        + rng.uniform(0, 0.5) * np.sin(2 * np.pi * rng.uniform(60, 7000) * t)
+        for _ in range(count)
+    ]
+    return LogMel(params)(np.stack(waves).astype(np.float32))  # (count, 1, n_mels, frames)
+
+
+def gather_windows(config: ExportConfig, checkpoint: Checkpoint) -> Windows:
+    """Real calibration and held-out windows from ``--calibration-data``, or synthetic parity windows only."""
+    if config.calibration_data is None:
+        return Windows(None, synthetic_windows(checkpoint, 64, config.seed), None, {"heldout": None})
+    split = split_for_checkpoint(config.calibration_data, checkpoint, config.eval_fold)
+    heldout_clips = sample_clips(split.heldout, config.eval_clips, config.seed)
+    heldout = logmel_windows(heldout_clips, checkpoint.frontend, config.hop_seconds, "held-out clips")
+    calibration = None
+    calib_clips = sample_clips(split.calibration, config.calibration_clips, config.seed)
+    if config.int8:
+        calibration = logmel_windows(
+            calib_clips, checkpoint.frontend, config.hop_seconds, "calibration"
+        ).logmel
+    provenance = {
+        "heldout": split.heldout_name,
+        "heldout_clips": len(heldout_clips),
+        "heldout_windows": len(heldout.logmel),
+        "calibration_folds": sorted({r.fold for r in calib_clips}) if config.int8 else [],
+        "calibration_clips": len(calib_clips) if config.int8 else 0,
+        "hop_seconds": config.hop_seconds,
+        "data_root": str(config.calibration_data),
+    }
+    return Windows(heldout, heldout.logmel[:PARITY_WINDOWS], calibration, provenance)
+
+
+def metadata_for(config: ExportConfig, checkpoint: Checkpoint, checkpoint_sha: str) -> ModelMetadata:
+    """What the ONNX file says about itself."""
+    return ModelMetadata(
+        name=config.name or config.out.stem,
+        version=config.version or checkpoint_sha[:12],
+        labels=tuple(checkpoint.labels),
+        frontend=checkpoint.frontend,
+        thresholds=dict(checkpoint.thresholds),
+        metrics=dict(checkpoint.metrics),
+    )
+
+
+def _measure(config: ExportConfig, checkpoint: Checkpoint, windows: Windows, paths: dict[str, Path]) -> dict:
+    """Parity and speed figures of the FP32 (and INT8) files against the PyTorch model."""
+    model = checkpoint.build()
+    fp32 = session(paths["fp32"], threads=2)
+    figures: dict = {
+        "max_abs_logit_diff": float(
+            np.abs(torch_logits(model, windows.parity) - onnx_logits(fp32, windows.parity)).max()
+        )
+    }
+    figures.update(fp32_accuracy=None, int8_accuracy=None, int8_agreement=None, int8_vs_fp32_speedup=None)
+    if windows.heldout is not None:
+        held = windows.heldout
+        fp32_pred = clip_predictions(onnx_logits(fp32, held.logmel), held.clip_index, len(held.labels))
+        figures["fp32_accuracy"] = accuracy(fp32_pred, held.labels)
+        if "int8" in paths:
+            int8_logits = onnx_logits(session(paths["int8"], threads=2), held.logmel)
+            int8_pred = clip_predictions(int8_logits, held.clip_index, len(held.labels))
+            figures["int8_accuracy"] = accuracy(int8_pred, held.labels)
+            figures["int8_agreement"] = float((int8_pred == fp32_pred).mean())
+    latency = latency_ms(paths, windows.parity)
+    figures["latency_ms_per_window"] = {name: round(value, 4) for name, value in latency.items()}
+    if "int8" in latency:
+        figures["int8_vs_fp32_speedup"] = round(latency["fp32"] / latency["int8"], 3)
+    return figures
+
+
+def choose_precision(config: ExportConfig, figures: dict, failures: list[str]) -> tuple[str, str]:
+    """(precision to ship, why): INT8 only if asked for, passing parity (or allowed), and not slower."""
+    if not config.int8:
+        return "fp32", "INT8 not requested"
+    if config.ship != "faster":
+        return config.ship, f"--ship {config.ship}"
+    speedup = figures["int8_vs_fp32_speedup"]
+    if speedup >= 1.0:
+        return "int8", f"INT8 is {speedup:.2f}x as fast as FP32 with 1 thread"
+    return "fp32", f"INT8 is slower than FP32 on this CPU ({speedup:.2f}x), so FP32 ships"
+
+
+def _build_files(
+    config: ExportConfig, checkpoint: Checkpoint, windows: Windows, metadata: ModelMetadata, work: Path
+) -> tuple[dict[str, Path], dict]:
+    """FP32 (and INT8) files in ``work``, each carrying the metadata; returns paths and build facts."""
+    params = checkpoint.frontend
+    paths = {"fp32": work / "fp32.onnx"}
+    facts: dict = {"exporter": export_fp32(checkpoint.build(), params.n_mels, params.n_frames, paths["fp32"])}
+    if config.int8:
+        assert windows.calibration is not None  # gather_windows loads it whenever int8 is asked for
+        paths["int8"] = work / "int8.onnx"
+        facts["quantization"] = quantize_int8(paths["fp32"], paths["int8"], windows.calibration).to_dict()
+    for path in paths.values():
+        attach_metadata(path, metadata)  # quant_pre_process and the quantizers drop metadata_props
+        assert_self_contained(path)
+    return paths, facts
+
+
+def _install(paths: dict[str, Path], precision: str, out: Path) -> dict | None:
+    """Move the shipped file to ``out`` and keep its twin beside it; returns the twin's facts."""
+    shutil.move(str(paths[precision]), out)
+    other = next((name for name in paths if name != precision), None)
+    if other is None:
+        return None
+    twin = out.with_name(f"{out.stem}.{other}.onnx")
+    shutil.move(str(paths[other]), twin)
+    return {"path": twin.name, "precision": other, **file_facts(twin)}
+
+
+def _card_body(
+    config: ExportConfig,
+    checkpoint: Checkpoint,
+    checkpoint_sha: str,
+    metadata: ModelMetadata,
+    figures: dict,
+    facts: dict,
+    command: str,
+) -> dict:
+    """Every model-card key except those write_card adds (sha256, size_bytes, license, created_at)."""
+    model = checkpoint.build()
+    params = checkpoint.frontend
+    return {
+        "name": metadata.name,
+        "version": metadata.version,
+        "labels": list(metadata.labels),
+        "frontend": dict(json.loads(params.to_json())),
+        "thresholds": metadata.thresholds,
+        "params": count_params(model),
+        "macs_per_window": count_macs(model, (1, params.n_mels, params.n_frames)),
+        "architecture": checkpoint.model_config.to_dict(),
+        **figures,
+        **facts,
+        "training_metrics": checkpoint.metrics,
+        "source_checkpoint": {
+            "path": str(config.checkpoint.resolve()),
+            "sha256": checkpoint_sha,
+            "fold": checkpoint.fold,
+        },
+        "command": command,
+    }
+
+
+def run_export(config: ExportConfig, command: str) -> dict:
+    """Do the whole export; raises ParityError (nothing written) when the parity policy fails."""
+    checkpoint = load_checkpoint(config.checkpoint)
+    checkpoint_sha = file_sha256(config.checkpoint)
+    metadata = metadata_for(config, checkpoint, checkpoint_sha)
+    windows = gather_windows(config, checkpoint)
+    config.out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=config.out.parent, prefix=".earshot-export-") as tmp:
+        paths, facts = _build_files(config, checkpoint, windows, metadata, Path(tmp))
+        figures = _measure(config, checkpoint, windows, paths)
+        failures = parity_failures(figures, config.policy)
+        if failures and not config.allow_parity_failure:
+            raise ParityError("; ".join(failures))
+        precision, reason = choose_precision(config, figures, failures)
+        twin = _install(paths, precision, config.out)
+    figures.update(
+        precision=precision,
+        precision_reason=reason,
+        parity_passed=not failures,
+        parity_failures=failures,
+        twin=twin,
+        evaluation=windows.provenance,
+        parity_policy=asdict(config.policy),
+    )
+    card = _card_body(config, checkpoint, checkpoint_sha, metadata, figures, facts, command)
+    return write_card(config.out, card)
