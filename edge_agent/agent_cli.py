@@ -61,7 +61,6 @@ def describe_config(config: AgentConfig) -> str:
     data = dataclasses.asdict(config)
     for key in ("password", "tls_key"):
         data["mqtt"][key] = "<set>" if data["mqtt"][key] else None
-    data["detector"]["thresholds"] = dict(config.detector.thresholds)
     return json.dumps(data, indent=2)
 
 

@@ -35,6 +35,22 @@ class ConfigError(ValueError):
     """A bad configuration value; the message is one line that names the key."""
 
 
+class FrozenDict(dict):
+    """A read-only dict: immutable like the rest of the tree, yet ``asdict``/copy/pickle/JSON friendly."""
+
+    def _readonly(self, *args: Any, **kwargs: Any) -> None:
+        raise TypeError("configuration is read-only")
+
+    __setitem__ = __delitem__ = __ior__ = _readonly  # type: ignore[assignment]
+    clear = pop = popitem = setdefault = update = _readonly  # type: ignore[assignment]
+
+    def __reduce__(self) -> tuple[type, tuple[dict]]:
+        return FrozenDict, (dict(self),)
+
+    def __hash__(self) -> int:  # type: ignore[override]
+        return hash(frozenset(self.items()))
+
+
 def _require(key: str, ok: bool, rule: str, value: Any) -> None:
     """Raise ConfigError('key: rule, got value') unless ok."""
     if not ok:
@@ -92,7 +108,7 @@ class DetectorConfig:
     """The detector's listen list, thresholds and timing; thresholds missing here come from the model."""
 
     listen: tuple[str, ...] = DEFAULT_ALERT_LABELS
-    thresholds: Mapping[str, float] = field(default_factory=lambda: types.MappingProxyType({}))
+    thresholds: Mapping[str, float] = field(default_factory=FrozenDict)
     confirm_n: int = 2  # a class must pass its threshold in N of the last M windows
     confirm_m: int = 3
     cooldown_s: float = 10.0  # after an episode ends, no new start for this class for this long
@@ -101,7 +117,7 @@ class DetectorConfig:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "listen", tuple(self.listen))
-        object.__setattr__(self, "thresholds", types.MappingProxyType(dict(self.thresholds)))
+        object.__setattr__(self, "thresholds", FrozenDict(self.thresholds))
         _require("detector.listen", len(self.listen) > 0, "must name at least one label", list(self.listen))
         for label in self.listen:
             _require("detector.listen", isinstance(label, str) and bool(label.strip()),
