@@ -118,6 +118,12 @@ def make_checkpoint(path: Path, arch: str, steps: int, fragile: bool = False, **
     return path
 
 
+def int8_args(checkpoint: Path, out: Path, root: Path, clips: int, *extra: str) -> list[str]:
+    """``earshot export`` arguments for an INT8 export calibrated on ``clips`` clips of ``root``."""
+    return [str(checkpoint), "--out", str(out), "--int8", "--calibration-data", str(root),
+            "--calibration-clips", str(clips), *extra]  # fmt: skip
+
+
 @pytest.fixture(scope="module")
 def trained_cnn(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_checkpoint(tmp_path_factory.mktemp("ckpt") / "cnn.pt", "cnn", steps=120, conv_channels=(4, 8))
@@ -126,24 +132,8 @@ def trained_cnn(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def int8_export(trained_cnn: Path, us8k_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("int8") / "street.onnx"
-    code = export_main(
-        [
-            str(trained_cnn),
-            "--out",
-            str(out),
-            "--int8",
-            "--calibration-data",
-            str(us8k_root),
-            "--calibration-clips",
-            "12",
-            "--name",
-            "street",
-            "--version",
-            "1.2.3",
-            "--ship",
-            "int8",
-        ]
-    )
+    code = export_main(int8_args(trained_cnn, out, us8k_root, 12, "--name", "street", "--version", "1.2.3",
+                                 "--ship", "int8"))  # fmt: skip
     assert code == 0
     return out
 
@@ -214,18 +204,7 @@ def test_forced_parity_failure_exits_non_zero_and_writes_nothing(
 ) -> None:
     fragile = make_checkpoint(tmp_path / "fragile.pt", "cnn", steps=120, fragile=True, conv_channels=(4, 8))
     out = tmp_path / "fragile.onnx"
-    args = [
-        str(fragile),
-        "--out",
-        str(out),
-        "--int8",
-        "--calibration-data",
-        str(us8k_root),
-        "--calibration-clips",
-        "8",
-        "--min-agreement",
-        "1.0",
-    ]  # forced: 100%
+    args = int8_args(fragile, out, us8k_root, 8, "--min-agreement", "1.0")  # forced: 100% agreement
     assert export_main(args) == 1
     err = capsys.readouterr().err.strip().splitlines()[-1]  # after the progress bars
     assert err.startswith("earshot export: parity check failed") and "INT8 top-1 agreement" in err
@@ -316,24 +295,7 @@ def test_recurrent_archs_export_and_quantize(
 ) -> None:
     ckpt = make_checkpoint(tmp_path / f"{arch}.pt", arch, steps=15, **overrides)
     out = tmp_path / f"{arch}.onnx"
-    assert (
-        export_main(
-            [
-                str(ckpt),
-                "--out",
-                str(out),
-                "--int8",
-                "--calibration-data",
-                str(us8k_root),
-                "--calibration-clips",
-                "6",
-                "--ship",
-                "int8",
-                "--allow-parity-failure",
-            ]
-        )
-        == 0
-    )
+    assert export_main(int8_args(ckpt, out, us8k_root, 6, "--ship", "int8", "--allow-parity-failure")) == 0
     card = read_card(out)
     assert card["max_abs_logit_diff"] < 1e-3
     int8_ops, fp32_ops = describe_ops(onnx.load(str(out)))
