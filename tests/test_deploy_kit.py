@@ -6,6 +6,7 @@ import dataclasses
 import importlib.machinery
 import importlib.util
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -221,8 +222,7 @@ def test_pi_check_bad_arguments_are_one_line(tmp_path: Path) -> None:
 
 def test_pi_check_scores_windows_on_this_host(tmp_path: Path) -> None:
     import numpy as np
-
-    from tests.support.onnx_models import band_energy_model, noise, siren_sweep, write_audio
+    from support.onnx_models import band_energy_model, noise, siren_sweep, write_audio
 
     model = band_energy_model(tmp_path / "m.onnx")
     audio = np.concatenate([noise(2.0), siren_sweep(2.0)])
@@ -346,3 +346,28 @@ def test_example_scrape_config_passes_promtool(tmp_path: Path) -> None:
     result = subprocess.run(["promtool", "check", "config", str(tmp_path / "prometheus.yml")],
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+PI_ROOT_READY = Path.home() / ".cache" / "earshot" / "pi-root" / ".earshot-root-ready"
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not (PI_ROOT_READY.exists() or os.environ.get("EARSHOT_PI_CHECK") == "1"),
+                    reason="aarch64 check runs when its cached root exists or EARSHOT_PI_CHECK=1")
+@pytest.mark.skipif(os.geteuid() != 0, reason="pi-check needs root (chroot, mount)")
+def test_pi_check_agrees_with_this_host_on_aarch64(tmp_path: Path) -> None:
+    import numpy as np
+    from support.onnx_models import band_energy_model, noise, siren_sweep, write_audio, write_card
+
+    model = band_energy_model(tmp_path / "band.onnx")
+    write_card(model, gate=True)
+    audio = np.concatenate([noise(2.0, amplitude=0.02), siren_sweep(4.0), noise(3.0, amplitude=0.02)])
+    recording = write_audio(tmp_path / "siren.wav", audio)
+    report = tmp_path / "report.json"
+    result = subprocess.run([sys.executable, str(DEPLOY / "pi-check"), "--model", str(model), "--recording",
+                             str(recording), "--report", str(report)], capture_output=True, text=True,
+                            timeout=1800)
+    assert result.returncode == 0, result.stderr[-2000:]
+    outcome = json.loads(report.read_text())
+    assert outcome["passed"] and outcome["event_kinds"] == ["siren:start", "siren:end"]
+    assert outcome["max_score_diff"] <= outcome["tolerance"]
