@@ -103,6 +103,14 @@ def test_example_config_loads_with_the_agents_loader() -> None:
     assert config.capture.enabled is False
 
 
+def test_example_config_passes_the_agents_check_config_command() -> None:
+    # What install.sh runs before enabling the service.
+    result = subprocess.run([sys.executable, "-m", "edge_agent.cli", "agent", "--check-config", str(EXAMPLE)],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["mqtt"]["queue_dir"] == "/var/lib/earshot/mqtt-queue"
+
+
 def test_example_config_with_every_commented_key_enabled_still_loads(tmp_path: Path) -> None:
     # The commented-out lines are documentation an operator will uncomment; they must be valid too.
     lines = [re.sub(r"^# ?([a-z_]+ = )", r"\1", line) for line in EXAMPLE.read_text().splitlines()]
