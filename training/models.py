@@ -25,6 +25,9 @@ class ModelConfig:
     rnn_layers: int = 1
     bidirectional: bool = False
     pooling: str = "mean"  # over time (and frequency for CNNs): "mean", "meanmax" or "attention"
+    # How a conv stem's remaining mel bins become per-step features: "mean" averages them away,
+    # "flatten" keeps where in frequency the energy sits (channels x bins), which tones need.
+    freq_reduce: str = "mean"
     dropout: float = 0.2
 
     def __post_init__(self) -> None:
@@ -34,6 +37,8 @@ class ModelConfig:
             raise ValueError(f"recurrent must be None, 'rnn', 'lstm' or 'gru', got {self.recurrent!r}")
         if self.pooling not in ("mean", "meanmax", "attention"):
             raise ValueError(f"pooling must be 'mean', 'meanmax' or 'attention', got {self.pooling!r}")
+        if self.freq_reduce not in ("mean", "flatten"):
+            raise ValueError(f"freq_reduce must be 'mean' or 'flatten', got {self.freq_reduce!r}")
         if not self.conv_channels and self.recurrent is None:
             raise ValueError("a model needs a convolutional stem, a recurrent layer, or both")
 
@@ -55,13 +60,16 @@ class ModelConfig:
 
 # The seed study's five families, and stronger compact CNNs. Sizes are chosen for a Pi: see report MACs.
 ARCHITECTURES: dict[str, ModelConfig] = {
-    "cnn": ModelConfig("cnn", conv_channels=(16, 32, 64, 128)),
+    "cnn": ModelConfig("cnn", conv_channels=(12, 24, 48, 96), freq_reduce="flatten"),
     "rnn": ModelConfig("rnn", recurrent="rnn", rnn_hidden=128, rnn_layers=2),
     "lstm": ModelConfig("lstm", recurrent="lstm", rnn_hidden=96, rnn_layers=2),
     "gru": ModelConfig("gru", recurrent="gru", rnn_hidden=96, rnn_layers=2),
-    "crnn": ModelConfig("crnn", conv_channels=(16, 32, 64), recurrent="gru", rnn_hidden=64),
+    "crnn": ModelConfig("crnn", conv_channels=(12, 24, 48), recurrent="gru", rnn_hidden=64, freq_reduce="flatten"),
+    # Stronger compact CNNs (the study's future work): residual blocks and mean+max time pooling.
+    "rescnn": ModelConfig("rescnn", conv_channels=(12, 24, 48, 96), residual=True, pooling="meanmax",
+                          freq_reduce="flatten"),
     "dsresnet": ModelConfig("dsresnet", conv_channels=(32, 64, 128, 128), conv_kind="separable",
-                            residual=True, pooling="attention"),
+                            residual=True, pooling="attention", freq_reduce="flatten"),
 }
 
 
@@ -130,6 +138,13 @@ class TemporalPool(nn.Module):
         return (weights * seq).sum(dim=1)  # (batch, features)
 
 
+def _pooled_size(size: int, blocks: int) -> int:
+    """Length left after ``blocks`` ceil-mode 2x2 max-pools."""
+    for _ in range(blocks):
+        size = -(-size // 2)
+    return size
+
+
 _RNN_TYPES = {"rnn": nn.RNN, "lstm": nn.LSTM, "gru": nn.GRU}
 
 
@@ -147,6 +162,8 @@ class AudioClassifier(nn.Module):
         ])
         # Features per time step seen by the recurrent layer or the pooling head.
         step_features = channels[-1] if config.conv_channels else n_mels
+        if config.conv_channels and config.freq_reduce == "flatten":
+            step_features *= _pooled_size(n_mels, len(config.conv_channels))
         self.rnn: nn.Module | None = None
         if config.recurrent is not None:
             self.rnn = _RNN_TYPES[config.recurrent](
@@ -163,7 +180,10 @@ class AudioClassifier(nn.Module):
         x = self.input_norm(logmel)  # (batch, 1, n_mels, frames)
         if len(self.stem):
             x = self.stem(x)  # (batch, channels, mels', frames')
-            seq = x.mean(dim=2).transpose(1, 2)  # (batch, frames', channels)
+            if self.config.freq_reduce == "flatten":
+                seq = x.flatten(1, 2).transpose(1, 2)  # (batch, frames', channels * mels')
+            else:
+                seq = x.mean(dim=2).transpose(1, 2)  # (batch, frames', channels)
         else:
             seq = x.squeeze(1).transpose(1, 2)  # (batch, frames, n_mels)
         if self.rnn is not None:

@@ -1,0 +1,112 @@
+"""Training-only augmentation, stacked as dataset wrappers over mel-power windows, plus batch mixup.
+
+The stack for training is crop (time shift) -> background noise -> gain -> log -> SpecAugment; evaluation
+uses crop-free sliding windows -> log and nothing else (``ToLogMel`` alone).
+
+Background noise is mixed in the LINEAR MEL POWER domain: power(s + n) ~= power(s) + power(n) when the
+signal and noise are uncorrelated (the cross term averages out over a mel band), so mixing cached
+features is a sound, cheap stand-in for mixing waveforms and re-running the front-end.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch.utils.data import Dataset
+
+from training.data import ClipFeatures
+
+
+class _Wrapper(Dataset):
+    """Dataset that transforms the (window, target) items of an inner dataset."""
+
+    def __init__(self, inner: Dataset) -> None:
+        self.inner = inner
+
+    def __len__(self) -> int:
+        return len(self.inner)  # type: ignore[arg-type]
+
+
+class BackgroundNoise(_Wrapper):
+    """With probability ``p``, add a random window of a real noise clip at a random SNR (dB)."""
+
+    def __init__(self, inner: Dataset, noise: ClipFeatures, snr_db: tuple[float, float], p: float) -> None:
+        super().__init__(inner)
+        self.noise, self.snr_db, self.p = noise, snr_db, p
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        power, target = self.inner[index]  # (n_mels, frames)
+        if not len(self.noise.records) or float(torch.rand(())) >= self.p:
+            return power, target
+        clip = self.noise.clip(int(torch.randint(0, len(self.noise.records), ())))  # (n_mels, noise_frames)
+        frames = power.shape[1]
+        start = int(torch.randint(0, max(clip.shape[1] - frames, 0) + 1, ()))
+        noise = clip[:, start: start + frames]  # (n_mels, frames)
+        if noise.shape[1] < frames:  # a noise clip shorter than the window is looped, as clips are
+            noise = noise.repeat(1, -(-frames // noise.shape[1]))[:, :frames]
+        snr = float(torch.empty(()).uniform_(*self.snr_db))
+        scale = power.sum() / (noise.sum() * 10 ** (snr / 10) + 1e-12)
+        return power + scale * noise, target
+
+
+class Gain(_Wrapper):
+    """Random gain of +-``db`` decibels (a power scale), so loudness is not a class cue."""
+
+    def __init__(self, inner: Dataset, db: float) -> None:
+        super().__init__(inner)
+        self.db = db
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        power, target = self.inner[index]  # (n_mels, frames)
+        gain = float(torch.empty(()).uniform_(-self.db, self.db))
+        return power * 10 ** (gain / 10), target
+
+
+class ToLogMel(_Wrapper):
+    """Mel power (n_mels, frames) -> the model's log-mel input (1, n_mels, frames), as the agent computes it."""
+
+    def __init__(self, inner: Dataset, log_offset: float) -> None:
+        super().__init__(inner)
+        self.log_offset = log_offset
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        power, target = self.inner[index]  # (n_mels, frames)
+        return torch.log(power + self.log_offset).unsqueeze(0), target  # (1, n_mels, frames)
+
+
+class SpecAugment(_Wrapper):
+    """``masks`` frequency and time masks (up to ``freq_width`` bins / ``time_width`` frames) at the mean."""
+
+    def __init__(self, inner: Dataset, freq_width: int, time_width: int, masks: int = 2) -> None:
+        super().__init__(inner)
+        self.freq_width, self.time_width, self.masks = freq_width, time_width, masks
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        logmel, target = self.inner[index]  # (1, n_mels, frames)
+        logmel = logmel.clone()
+        fill = logmel.mean()
+        for _ in range(self.masks):
+            _mask_axis(logmel, 1, self.freq_width, fill)
+            _mask_axis(logmel, 2, self.time_width, fill)
+        return logmel, target
+
+
+def _mask_axis(x: torch.Tensor, axis: int, width: int, fill: torch.Tensor) -> None:
+    """Fill a random band of up to ``width`` along ``axis`` in place."""
+    size = int(torch.randint(0, width + 1, ()))
+    if size == 0 or size >= x.shape[axis]:
+        return
+    start = int(torch.randint(0, x.shape[axis] - size + 1, ()))
+    x.narrow(axis, start, size).fill_(fill)
+
+
+def mixup(logmel: torch.Tensor, target: torch.Tensor, n_classes: int,
+          alpha: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mix a batch with a shuffled copy of itself; returns inputs and soft targets (batch, n_classes)."""
+    soft = torch.nn.functional.one_hot(target, n_classes).float()  # (batch, n_classes)
+    if alpha <= 0:
+        return logmel, soft
+    lam = float(torch.distributions.Beta(alpha, alpha).sample())
+    lam = max(lam, 1 - lam)  # keep the first item dominant so the batch's labels stay meaningful
+    order = torch.randperm(logmel.shape[0])
+    mixed = lam * logmel + (1 - lam) * logmel[order]  # (batch, 1, n_mels, frames)
+    return mixed, lam * soft + (1 - lam) * soft[order]

@@ -1,0 +1,138 @@
+"""``earshot train``: cross-validate one architecture, compare them all, or train the all-folds default model."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import shlex
+import sys
+from pathlib import Path
+
+from edge_agent.frontend import FrontendParams
+from training.models import ARCHITECTURES, architecture
+from training.report import write_comparison, write_report
+from training.run import Corpus, cross_validate, load_corpus, train_default
+from training.train import Dist, TrainConfig, setup_distributed
+
+logger = logging.getLogger(__name__)
+
+# Epochs per architecture for --compare, sized so all of them x 4 folds fit in under an hour on 2 CPU
+# cores (measured seconds per epoch in training/results/README.md); --epochs overrides them all.
+COMPARE_EPOCHS = {"cnn": 15, "rescnn": 15, "dsresnet": 10, "crnn": 15, "gru": 15, "lstm": 15, "rnn": 15}
+COMPARE_ORDER = ("cnn", "rescnn", "crnn", "gru", "lstm", "rnn")
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    """The command line; see training/results/README.md for the commands that made the committed results."""
+    parser = argparse.ArgumentParser(prog="earshot train", description=__doc__)
+    parser.add_argument("--data-root", required=True, type=Path, help="UrbanSound8K dir (metadata/ + audio/)")
+    parser.add_argument("--arch", default="cnn", help=f"one of {', '.join(ARCHITECTURES)}, or 'best' "
+                        "(highest mean accuracy in OUT/comparison.json) with --all-folds")
+    parser.add_argument("--archs", nargs="+", default=list(COMPARE_ORDER), help="architectures for --compare")
+    parser.add_argument("--folds", nargs="+", type=int, help="test folds (default: every fold present)")
+    parser.add_argument("--epochs", type=int, help="epochs (default 30; per-architecture with --compare)")
+    parser.add_argument("--out", type=Path, default=Path("training/results"), help="output directory")
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    parser.add_argument("--compare", action="store_true", help="cross-validate every --archs, write comparison")
+    parser.add_argument("--all-folds", action="store_true",
+                        help="train the default model on every fold (validation split from them) + thresholds")
+    parser.add_argument("--noise-root", type=Path, help="ESC-10 dir for background noise and open-set "
+                        "thresholds (default: DATA_ROOT/../esc10 when present)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=1,
+                        help="CPU threads (torch.set_num_threads); 1 is fastest on busy shared cores")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--lr", type=float, default=3e-3)
+    parser.add_argument("--patience", type=int, default=10, help="early-stopping patience in epochs")
+    args = parser.parse_args(argv)
+    if args.compare and args.all_folds:
+        parser.error("choose --compare or --all-folds, not both")
+    return args
+
+
+def _noise_root(args: argparse.Namespace) -> Path | None:
+    if args.noise_root is not None:
+        return args.noise_root
+    guess = args.data_root.resolve().parent / "esc10"
+    if guess.is_dir():
+        return guess
+    logger.warning("no ESC-10 directory found: training without background noise or open-set thresholds")
+    return None
+
+
+def best_architecture(out: Path) -> str:
+    """The architecture with the highest mean accuracy in a comparison.json."""
+    path = out / "comparison.json"
+    if not path.is_file():
+        raise ValueError(f"--arch best needs {path}; run 'earshot train --compare' first")
+    table = json.loads(path.read_text())
+    return max(table, key=lambda arch: table[arch]["mean_accuracy"])
+
+
+def _config(args: argparse.Namespace, arch: str) -> TrainConfig:
+    epochs = args.epochs or (COMPARE_EPOCHS.get(arch, 15) if args.compare else 30)
+    return TrainConfig(epochs=epochs, batch_size=args.batch_size, lr=args.lr, patience=args.patience,
+                       seed=args.seed, threads=args.threads, device=args.device)
+
+
+def _cross_validate(args: argparse.Namespace, corpus: Corpus, arch: str, params: FrontendParams,
+                    dist: Dist, command: str) -> dict:
+    out = args.out / arch
+    report = cross_validate(corpus, architecture(arch), _config(args, arch), params, out, args.folds, dist)
+    report["command"] = command
+    if dist.main:
+        write_report(report, out)
+    return report
+
+
+def run(args: argparse.Namespace, command: str) -> None:
+    """Do what the flags ask; every output goes under ``args.out``."""
+    dist = setup_distributed("cuda" if args.device == "cuda" else "cpu")
+    params = FrontendParams()
+    arch = best_architecture(args.out) if args.arch == "best" else args.arch
+    for name in (args.archs if args.compare else [arch]):
+        architecture(name)  # fail on a typo before decoding anything
+    corpus = load_corpus(args.data_root, _noise_root(args), params)
+    if args.all_folds:
+        report = train_default(corpus, architecture(arch), _config(args, arch), params,
+                               args.out / "default" / f"{arch}.pt", dist)
+        report["command"] = command
+        if dist.main:
+            write_report(report, args.out / "default")
+        return
+    if not args.compare:
+        _cross_validate(args, corpus, arch, params, dist, command)
+        return
+    for name in args.archs:
+        _cross_validate(args, corpus, name, params, dist, command)
+        if dist.main:  # rebuilt after each architecture, so a cut-short run still leaves its table
+            write_comparison(collect_reports(args.out), args.out)
+
+
+def collect_reports(out: Path) -> dict[str, dict]:
+    """Every architecture's latest cross-validation report under ``out``, in comparison order.
+
+    Built from the per-architecture report.json files, so several ``--compare`` processes (each with its
+    own ``--archs``, sharing the cores) add up to one table.
+    """
+    names = [*COMPARE_ORDER, *(a for a in ARCHITECTURES if a not in COMPARE_ORDER)]
+    return {name: json.loads((out / name / "report.json").read_text()) for name in names
+            if (out / name / "report.json").is_file()}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point for ``earshot train``; bad input is one line on stderr and exit status 2."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    args = parse_args(argv)
+    try:
+        run(args, shlex.join(["earshot", "train", *argv]))
+    except ValueError as error:
+        print(f"earshot train: error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

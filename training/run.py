@@ -1,0 +1,178 @@
+"""Leave-one-fold-out cross-validation, the all-folds default model, and its open-set thresholds."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from edge_agent.frontend import FrontendParams
+from edge_agent.labels import DEFAULT_ALERT_LABELS, URBANSOUND8K_LABELS
+from training.checkpoint import Checkpoint
+from training.complexity import count_macs, count_params
+from training.data import (
+    ClipFeatures,
+    folds_present,
+    load_features,
+    read_esc10_negatives,
+    read_urbansound8k,
+    split_by_group,
+)
+from training.metrics import (
+    aggregate_windows,
+    alert_order,
+    classification_metrics,
+    detection_recall,
+    false_positive_rates,
+    suggest_thresholds,
+)
+from training.models import ModelConfig, build_model
+from training.train import Dist, FitResult, TrainConfig, fit, predict_clips, resolve_device, window_scores
+
+logger = logging.getLogger(__name__)
+
+# ESC-10 folds: 1-3 are mixed in as background noise, 4 calibrates thresholds, 5 measures open-set FPR,
+# so no number we report comes from a clip the model or the thresholds were fitted on.
+ESC10_NOISE_FOLDS = (1, 2, 3)
+ESC10_CALIBRATION_FOLDS = (4,)
+ESC10_TEST_FOLDS = (5,)
+# Target clip-level false-positive rate on non-target sounds: strictest for the alert classes.
+TARGET_FPR = {"siren": 0.02, "gun_shot": 0.02, "*": 0.05}
+LABELS = URBANSOUND8K_LABELS
+
+
+@dataclass
+class Corpus:
+    """Cached features of every UrbanSound8K clip, and the ESC-10 negatives split by role."""
+
+    clips: ClipFeatures
+    noise: ClipFeatures | None = None
+    calibration: ClipFeatures | None = None
+    openset_test: ClipFeatures | None = None
+
+
+def _esc10_part(negatives: ClipFeatures, folds: tuple[int, ...]) -> ClipFeatures:
+    return negatives.subset([i for i, r in enumerate(negatives.records) if r.fold in folds])
+
+
+def load_corpus(data_root: str | Path, noise_root: str | Path | None, params: FrontendParams) -> Corpus:
+    """Read metadata, decode (or load cached) features of UrbanSound8K and, if given, ESC-10."""
+    clips = load_features(read_urbansound8k(data_root), params, desc="decode UrbanSound8K")
+    if noise_root is None:
+        return Corpus(clips)
+    negatives = load_features(read_esc10_negatives(noise_root), params, desc="decode ESC-10")
+    return Corpus(clips, _esc10_part(negatives, ESC10_NOISE_FOLDS),
+                  _esc10_part(negatives, ESC10_CALIBRATION_FOLDS), _esc10_part(negatives, ESC10_TEST_FOLDS))
+
+
+def complexity(model_config: ModelConfig, params: FrontendParams) -> dict:
+    """Parameters and MACs per input window."""
+    model = build_model(model_config, n_mels=params.n_mels, n_classes=len(LABELS))
+    return {"params": count_params(model),
+            "macs_per_window": count_macs(model, (1, params.n_mels, params.n_frames))}
+
+
+def _train_val(clips: ClipFeatures, pool: list[int], cfg: TrainConfig) -> tuple[ClipFeatures, ClipFeatures]:
+    """Split the training pool into train and validation by recording."""
+    train_idx, val_idx = split_by_group([clips.records[i] for i in pool], cfg.val_fraction, cfg.seed)
+    return clips.subset([pool[i] for i in train_idx]), clips.subset([pool[i] for i in val_idx])
+
+
+def _fold_entry(fitted: FitResult, metrics: dict, wall: float) -> dict:
+    return {**metrics, "best_epoch": fitted.best_epoch, "epochs_run": len(fitted.history),
+            "wall_s": round(wall, 1), "history": fitted.history}
+
+
+def run_fold(corpus: Corpus, model_config: ModelConfig, fold: int, cfg: TrainConfig, params: FrontendParams,
+             out_dir: Path, dist: Dist = Dist()) -> dict:
+    """Train on every other fold (validation from them), test on ``fold``, save the fold's checkpoint."""
+    start = time.perf_counter()
+    records = corpus.clips.records
+    test = corpus.clips.subset([i for i, r in enumerate(records) if r.fold == fold])
+    train, val = _train_val(corpus.clips, [i for i, r in enumerate(records) if r.fold != fold], cfg)
+    fitted = fit(model_config, train, val, corpus.noise, params, cfg, len(LABELS), dist,
+                 desc=f"{model_config.arch} fold {fold}")
+    device = resolve_device(cfg.device, dist)
+    predicted = predict_clips(fitted.model, test, params, cfg.hop_frames, device).argmax(axis=1)
+    metrics = classification_metrics(test.labels.numpy(), predicted, len(LABELS))
+    if dist.main:
+        Checkpoint(model_config, params, LABELS, fitted.model.cpu().state_dict(), fold=fold,
+                   metrics={k: metrics[k] for k in ("accuracy", "macro_f1", "macro_recall")},
+                   train_config=cfg.to_dict()).save(out_dir / f"{model_config.arch}-fold{fold}.pt")
+    logger.info("%s fold %s: accuracy %.3f", model_config.arch, fold, metrics["accuracy"])
+    return _fold_entry(fitted, metrics, time.perf_counter() - start)
+
+
+def summarise(arch: str, model_config: ModelConfig, folds: dict[str, dict], params: FrontendParams,
+              cfg: TrainConfig, wall: float) -> dict:
+    """Mean and sample std over folds, plus size, for report.json."""
+    report = {"arch": arch, "model_config": model_config.to_dict(), **complexity(model_config, params),
+              "labels": list(LABELS), "train_config": cfg.to_dict(), "folds": folds, "wall_s": round(wall, 1)}
+    for key in ("accuracy", "macro_f1", "macro_recall"):
+        values = np.array([f[key] for f in folds.values()])
+        report[f"mean_{key}"] = float(values.mean())
+        report[f"std_{key}"] = float(values.std(ddof=1)) if len(values) > 1 else 0.0
+    recalls = np.array([f["per_class_recall"] for f in folds.values()])
+    report["mean_per_class_recall"] = dict(zip(LABELS, recalls.mean(axis=0).round(4).tolist()))
+    return report
+
+
+def cross_validate(corpus: Corpus, model_config: ModelConfig, cfg: TrainConfig, params: FrontendParams,
+                   out_dir: Path, folds: list[int] | None = None, dist: Dist = Dist()) -> dict:
+    """Leave-one-fold-out over ``folds`` (default: every fold present)."""
+    present = folds_present(corpus.clips.records)
+    folds = folds or present
+    missing = sorted(set(folds) - set(present))
+    if missing:
+        raise ValueError(f"folds {missing} are not in the data (present: {present})")
+    if len(present) < 2:
+        raise ValueError("leave-one-fold-out needs at least two folds")
+    start = time.perf_counter()
+    entries = {str(f): run_fold(corpus, model_config, f, cfg, params, out_dir, dist) for f in folds}
+    return summarise(model_config.arch, model_config, entries, params, cfg, time.perf_counter() - start)
+
+
+def open_set(model: object, corpus: Corpus, val: ClipFeatures, params: FrontendParams, cfg: TrainConfig,
+             device: object) -> dict:
+    """Suggest thresholds on ESC-10 calibration clips, then measure FPR on held-out ESC-10 clips."""
+    def clip_max(features: ClipFeatures) -> np.ndarray:
+        scores, clips = window_scores(model, features, params, cfg.hop_frames, device)  # type: ignore[arg-type]
+        return aggregate_windows(scores, clips, len(features.records), "max")
+
+    thresholds = alert_order(suggest_thresholds(clip_max(corpus.calibration), LABELS, TARGET_FPR),
+                             DEFAULT_ALERT_LABELS)
+    return {
+        "thresholds": thresholds,
+        "target_fpr": TARGET_FPR,
+        "false_positive_rate": false_positive_rates(clip_max(corpus.openset_test), LABELS, thresholds),
+        "negative_clips": len(corpus.openset_test.records),
+        "recall_at_threshold": detection_recall(clip_max(val), val.labels.numpy(), LABELS, thresholds),
+        "esc10_folds": {"noise": ESC10_NOISE_FOLDS, "calibration": ESC10_CALIBRATION_FOLDS,
+                        "test": ESC10_TEST_FOLDS},
+    }
+
+
+def train_default(corpus: Corpus, model_config: ModelConfig, cfg: TrainConfig, params: FrontendParams,
+                  out_path: Path, dist: Dist = Dist()) -> dict:
+    """Train on every fold (validation split from them), add open-set thresholds, save the checkpoint."""
+    start = time.perf_counter()
+    train, val = _train_val(corpus.clips, list(range(len(corpus.clips.records))), cfg)
+    fitted = fit(model_config, train, val, corpus.noise, params, cfg, len(LABELS), dist,
+                 desc=f"{model_config.arch} all folds")
+    device = resolve_device(cfg.device, dist)
+    predicted = predict_clips(fitted.model, val, params, cfg.hop_frames, device).argmax(axis=1)
+    metrics = classification_metrics(val.labels.numpy(), predicted, len(LABELS))
+    opened = open_set(fitted.model, corpus, val, params, cfg, device) if corpus.calibration else {}
+    summary = {k: metrics[k] for k in ("accuracy", "macro_f1", "macro_recall")}
+    summary.update(evaluated_on="validation recordings held out of the training folds",
+                   open_set_fpr=opened.get("false_positive_rate", {}))
+    if dist.main:
+        Checkpoint(model_config, params, LABELS, fitted.model.cpu().state_dict(), fold=None, metrics=summary,
+                   train_config=cfg.to_dict(), thresholds=opened.get("thresholds", {})).save(out_path)
+    report = summarise(model_config.arch, model_config, {"all": _fold_entry(fitted, metrics, 0.0)}, params,
+                       cfg, time.perf_counter() - start)
+    return {**report, "checkpoint": str(out_path), "open_set": opened,
+            "folds_used": folds_present(corpus.clips.records)}

@@ -1,0 +1,229 @@
+"""Train one model on cached clip features and score clips by aggregating the agent's sliding windows.
+
+Flat on purpose (nanoGPT-style): ``fit`` is the whole loop. It runs on the CPU, one GPU, or many GPUs
+under ``torchrun`` (DistributedDataParallel + DistributedSampler, gloo on CPU, nccl on CUDA).
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import os
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import torch
+import torch.distributed as torch_dist
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+from torch.utils.data.distributed import DistributedSampler
+from tqdm import tqdm
+
+from edge_agent.frontend import FrontendParams
+from training.augment import BackgroundNoise, Gain, SpecAugment, ToLogMel, mixup
+from training.data import ClipFeatures, RandomCropDataset, WindowDataset
+from training.metrics import aggregate_windows
+from training.models import AudioClassifier, ModelConfig, build_model
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Every knob of one training run; stored in each checkpoint's ``train_config``."""
+
+    epochs: int = 30
+    batch_size: int = 64
+    lr: float = 3e-3
+    weight_decay: float = 1e-3
+    label_smoothing: float = 0.05
+    val_fraction: float = 0.12  # of the TRAINING folds' recordings, never the test fold
+    patience: int = 10  # epochs without a better validation accuracy before stopping
+    seed: int = 0
+    hop_frames: int = 16  # the agent's 250 ms hop in frames (4000 samples / 256): test-time scoring
+    val_hop_frames: int = 60  # ~1 s apart: validation every epoch costs a quarter of the agent's hop
+    mixup_alpha: float = 0.3
+    noise_p: float = 0.5
+    snr_db: tuple[float, float] = (0.0, 20.0)
+    gain_db: float = 6.0
+    freq_mask: int = 8
+    time_mask: int = 10
+    threads: int = 1  # one thread per process beats two on busy shared cores (measured)
+    device: str = "cpu"
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1 or self.batch_size < 1:
+            raise ValueError("epochs and batch_size must be at least 1")
+        if not 0 < self.val_fraction < 1:
+            raise ValueError(f"val_fraction must be in (0, 1), got {self.val_fraction}")
+
+    def to_dict(self) -> dict:
+        """Plain dict for checkpoints and reports."""
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Dist:
+    """Where this process sits in a torchrun job (rank 0 of 1 when run plainly)."""
+
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def main(self) -> bool:
+        """Only the main process writes files and logs progress."""
+        return self.rank == 0
+
+
+@dataclass
+class FitResult:
+    """The best-on-validation model and its learning curve."""
+
+    model: AudioClassifier
+    history: list[dict] = field(default_factory=list)
+    best_epoch: int = 0
+
+
+def setup_distributed(device: str) -> Dist:
+    """Join the torchrun process group when launched by torchrun; a no-op otherwise."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return Dist()
+    if not torch_dist.is_initialized():
+        torch_dist.init_process_group("nccl" if device == "cuda" else "gloo")
+    return Dist(torch_dist.get_rank(), world, int(os.environ.get("LOCAL_RANK", "0")))
+
+
+def resolve_device(requested: str, dist: Dist) -> torch.device:
+    """``auto`` picks CUDA when present; ranks under torchrun get their own GPU."""
+    if requested == "auto":
+        requested = "cuda" if torch.cuda.is_available() else "cpu"
+    if requested == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError("--device cuda was asked for but no CUDA device is available")
+        return torch.device("cuda", dist.local_rank)
+    return torch.device("cpu")
+
+
+def seed_everything(seed: int) -> None:
+    """Fixed seeds and deterministic kernels, so a CPU run repeats bit for bit."""
+    torch.manual_seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.use_deterministic_algorithms(True, warn_only=True)
+
+
+def train_dataset(features: ClipFeatures, noise: ClipFeatures | None, params: FrontendParams,
+                  cfg: TrainConfig) -> Dataset:
+    """Crop -> background noise -> gain -> log -> SpecAugment: the training-mode stack."""
+    data: Dataset = RandomCropDataset(features, params.n_frames)
+    if noise is not None and cfg.noise_p > 0:
+        data = BackgroundNoise(data, noise, cfg.snr_db, cfg.noise_p)
+    if cfg.gain_db > 0:
+        data = Gain(data, cfg.gain_db)
+    data = ToLogMel(data, params.log_offset)
+    if cfg.freq_mask or cfg.time_mask:
+        data = SpecAugment(data, cfg.freq_mask, cfg.time_mask)
+    return data
+
+
+def window_scores(model: nn.Module, features: ClipFeatures, params: FrontendParams, hop_frames: int,
+                  device: torch.device, batch_size: int = 512) -> tuple[np.ndarray, np.ndarray]:
+    """Softmax of every sliding window: (windows, classes) scores and (windows,) clip indices."""
+    data = ToLogMel(WindowDataset(features, params.n_frames, hop_frames), params.log_offset)
+    scores, clips = [], []
+    model.eval()
+    with torch.no_grad():
+        for logmel, clip in DataLoader(data, batch_size=batch_size):
+            logits = model(logmel.to(device))  # (batch, classes)
+            scores.append(torch.softmax(logits, dim=1).cpu().numpy())
+            clips.append(clip.numpy())
+    return np.concatenate(scores), np.concatenate(clips)
+
+
+def predict_clips(model: nn.Module, features: ClipFeatures, params: FrontendParams, hop_frames: int,
+                  device: torch.device) -> np.ndarray:
+    """Clip scores (clips, classes): the mean of the clip's window softmaxes."""
+    scores, clips = window_scores(model, features, params, hop_frames, device)
+    return aggregate_windows(scores, clips, len(features.records), "mean")
+
+
+def _train_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.optim.Optimizer,
+                 scheduler: torch.optim.lr_scheduler.LRScheduler, cfg: TrainConfig, n_classes: int,
+                 device: torch.device, show: bool) -> float:
+    """One pass over the training loader; returns the mean loss."""
+    model.train()
+    total, batches = 0.0, 0
+    for logmel, target in tqdm(loader, desc="batch", leave=False, disable=not show, mininterval=2.0):
+        inputs, soft = mixup(logmel, target, n_classes, cfg.mixup_alpha)  # (batch, 1, mels, frames)
+        logits = model(inputs.to(device))  # (batch, n_classes)
+        loss = nn.functional.cross_entropy(logits, soft.to(device), label_smoothing=cfg.label_smoothing)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        scheduler.step()
+        total, batches = total + loss.item(), batches + 1
+    return total / max(batches, 1)
+
+
+def _loader(data: Dataset, cfg: TrainConfig, dist: Dist, seed: int) -> tuple[DataLoader, DistributedSampler | None]:
+    """Shuffling loader; under torchrun each rank sees its own shard."""
+    # drop_last keeps BatchNorm away from a batch of one; a tiny dataset still gets one full batch.
+    batch = max(2, min(cfg.batch_size, len(data) // dist.world))  # type: ignore[arg-type]
+    if dist.world > 1:
+        sampler = DistributedSampler(data, num_replicas=dist.world, rank=dist.rank, shuffle=True, seed=seed)
+        return DataLoader(data, batch_size=batch, sampler=sampler, drop_last=True), sampler
+    generator = torch.Generator().manual_seed(seed)
+    return DataLoader(data, batch_size=batch, shuffle=True, drop_last=True, generator=generator), None
+
+
+def _sync_buffers(model: nn.Module, dist: Dist) -> None:
+    """Give every rank rank 0's BatchNorm statistics, so all ranks validate alike and stop together."""
+    if dist.world > 1:
+        for buffer in model.buffers():
+            torch_dist.broadcast(buffer, src=0)
+
+
+def fit(model_config: ModelConfig, train: ClipFeatures, val: ClipFeatures, noise: ClipFeatures | None,
+        params: FrontendParams, cfg: TrainConfig, n_classes: int, dist: Dist = Dist(),
+        desc: str = "train") -> FitResult:
+    """Train with AdamW + one-cycle LR; keep the weights with the best validation clip accuracy."""
+    seed_everything(cfg.seed + dist.rank)  # ranks augment differently; DDP syncs the initial weights
+    torch.set_num_threads(cfg.threads)
+    device = resolve_device(cfg.device, dist)
+    torch.manual_seed(cfg.seed)  # identical initial weights on every rank
+    model = build_model(model_config, n_mels=params.n_mels, n_classes=n_classes).to(device)
+    torch.manual_seed(cfg.seed + dist.rank)
+    wrapped: nn.Module = model
+    if dist.world > 1:
+        ids = [device.index] if device.type == "cuda" else None
+        wrapped = nn.parallel.DistributedDataParallel(model, device_ids=ids)
+    loader, sampler = _loader(train_dataset(train, noise, params, cfg), cfg, dist, cfg.seed)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=cfg.lr,
+                                                    total_steps=cfg.epochs * max(len(loader), 1))
+    result, best_acc, best_state, stale = FitResult(model), -1.0, None, 0
+    show_batches = dist.main and sys.stderr.isatty()
+    epochs = tqdm(range(1, cfg.epochs + 1), desc=desc, unit="epoch", disable=not dist.main, mininterval=10.0)
+    for epoch in epochs:
+        if sampler is not None:
+            sampler.set_epoch(epoch)
+        start = time.perf_counter()
+        loss = _train_epoch(wrapped, loader, optimizer, scheduler, cfg, n_classes, device, show_batches)
+        _sync_buffers(model, dist)
+        val_pred = predict_clips(model, val, params, cfg.val_hop_frames, device).argmax(axis=1)
+        val_acc = float((val_pred == val.labels.numpy()).mean())
+        result.history.append({"epoch": epoch, "train_loss": loss, "val_accuracy": val_acc,
+                               "seconds": time.perf_counter() - start})
+        epochs.set_postfix(loss=f"{loss:.3f}", val=f"{val_acc:.3f}")
+        if val_acc > best_acc:
+            best_acc, best_state, stale, result.best_epoch = val_acc, copy.deepcopy(model.state_dict()), 0, epoch
+        else:
+            stale += 1
+            if stale >= cfg.patience:
+                logger.info("%s: early stop at epoch %s (best %s)", desc, epoch, result.best_epoch)
+                break
+    model.load_state_dict(best_state)
+    return result
