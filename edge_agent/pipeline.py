@@ -78,6 +78,8 @@ class Pipeline:
         self._last_audio = 0.0  # monotonic time of the last block (0: none yet)
         self._overruns_seen = 0
         self._rtf = 0.0
+        # Children resolved once: a labels() lookup per class per window costs more than the model.
+        self._score_gauges = [self.metrics.last_score.labels(label=label) for label in model.labels]
         self._consumer = threading.Thread(target=self._consume, name="earshot-consumer", daemon=True)
 
     # --- lifecycle (main thread) ---
@@ -180,8 +182,8 @@ class Pipeline:
         self.metrics.inference_latency.observe(seconds)
         self._rtf += RTF_SMOOTHING * (seconds / (self.hop / self.rate) - self._rtf)
         self.metrics.realtime_factor.set(self._rtf)
-        for label, score in zip(self.model.labels, scores, strict=True):
-            self.metrics.last_score.labels(label=label).set(float(score))
+        for gauge, score in zip(self._score_gauges, scores.tolist(), strict=True):
+            gauge.set(score)
 
     def _emit(self, detections: list[Detection]) -> None:
         """Print each event as a JSON line, publish it, and count starts."""

@@ -1,0 +1,346 @@
+"""``earshot bench``: real-time factor, per-window latency and peak memory of the real agent pipeline.
+
+Each measurement runs the agent's own pipeline (file source, ``--fast``) in a fresh worker process pinned
+to N cores, so peak RSS is the agent's alone and one run never warms the next. ``--naive`` times the
+original study's way (per-window ``librosa.feature.melspectrogram`` + a PyTorch model) on the same audio.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+# One BLAS thread: the front-end's small matmuls lose more to thread hand-offs than they gain,
+# and "one core" must mean one core. Set before numpy is imported.
+for _name in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_name, "1")
+
+import numpy as np  # noqa: E402
+
+TARGET_RTF = 0.003
+TARGET_RSS_MB = 120.0
+
+
+class BenchError(Exception):
+    """Bad input for the benchmark; one line for the user."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The bench's flags."""
+    parser = argparse.ArgumentParser(prog="earshot bench", description=__doc__.splitlines()[0])
+    parser.add_argument("--model", help="ONNX model (default: the packaged default model)")
+    parser.add_argument("--compare-model", help="a second model, e.g. the FP32 twin of an INT8 --model")
+    parser.add_argument("--threads", default="1,2", help="onnxruntime thread counts to measure (default 1,2)")
+    parser.add_argument("--hop", type=float, default=0.25, help="seconds between windows (default 0.25)")
+    parser.add_argument("--seconds", type=float, default=60.0, help="seconds of audio per run (default 60)")
+    parser.add_argument("--source", help="audio file to use (default: synthetic street noise with sirens)")
+    parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    parser.add_argument("--naive", action="store_true",
+                        help="also time per-window librosa + PyTorch (needs the [train] extras)")
+    parser.add_argument("--checkpoint", help="PyTorch checkpoint of --model, for --naive")
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    return parser
+
+
+def parse_threads(text: str) -> list[int]:
+    """'1,2' -> [1, 2]; BenchError for anything else."""
+    try:
+        counts = sorted({int(part) for part in text.split(",") if part.strip()})
+    except ValueError:
+        raise BenchError(f"--threads: expected comma-separated integers, got {text!r}") from None
+    if not counts or counts[0] < 1 or counts[-1] > 64:
+        raise BenchError(f"--threads: counts must be in 1..64, got {text!r}")
+    return counts
+
+
+# --- the worker: one pipeline run in its own process ---------------------------------------------
+
+
+def pin_cores(count: int) -> list[int]:
+    """Restrict this process to ``count`` of the cores it may use; returns them."""
+    available = sorted(os.sched_getaffinity(0))
+    chosen = available[:count]
+    os.sched_setaffinity(0, chosen)
+    return chosen
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident memory (VmHWM).
+
+    Not ``getrusage``'s ru_maxrss: Linux carries that over fork+exec, so a worker would report its
+    parent's peak instead of its own.
+    """
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    import resource  # not Linux: the best available
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def run_worker(spec: dict[str, Any]) -> dict[str, Any]:
+    """Run the pipeline once over ``spec['audio']``; timings per window, wall/CPU time, peak RSS."""
+    import edge_agent.mqtt  # noqa: F401 (imported for RSS realism: the agent loads it when MQTT is on)
+    from edge_agent.config import AgentConfig, AudioConfig, ModelConfig
+    from edge_agent.onnx_model import OnnxModel
+    from edge_agent.pipeline import Pipeline
+    from edge_agent.sources import open_source
+
+    cores = pin_cores(spec["cores"])
+    audio = AudioConfig(source=spec["audio"], fast=True, hop_seconds=spec["hop"])
+    config = AgentConfig(audio=audio, model=ModelConfig(path=spec["model"], threads=spec["threads"]))
+    model = OnnxModel.load(spec["model"], spec["threads"], allow_ungated=True)
+    timings: list[tuple[float, float]] = []  # (front-end s, model s) per window; no audio kept
+    with open(os.devnull, "w") as sink:
+        pipeline = Pipeline(config, model, open_source(audio, model.frontend.sample_rate), out=sink,
+                            on_window=lambda w: timings.append((w.frontend_s, w.model_s)))
+        cpu_started, started = time.process_time(), time.perf_counter()
+        code = pipeline.run()
+        wall, cpu = time.perf_counter() - started, time.process_time() - cpu_started
+    if code != 0:
+        raise BenchError(f"pipeline failed: {pipeline.error}")
+    audio_s = pipeline.windower.samples_received / pipeline.rate
+    split = np.array(timings) * 1e3  # (windows, 2) ms
+    latency = split.sum(axis=1)
+    return {
+        "threads": spec["threads"], "cores": cores, "audio_seconds": audio_s, "windows": len(timings),
+        "hop_seconds": pipeline.hop / pipeline.rate, "wall_s": wall, "cpu_s": cpu,
+        "rtf": wall / audio_s, "cpu_rtf": cpu / audio_s,
+        "latency_ms": {f"p{q}": float(np.percentile(latency, q)) for q in (50, 95, 99)},
+        "frontend_ms": float(split[:, 0].mean()), "model_ms": float(split[:, 1].mean()),
+        "peak_rss_mb": peak_rss_mb(),
+        "model": {"name": model.metadata.name, "version": model.metadata.version, "sha256": model.sha256,
+                  "gated": bool(model.check and model.check.gated)},
+    }
+
+
+def spawn_worker(spec: dict[str, Any]) -> dict[str, Any]:
+    """Run ``run_worker`` in a fresh interpreter; its last stdout line is the JSON result."""
+    result = subprocess.run([sys.executable, "-m", "edge_agent.bench", "--worker", json.dumps(spec)],
+                            capture_output=True, text=True)
+    if result.returncode != 0:
+        lines = (result.stderr.strip() or result.stdout.strip() or "no output").splitlines()
+        raise BenchError(f"benchmark run failed: {lines[-1]}")
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+# --- audio and the naive baseline ------------------------------------------------------------------
+
+
+def synthetic_street(path: Path, seconds: float, rate: int) -> Path:
+    """Street-like noise with a siren-like sweep every 10 s (so the detector does real work)."""
+    import soundfile
+
+    rng = np.random.default_rng(0)
+    n = int(seconds * rate)
+    t = np.arange(n) / rate
+    audio = 0.05 * rng.standard_normal(n)
+    wail = 0.3 * np.sin(2 * np.pi * np.cumsum(1050 + 250 * np.sin(2 * np.pi * t)) / rate)
+    audio += wail * ((t % 10.0) < 3.0)
+    soundfile.write(str(path), audio.astype(np.float32), rate, subtype="PCM_16")
+    return path
+
+
+def torch_twin(model_path: str, checkpoint: str | None) -> tuple[Any, str]:
+    """The PyTorch model for --naive: the checkpoint given or named by the card, else the card's
+    architecture (untrained weights cost the same time); BenchError if neither exists."""
+    from edge_agent.model_card import read_card
+    from training.checkpoint import load_checkpoint
+    from training.models import ModelConfig, build_model
+
+    card = read_card(model_path) or {}
+    named = (card.get("source_checkpoint") or {}).get("path")
+    for candidate in (checkpoint, named):
+        if candidate and Path(candidate).is_file():
+            return load_checkpoint(candidate).build(), f"checkpoint {candidate}"
+    if checkpoint:
+        raise BenchError(f"--checkpoint: not found: {checkpoint}")
+    if "architecture" in card:
+        frontend, labels = card.get("frontend", {}), card.get("labels", [])
+        config = ModelConfig.from_dict(card["architecture"])
+        model = build_model(config, n_mels=int(frontend.get("n_mels", 64)), n_classes=len(labels))
+        return model.eval(), "architecture from the model card (timing only)"
+    raise BenchError("--naive needs the model's PyTorch twin: pass --checkpoint PATH")
+
+
+def naive_twin(model_path: str, checkpoint: str | None) -> tuple[Any, str]:
+    """Check the training extras and find the PyTorch twin before any run starts."""
+    try:
+        import librosa  # noqa: F401
+        import torch  # noqa: F401
+    except ModuleNotFoundError as error:
+        raise BenchError(f"--naive needs the training extras ({error.name} is missing): "
+                         "pip install 'earshot[train]'") from None
+    return torch_twin(model_path, checkpoint)
+
+
+def run_naive(model_path: str, twin: tuple[Any, str], audio_path: str, hop_seconds: float) -> dict[str, Any]:
+    """Time the study's loop: load with librosa, per window melspectrogram + log + PyTorch forward."""
+    import librosa
+    import torch
+
+    from edge_agent.onnx_model import OnnxModel
+    from edge_agent.windowing import hop_samples
+
+    pin_cores(1)
+    torch.set_num_threads(1)
+    p = OnnxModel.load(model_path, allow_ungated=True).frontend
+    net, source = twin
+    hop = hop_samples(hop_seconds, p.sample_rate, p.hop_length)
+
+    def loop(duration: float | None) -> int:
+        """librosa.load, then per window: melspectrogram, log, PyTorch forward, softmax."""
+        audio, _ = librosa.load(audio_path, sr=p.sample_rate, mono=True, duration=duration)
+        count = 0
+        with torch.no_grad():
+            for start in range(0, len(audio) - p.window_samples + 1, hop):
+                mel = librosa.feature.melspectrogram(
+                    y=audio[start:start + p.window_samples], sr=p.sample_rate, n_fft=p.n_fft,
+                    hop_length=p.hop_length, n_mels=p.n_mels, fmin=p.f_min, fmax=p.f_max, htk=True, norm=None,
+                    center=False, power=2.0)  # (n_mels, frames)
+                features = torch.from_numpy(np.log(mel + p.log_offset).astype(np.float32))[None, None]
+                torch.softmax(net(features), dim=-1)  # (1, n_classes)
+                count += 1
+        return count
+
+    loop(p.window_seconds)  # warm-up: librosa's and torch's first-call costs are not the loop's
+    started = time.perf_counter()
+    count = loop(None)
+    wall = time.perf_counter() - started
+    return {"wall_s": wall, "windows": count, "ms_per_window": wall / max(count, 1) * 1e3, "model": source}
+
+
+# --- the command ----------------------------------------------------------------------------------
+
+
+def measure(args: argparse.Namespace) -> dict[str, Any]:
+    """All runs the flags ask for, as one result dict."""
+    from edge_agent.agent_cli import DEFAULT_MODEL
+
+    model = args.model or str(DEFAULT_MODEL)
+    if not Path(model).is_file():
+        raise BenchError(f"model not found: {model}" + ("" if args.model else "; pass --model PATH"))
+    threads = parse_threads(args.threads)
+    if args.seconds < 2 or args.hop <= 0:
+        raise BenchError("--seconds must be >= 2 and --hop > 0")
+    twin = naive_twin(model, args.checkpoint) if args.naive else None
+    with tempfile.TemporaryDirectory(prefix="earshot-bench-") as work:
+        rate = _model_rate(model)
+        audio = args.source or str(synthetic_street(Path(work) / "street.wav", args.seconds, rate))
+        if not Path(audio).is_file():
+            raise BenchError(f"--source: not found: {audio}")
+        base = {"audio": audio, "hop": args.hop}
+        runs = [{**base, "model": model, "threads": n, "cores": n} for n in threads]
+        if args.compare_model:
+            runs.append({**base, "model": args.compare_model, "threads": 1, "cores": 1})
+        results = [spawn_worker(spec) for spec in _progress(runs)]
+        naive = run_naive(model, twin, audio, args.hop) if twin is not None else None
+    return summarise(results[: len(threads)], results[len(threads):], naive)
+
+
+def _model_rate(model: str) -> int:
+    """The model's sample rate (synthetic audio is written at it, so runs measure no resampling)."""
+    from edge_agent.onnx_model import OnnxModel
+
+    try:
+        return OnnxModel.load(model, allow_ungated=True).frontend.sample_rate
+    except ValueError as error:
+        raise BenchError(str(error)) from None
+
+
+def _progress(runs: list[dict]) -> Any:
+    """A tqdm bar over the runs when tqdm is installed (it is not part of the agent's base install)."""
+    try:
+        from tqdm import tqdm
+    except ModuleNotFoundError:
+        return runs
+    return tqdm(runs, desc="bench runs", unit="run", file=sys.stderr, leave=False)
+
+
+def summarise(runs: list[dict], compare: list[dict], naive: dict | None) -> dict[str, Any]:
+    """The headline (1 thread, 1 core), per-thread RTFs, and the optional comparisons."""
+    main = runs[0]
+    out: dict[str, Any] = {key: main[key] for key in (
+        "rtf", "cpu_rtf", "latency_ms", "peak_rss_mb", "frontend_ms", "model_ms", "windows", "audio_seconds",
+        "hop_seconds", "threads", "cores", "model")}
+    out["per_thread_rtf"] = {str(r["threads"]): r["rtf"] for r in runs}
+    out["per_thread"] = {str(r["threads"]): {k: r[k] for k in ("rtf", "latency_ms", "model_ms", "cores")}
+                         for r in runs}
+    if compare:
+        other = compare[0]
+        out["compare"] = {k: other[k] for k in ("rtf", "model_ms", "frontend_ms", "peak_rss_mb", "model")}
+        out["int8_vs_fp32_speedup"] = other["model_ms"] / main["model_ms"]
+    if naive is not None:
+        out["naive"] = naive
+        out["naive_ratio"] = naive["wall_s"] / main["wall_s"]
+    out["targets"] = {"rtf": TARGET_RTF, "peak_rss_mb": TARGET_RSS_MB,
+                      "met": main["rtf"] <= TARGET_RTF and main["peak_rss_mb"] <= TARGET_RSS_MB}
+    # Wall-clock RTF on a shared machine includes time other processes held the pinned core; the load
+    # average says how much to trust it, and cpu_rtf is the process's own share.
+    out["machine"] = {"cpu": _cpu_name(), "python": platform.python_version(),
+                      "load_average_1m": os.getloadavg()[0], "cores_online": os.cpu_count()}
+    return out
+
+
+def _cpu_name() -> str:
+    """The CPU model, for reading numbers later."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def table(result: dict[str, Any]) -> str:
+    """A readable report."""
+    lat, model, r = result["latency_ms"], result["model"], result
+    lines = [
+        f"model        {model['name']} {model['version']} ({model['sha256'][:12]})",
+        f"audio        {r['audio_seconds']:.1f} s, {r['windows']} windows, hop {r['hop_seconds']:.3f} s",
+        f"RTF          {r['rtf']:.5f}  (target <= {TARGET_RTF}; CPU {r['cpu_rtf']:.5f}, 1 thread, 1 core)",
+        f"latency      p50 {lat['p50']:.3f} ms  p95 {lat['p95']:.3f} ms  p99 {lat['p99']:.3f} ms per window",
+        f"split        front-end {r['frontend_ms']:.3f} ms + model {r['model_ms']:.3f} ms per window",
+        f"peak RSS     {result['peak_rss_mb']:.1f} MB (target <= {TARGET_RSS_MB:.0f})",
+    ]
+    lines += [f"threads {n:<4} RTF {rtf:.5f}" for n, rtf in result["per_thread_rtf"].items()]
+    if "int8_vs_fp32_speedup" in result:
+        lines.append(f"compare      model {result['compare']['model_ms']:.3f} ms/window: "
+                     f"speedup x{result['int8_vs_fp32_speedup']:.2f}")
+    if "naive_ratio" in result:
+        lines.append(f"naive        {result['naive']['ms_per_window']:.3f} ms/window "
+                     f"(librosa + PyTorch): x{result['naive_ratio']:.1f} our time")
+    lines.append("targets      " + ("met" if result["targets"]["met"] else "NOT met"))
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point for ``earshot bench``."""
+    args = build_parser().parse_args(argv)
+    if args.worker:
+        try:
+            print(json.dumps(run_worker(json.loads(args.worker))))
+        except (BenchError, ValueError, RuntimeError) as error:  # ModelError, SourceError, ConfigError
+            print(error, file=sys.stderr)
+            return 1
+        return 0
+    try:
+        result = measure(args)
+    except BenchError as error:
+        print(f"earshot bench: {error}", file=sys.stderr)
+        return 2
+    print(json.dumps(result) if args.json else table(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
