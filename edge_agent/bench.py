@@ -18,12 +18,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-# One BLAS thread: the front-end's small matmuls lose more to thread hand-offs than they gain,
-# and "one core" must mean one core. Set before numpy is imported.
-for _name in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
-    os.environ.setdefault(_name, "1")
+from edge_agent.agent_cli import DEFAULT_MODEL  # first: it pins BLAS to one thread before numpy loads
 
-import numpy as np  # noqa: E402
+# isort: split
+import numpy as np
 
 TARGET_RTF = 0.003
 TARGET_RSS_MB = 120.0
@@ -223,8 +221,6 @@ def run_naive(model_path: str, twin: tuple[Any, str], audio_path: str, hop_secon
 
 def measure(args: argparse.Namespace) -> dict[str, Any]:
     """All runs the flags ask for, as one result dict."""
-    from edge_agent.agent_cli import DEFAULT_MODEL
-
     model = args.model or str(DEFAULT_MODEL)
     if not Path(model).is_file():
         raise BenchError(f"model not found: {model}" + ("" if args.model else "; pass --model PATH"))

@@ -105,21 +105,27 @@ class MicSource:
         self._sd = _sounddevice()
         self.device = find_input_device(device_spec)
         info = self._sd.query_devices(self.device)
-        self.channels = 1  # ALSA's plug layer and PortAudio downmix for us when the device has more
-        self.sample_rate = self._pick_rate(preferred_rate, int(info["default_samplerate"]))
+        self.sample_rate, self.channels = self._pick_format(
+            preferred_rate, int(info["default_samplerate"]), int(info["max_input_channels"]))
         self.block_size = block_size
         self.description = f"mic {self.device} ({info['name']}) at {self.sample_rate} Hz"
         self._stream: Any = None
         self._ring: RingBuffer | None = None
 
-    def _pick_rate(self, preferred: int, default: int) -> int:
-        """The model's rate when the device takes it (no resampling), else the device default."""
-        try:
-            self._sd.check_input_settings(device=self.device, channels=1, samplerate=preferred,
-                                          dtype=self.dtype)
-            return preferred
-        except Exception:  # PortAudioError or ValueError: rate unsupported
-            return default
+    def _pick_format(self, preferred: int, default: int, max_channels: int) -> tuple[int, int]:
+        """Mono at the model's rate if the device takes it (no resampling), else the nearest that works.
+
+        A raw ``hw:`` device may accept only its native channel count; the consumer downmixes then.
+        """
+        for channels in dict.fromkeys((1, min(2, max_channels), max_channels)):
+            for rate in dict.fromkeys((preferred, default)):
+                try:
+                    self._sd.check_input_settings(device=self.device, channels=channels, samplerate=rate,
+                                                  dtype=self.dtype)
+                    return rate, channels
+                except Exception:  # PortAudioError or ValueError: this combination is unsupported
+                    continue
+        return default, 1  # start() reports PortAudio's own reason
 
     def _callback(self, indata: np.ndarray, frames: int, time_info: Any, status: Any) -> None:
         """PortAudio thread: copy and count; nothing else may happen here."""
