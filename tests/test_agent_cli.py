@@ -1,11 +1,11 @@
-"""``earshot agent`` as a user runs it: events on stdout, a real broker and mosquitto_sub, real /metrics,
-stdin input, and one clear line (exit 2, no traceback) for every kind of bad input."""
+"""``earshot agent`` as a user runs it: events on stdout, real /metrics, stdin input, and one clear line
+(exit 2, no traceback) for every kind of bad input. The broker path end to end (mosquitto_sub, LWT) is
+in tests/test_mqtt_broker_e2e.py."""
 
 from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -15,8 +15,7 @@ from pathlib import Path
 import jsonschema
 import numpy as np
 import pytest
-from support.mosquitto import Mosquitto, free_port
-from support.mosquitto import mosquitto_broker as mosquitto_broker  # noqa: F401 (the fixture)
+from support.mosquitto import free_port
 from support.onnx_models import band_energy_model, noise, siren_sweep, to_s16le, write_audio, write_card
 
 from edge_agent.agent_cli import DEFAULT_MODEL, main
@@ -65,23 +64,6 @@ def test_raw_stdin_at_another_rate(siren_model: Path) -> None:
                    "--model", str(siren_model), "--mqtt", "none", stdin=to_s16le(stereo))
     assert result.returncode == 0, result.stderr.decode()
     assert [e["kind"] for e in events_of(result.stdout)] == ["start", "end"]
-
-
-@pytest.mark.skipif(shutil.which("mosquitto_sub") is None, reason="needs mosquitto-clients")
-def test_a_siren_reaches_mosquitto_sub(clip: Path, siren_model: Path, mosquitto_broker: Mosquitto,  # noqa: F811
-                                       tmp_path: Path) -> None:
-    subscriber = subprocess.Popen(
-        ["mosquitto_sub", "-h", "127.0.0.1", "-p", str(mosquitto_broker.port), "-q", "1",
-         "-t", "earshot/+/event/#", "-C", "1", "-W", "60"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    time.sleep(0.3)  # mosquitto_sub subscribes before the agent publishes
-    result = agent("--source", str(clip), "--model", str(siren_model), "--fast", "--device-id", "pole-1",
-                   "--mqtt", f"mqtt://127.0.0.1:{mosquitto_broker.port}",
-                   env={"EARSHOT_MQTT_QUEUE_DIR": str(tmp_path / "queue")})
-    received, _ = subscriber.communicate(timeout=60)
-    assert result.returncode == 0, result.stderr.decode()
-    (event,) = events_of(received)
-    assert (event["label"], event["kind"], event["device_id"]) == ("siren", "start", "pole-1")
-    assert event == events_of(result.stdout)[0]  # what was printed is what was published
 
 
 def test_metrics_and_health_are_served_while_running(tmp_path: Path, siren_model: Path) -> None:
