@@ -65,8 +65,8 @@ def mosquitto_sub(mosquitto_broker: Mosquitto) -> Iterator[subprocess.Popen[str]
     # stdbuf: mosquitto_sub block-buffers a pipe, and we must see its SUBACK before the agent starts.
     line_buffered = ["stdbuf", "-oL"] if shutil.which("stdbuf") else []
     process = subprocess.Popen(
-        [*line_buffered, "mosquitto_sub", "-h", "127.0.0.1", "-p", str(mosquitto_broker.port), "-q", "1", "-d", "-v",
-         "-C", "1", "-W", "30", "-t", f"earshot/{DEVICE}/event/siren"],
+        [*line_buffered, "mosquitto_sub", "-h", "127.0.0.1", "-p", str(mosquitto_broker.port), "-q", "1",
+         "-d", "-v", "-C", "1", "-W", "30", "-t", f"earshot/{DEVICE}/event/siren"],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     assert process.stdout is not None
     for line in process.stdout:

@@ -105,8 +105,9 @@ def test_retained_topics_reach_a_late_subscriber_and_discovery_can_be_off(
     late.close()
 
 
+@pytest.mark.parametrize("stop_signal", [signal.SIGTERM, signal.SIGKILL], ids=["stopped", "killed"])
 def test_broker_restart_mid_stream_loses_nothing_in_order_exactly_once(
-        mosquitto_broker: Mosquitto, tmp_path: Path) -> None:
+        mosquitto_broker: Mosquitto, tmp_path: Path, stop_signal: int) -> None:
     subscriber = Subscriber(mosquitto_broker.port, "earshot/+/event/#")
     metrics = AgentMetrics(CollectorRegistry())
     publisher = _publisher(_config(mosquitto_broker, tmp_path), metrics)
@@ -114,7 +115,7 @@ def test_broker_restart_mid_stream_loses_nothing_in_order_exactly_once(
     sent = []
     for n in range(60):
         if n == 20:
-            mosquitto_broker.stop()
+            mosquitto_broker.stop(stop_signal)
         if n == 40:
             mosquitto_broker.start()
         sent.append(contract_event(kind="start" if n % 2 == 0 else "end", n=n))
@@ -123,7 +124,14 @@ def test_broker_restart_mid_stream_loses_nothing_in_order_exactly_once(
     subscriber.wait_for(lambda ms: len(ms) >= len(sent), timeout=15)
     time.sleep(0.5)  # a duplicate would arrive now
     received = [event["event_id"] for event in _events(subscriber)]
-    assert received == [event["event_id"] for event in sent]
+    index = {event["event_id"]: n for n, event in enumerate(sent)}
+    arrivals = [(index.get(json.loads(m.payload)["event_id"]), m.dup) for m in subscriber.messages]
+    # none lost, in order:
+    assert list(dict.fromkeys(received)) == [event["event_id"] for event in sent], arrivals
+    if stop_signal == signal.SIGTERM:
+        assert len(received) == len(sent), arrivals  # exactly once
+    # A SIGKILLed broker may die between forwarding a message and recording its acknowledgement; QoS 1
+    # then redelivers it (rarely, ~1 run in 50 here), and consumers de-duplicate on event_id.
     assert metrics.registry.get_sample_value("earshot_mqtt_events_published_total") == len(sent)
     assert metrics.registry.get_sample_value("earshot_mqtt_queue_dropped_total") == 0
     publisher.close(5)

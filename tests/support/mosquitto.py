@@ -134,6 +134,7 @@ class Received:
     payload: bytes
     retain: bool
     at: float  # time.time() on arrival
+    dup: bool = False  # the broker's redelivery flag (QoS 1 resend after a lost acknowledgement)
 
 
 class Subscriber:
@@ -161,7 +162,8 @@ class Subscriber:
 
     def _on_message(self, client: mqtt.Client, userdata: object, message: mqtt.MQTTMessage) -> None:
         with self._condition:
-            self.messages.append(Received(message.topic, message.payload, bool(message.retain), time.time()))
+            self.messages.append(Received(message.topic, message.payload, bool(message.retain), time.time(),
+                                          bool(message.dup)))
             self._condition.notify_all()
 
     def wait_for(self, predicate: Callable[[list[Received]], bool], timeout: float = 10.0) -> list[Received]:
