@@ -294,3 +294,24 @@ def test_tls_with_a_client_certificate(tmp_path: Path) -> None:
     finally:
         broker.stop()
     assert broker.log().count("New client connected") == 1
+
+
+def test_overflow_during_an_outage_drops_the_oldest_counted_and_delivers_the_rest_in_order(
+        mosquitto_broker: Mosquitto, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    subscriber = Subscriber(mosquitto_broker.port, "earshot/+/event/#")
+    mosquitto_broker.stop()
+    metrics = AgentMetrics(CollectorRegistry())
+    publisher = _publisher(_config(mosquitto_broker, tmp_path, queue_max_events=5), metrics)
+    publisher.start()
+    sent = [contract_event(n=n) for n in range(8)]
+    for event in sent:
+        publisher.publish_event(event)
+    assert metrics.registry.get_sample_value("earshot_mqtt_queue_dropped_total") == 3
+    assert metrics.registry.get_sample_value("earshot_mqtt_queue_depth") == 5
+    assert "dropped the 1 oldest" in caplog.text
+    mosquitto_broker.start()
+    subscriber.wait_for(lambda ms: len(ms) >= 5, timeout=10)
+    time.sleep(0.3)
+    assert [e["event_id"] for e in _events(subscriber)] == [e["event_id"] for e in sent[3:]]
+    publisher.close(2)
+    subscriber.close()
