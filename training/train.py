@@ -92,8 +92,10 @@ def setup_distributed(device: str) -> Dist:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         return Dist()
+    backend = "nccl" if device == "cuda" else "gloo"
     if not torch_dist.is_initialized():
-        torch_dist.init_process_group("nccl" if device == "cuda" else "gloo")
+        torch_dist.init_process_group(backend)
+    logger.info("joined the %s process group as rank %s of %s", backend, torch_dist.get_rank(), world)
     return Dist(torch_dist.get_rank(), world, int(os.environ.get("LOCAL_RANK", "0")))
 
 
