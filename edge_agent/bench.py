@@ -44,6 +44,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--naive", action="store_true",
                         help="also time per-window librosa + PyTorch (needs the [train] extras)")
     parser.add_argument("--checkpoint", help="PyTorch checkpoint of --model, for --naive")
+    parser.add_argument("--alert-latency", metavar="MQTT_URL",
+                        help="also measure sound onset -> MQTT message latency through this broker "
+                             "(real time: about 5 s per burst)")
+    parser.add_argument("--bursts", type=int, default=12,
+                        help="siren bursts for --alert-latency (default 12)")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     return parser
 
@@ -216,6 +221,98 @@ def run_naive(model_path: str, twin: tuple[Any, str], audio_path: str, hop_secon
     return {"wall_s": wall, "windows": count, "ms_per_window": wall / max(count, 1) * 1e3, "model": source}
 
 
+# --- alert latency: onset -> MQTT message, in real time ------------------------------------------
+
+
+def siren_bursts(path: Path, onsets: list[float], total: float, rate: int) -> Path:
+    """Quiet street noise with a 2 s siren-like sweep starting at each onset (seconds)."""
+    import soundfile
+
+    rng = np.random.default_rng(1)
+    t = np.arange(int(total * rate)) / rate
+    audio = 0.02 * rng.standard_normal(len(t))
+    for onset in onsets:
+        inside = (t >= onset) & (t < onset + 2.0)
+        wail = np.sin(2 * np.pi * np.cumsum(1050 + 250 * np.sin(2 * np.pi * (t - onset))) / rate)
+        audio += 0.3 * wail * inside
+    soundfile.write(str(path), audio.astype(np.float32), rate, subtype="PCM_16")
+    return path
+
+
+class _Arrivals:
+    """A paho subscriber that timestamps every event message on arrival."""
+
+    def __init__(self, host: str, port: int, topic: str) -> None:
+        import threading
+
+        import paho.mqtt.client as mqtt
+
+        self.received: list[tuple[float, dict]] = []
+        self._subscribed = threading.Event()
+        probe_id = f"earshot-latency-probe-{os.getpid()}"  # not the agent's id: the broker kicks one
+        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=probe_id)
+        self.client.on_connect = lambda client, *_: client.subscribe(topic, qos=1)
+        self.client.on_subscribe = lambda *_: self._subscribed.set()
+        self.client.on_message = lambda _c, _u, m: self.received.append((time.time(), json.loads(m.payload)))
+        self.client.connect_async(host, port)
+        self.client.loop_start()
+        if not self._subscribed.wait(10):
+            raise BenchError(f"--alert-latency: cannot subscribe at {host}:{port}")
+
+    def close(self) -> None:
+        """Disconnect."""
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+def alert_latency(model_path: str, url: str, bursts: int, hop: float) -> dict[str, Any]:
+    """Sirens in a real-time paced file through the pipeline and the real MQTT publisher; a subscriber
+    timestamps each start: latency = arrival - (stream start + onset), all on the wall clock."""
+    from datetime import datetime
+
+    from edge_agent.config import AgentConfig, AudioConfig, ConfigError, DetectorConfig, MqttConfig
+    from edge_agent.metrics import AgentMetrics
+    from edge_agent.mqtt import make_publisher
+    from edge_agent.onnx_model import OnnxModel
+    from edge_agent.pipeline import Pipeline
+    from edge_agent.sources import open_source
+
+    model = OnnxModel.load(model_path, allow_ungated=True)
+    onsets = [1.0 + 5.0 * i for i in range(bursts)]
+    with tempfile.TemporaryDirectory(prefix="earshot-latency-") as work:
+        try:
+            mqtt = MqttConfig(url=url, queue_dir=str(Path(work) / "queue"), discovery=False)
+        except ConfigError as error:
+            raise BenchError(f"--alert-latency: {error}") from None
+        audio = siren_bursts(Path(work) / "bursts.wav", onsets, onsets[-1] + 4.0, model.frontend.sample_rate)
+        # No cooldown and a short end, so every burst starts an event; N-of-M stays at its default.
+        detector = DetectorConfig(listen=("siren",), cooldown_s=0.0, end_after_s=0.5)
+        config = AgentConfig(device_id=f"bench-{os.getpid()}", detector=detector, mqtt=mqtt,
+                             audio=AudioConfig(source=str(audio), fast=False, hop_seconds=hop))
+        subscriber = _Arrivals(str(mqtt.host), int(mqtt.port or 0),
+                               f"{mqtt.topic_prefix}/{config.device_id}/event/siren")
+        identity = {"name": model.metadata.name, "version": model.metadata.version, "sha256": model.sha256}
+        publisher = make_publisher(mqtt, config.device_id, ("siren",), identity, AgentMetrics())
+        publisher.start()
+        source = open_source(config.audio, model.frontend.sample_rate)
+        with open(os.devnull, "w") as sink:
+            pipeline = Pipeline(config, model, source, publisher=publisher, out=sink)
+            pipeline.run()
+        publisher.close(timeout=10.0)
+        subscriber.close()
+    latencies = []
+    for arrived, event in subscriber.received:
+        if event["kind"] == "start":
+            heard = datetime.fromisoformat(event["started_at"].replace("Z", "+00:00")).timestamp()
+            onset = max((o for o in onsets if o <= heard - pipeline.clock_origin + 1e-3), default=None)
+            if onset is not None:
+                latencies.append((arrived - pipeline.clock_origin - onset) * 1e3)
+    budget = (model.frontend.window_seconds + pipeline.hop / pipeline.rate + 0.1) * 1e3
+    stats = {f"p{q}": float(np.percentile(latencies, q)) for q in (50, 95)} if latencies else {}
+    return {"alert_latency_ms": {**stats, "max": max(latencies, default=float("nan")), "bursts": bursts,
+                                 "detected": len(latencies), "target_p95": budget}}
+
+
 # --- the command ----------------------------------------------------------------------------------
 
 
@@ -239,7 +336,10 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
             runs.append({**base, "model": args.compare_model, "threads": 1, "cores": 1})
         results = [spawn_worker(spec) for spec in _progress(runs)]
         naive = run_naive(model, twin, audio, args.hop) if twin is not None else None
-    return summarise(results[: len(threads)], results[len(threads):], naive)
+    result = summarise(results[: len(threads)], results[len(threads):], naive)
+    if args.alert_latency:
+        result.update(alert_latency(model, args.alert_latency, args.bursts, args.hop))
+    return result
 
 
 def _model_rate(model: str) -> int:
@@ -315,6 +415,11 @@ def table(result: dict[str, Any]) -> str:
     if "naive_ratio" in result:
         lines.append(f"naive        {result['naive']['ms_per_window']:.3f} ms/window "
                      f"(librosa + PyTorch): x{result['naive_ratio']:.1f} our time")
+    if "alert_latency_ms" in result:
+        alert = result["alert_latency_ms"]
+        lines.append(f"alert        onset -> MQTT p50 {alert.get('p50', float('nan')):.0f} ms  "
+                     f"p95 {alert.get('p95', float('nan')):.0f} ms (target <= {alert['target_p95']:.0f}), "
+                     f"{alert['detected']}/{alert['bursts']} bursts")
     lines.append("targets      " + ("met" if result["targets"]["met"] else "NOT met"))
     return "\n".join(lines)
 

@@ -72,3 +72,23 @@ def test_bad_input_is_one_line(siren_model: Path, args: list[str], message: str)
     result = bench(*argv)
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines()[-1] == message
+
+
+@pytest.mark.slow
+def test_alert_latency_through_a_real_broker(siren_model: Path, tmp_path: Path) -> None:
+    from support.mosquitto import Mosquitto, mosquitto_binary
+
+    if mosquitto_binary() is None:
+        pytest.skip("mosquitto is not installed")
+    broker = Mosquitto(tmp_path / "broker")
+    broker.start()
+    try:
+        result = bench("--model", str(siren_model), "--threads", "1", "--seconds", "2", "--json",
+                       "--alert-latency", f"mqtt://127.0.0.1:{broker.port}", "--bursts", "2")
+    finally:
+        broker.stop()
+    assert result.returncode == 0, result.stderr
+    alert = json.loads(result.stdout)["alert_latency_ms"]
+    assert alert["detected"] == alert["bursts"] == 2
+    assert 0 < alert["p50"] <= alert["p95"] <= alert["max"] < 10_000  # real time, real subscriber
+    assert alert["target_p95"] == pytest.approx((1.0 + 0.256 + 0.1) * 1e3)
