@@ -145,6 +145,8 @@ def main(argv: list[str] | None = None) -> int:
     except _user_errors() as error:
         print(f"earshot agent: {error}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C before the pipeline's own handler is installed
+        return 130
 
 
 def _dispatch(args: argparse.Namespace) -> int:

@@ -57,7 +57,7 @@ class Pipeline:
         self.config, self.model, self.source = config, model, source
         self.metrics = metrics if metrics is not None else AgentMetrics()
         self.publisher, self.on_window = publisher, on_window
-        self.out = out if out is not None else sys.stdout
+        self.out: TextIO | None = out if out is not None else sys.stdout
         self.rate = params.sample_rate
         self.hop = hop_samples(config.audio.hop_seconds, params.sample_rate, params.hop_length)
         if abs(self.hop / self.rate - config.audio.hop_seconds) > 1e-9:
@@ -185,12 +185,22 @@ class Pipeline:
         for gauge, score in zip(self._score_gauges, scores.tolist(), strict=True):
             gauge.set(score)
 
+    def _print(self, line: str) -> None:
+        """One event line on stdout; a reader that went away (``| head``) must not stop detection."""
+        if self.out is None:
+            return
+        try:
+            self.out.write(line + "\n")
+            self.out.flush()
+        except (BrokenPipeError, ValueError):  # ValueError: the stream was closed
+            logger.warning("stdout is closed; events go on to MQTT and the metrics only")
+            self.out = None
+
     def _emit(self, detections: list[Detection]) -> None:
         """Print each event as a JSON line, publish it, and count starts."""
         for detection in detections:
             event = make_event(detection, self.config.device_id, self.model_ref, self.clock_origin)
-            self.out.write(to_json_line(event) + "\n")
-            self.out.flush()
+            self._print(to_json_line(event))
             if self.publisher is not None:
                 self.publisher.publish_event(event)
             if detection.kind == "start":
