@@ -122,7 +122,7 @@ class PerClipL2PGD(_PerClipStep, fb.attacks.L2PGD):
 def per_clip_pgd(attack: PerClipLinfPGD | PerClipL2PGD, fmodel: fb.PyTorchModel, x: torch.Tensor,
                  y: torch.Tensor, epsilon: torch.Tensor) -> torch.Tensor:
     """Run PGD on (batch, samples) with (batch,) epsilons; the adversarials clipped to each epsilon."""
-    x_ep, eps_ep = ep.astensor(x), ep.astensor(epsilon)
+    x_ep, eps_ep = ep.astensor(x), ep.astensor(epsilon.to(x.dtype))
     raw = ep.astensor(attack.run(fmodel, x, fb.criteria.Misclassification(y), epsilon=eps_ep))
     clipped = attack.project(raw, x_ep, eps_ep)  # foolbox's clip_perturbation, per clip
     return clipped.clip(*BOUNDS).raw

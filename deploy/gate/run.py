@@ -130,6 +130,9 @@ def measure(target: Target, config: GateConfig) -> Measurement:
     elif target.int8 is not target.onnx:
         measurement.notes.append(f"The shipped ONNX file is FP32; INT8 figures come from its twin "
                                  f"{target.int8_path.name}.")
+    if checkpoint.fold != fold:
+        measurement.notes.append(f"Fold {fold} is not the checkpoint's held-out fold ({checkpoint.fold}): "
+                                 "if the model trained on it, every figure here is optimistic.")
     if not correct.any():
         measurement.notes.append("No clip was classified correctly, so nothing was attacked.")
     return measurement
