@@ -124,6 +124,10 @@ def collect_reports(out: Path) -> dict[str, dict]:
 def main(argv: list[str] | None = None) -> int:
     """Entry point for ``earshot train``; bad input is one line on stderr and exit status 2."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    if "--adversarial" in argv:  # fine-tuning from --init has its own options: training/adversarial.py
+        from training import adversarial
+
+        return adversarial.main(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     args = parse_args(argv)
     try:
