@@ -150,3 +150,11 @@ def test_overruns_reach_the_metric(tmp_path: Path, siren_model: Path) -> None:
     pipeline.ring.write(np.zeros((1, 1), np.float32))  # full: dropped and counted
     pipeline.run()
     assert metrics.registry.get_sample_value("earshot_ring_buffer_overruns_total") == 1.0
+
+
+def test_a_closed_stdout_does_not_stop_detection(tmp_path: Path, siren_model: Path) -> None:
+    publisher = RecordingPublisher()
+    pipeline, out = make_pipeline(siren_model, str(street(tmp_path)), publisher=publisher)
+    out.close()  # like `earshot agent ... | head -1` once head has exited
+    assert pipeline.run() == 0 and pipeline.error is None
+    assert [e["kind"] for e in publisher.events] == ["start", "end"]
