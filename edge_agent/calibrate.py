@@ -19,10 +19,10 @@ from typing import Any
 
 import numpy as np
 
-from edge_agent.agent_cli import UsageError, _user_errors
+from edge_agent.agent_cli import UsageError
 from edge_agent.config import AgentConfig, DetectorConfig
 from edge_agent.detector import Detector
-from edge_agent.listen import config_from_args, run_offline
+from edge_agent.listen import config_from_args, run_command, run_offline
 
 logger = logging.getLogger(__name__)
 
@@ -282,14 +282,5 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point for ``earshot calibrate``; bad input is one line on stderr and exit code 2."""
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(level=args.log_level, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    try:
-        return run(args)
-    except _user_errors() as error:
-        print(f"earshot calibrate: {error}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        return 130
+    """Entry point for ``earshot calibrate``."""
+    return run_command("calibrate", build_parser(), run, argv)

@@ -180,16 +180,22 @@ def _require_top_k(k: int) -> None:
         raise UsageError(f"--top-k: must be >= 1, got {k}")
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Entry point for ``earshot listen``; bad input is one line on stderr and exit code 2."""
-    args = build_parser().parse_args(argv)
+def run_command(name: str, parser: argparse.ArgumentParser, run: Callable[[argparse.Namespace], int],
+                argv: list[str] | None) -> int:
+    """Parse, set up logging, run; bad input is one line on stderr and exit code 2, Ctrl-C exit 130."""
+    args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        config = config_from_args(args)
-        return listen(config, args.top_k, sys.stdout, sys.stdout.isatty())
+        return run(args)
     except _user_errors() as error:
-        print(f"earshot listen: {error}", file=sys.stderr)
+        print(f"earshot {name}: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point for ``earshot listen``."""
+    return run_command("listen", build_parser(), lambda args: listen(
+        config_from_args(args), args.top_k, sys.stdout, sys.stdout.isatty()), argv)
