@@ -85,8 +85,16 @@ class StreamResampler:
         floors, phases = np.divmod(k * self.down, self.up)
         starts = floors - self._half + 1 - self._base  # into self._history
         width = 2 * self._half
-        gather = self._history[starts[:, None] + np.arange(width)]  # (outputs, width)
-        out = np.einsum("ij,ij->i", gather, self._taps[phases], dtype=np.float32)  # (outputs,)
+        # Every input window as a strided view (no copy); picking whole rows from it is a fast memcpy,
+        # where an element-wise 2-D index would cost most of the resampler's time.
+        history = self._history
+        every = np.lib.stride_tricks.as_strided(history, (max(len(history) - width + 1, 0), width),
+                                                (history.strides[0],) * 2, writeable=False)  # (starts, width)
+        if self.up == 1 and len(starts):  # integer decimation (48 -> 16 kHz): evenly spaced rows, one phase
+            rows = every[starts[0]:starts[-1] + 1:self.down]  # (outputs, width) view
+            out = np.einsum("ij,j->i", rows, self._taps[0], dtype=np.float32)  # (outputs,)
+        else:
+            out = np.einsum("ij,ij->i", every[starts], self._taps[phases], dtype=np.float32)  # (outputs,)
         self._next_out = max(end, self._next_out)
         self._trim()
         return out
