@@ -90,10 +90,10 @@ def run_agent(config: AgentConfig) -> int:
     model = OnnxModel.load(model_path(config), config.model.threads, config.model.allow_ungated)
     source = open_source(config.audio, model.frontend.sample_rate)
     metrics = AgentMetrics()
-    publisher = make_publisher(config.mqtt, config.device_id, config.detector.listen,
-                               {"name": model.metadata.name, "version": model.metadata.version,
-                                "sha256": model.sha256}, metrics)
-    pipeline = Pipeline(config, model, source, metrics=metrics, publisher=publisher)
+    pipeline = Pipeline(config, model, source, metrics=metrics)  # validates the detector config first
+    identity = {"name": model.metadata.name, "version": model.metadata.version, "sha256": model.sha256}
+    publisher = pipeline.publisher = make_publisher(config.mqtt, config.device_id, config.detector.listen,
+                                                    identity, metrics)
     logger.info("model %s %s (%s), source %s, hop %.3f s", model.metadata.name, model.metadata.version,
                 model.sha256[:12], source.description, pipeline.hop / pipeline.rate)
     server = _start_metrics(config, metrics, pipeline)
