@@ -22,6 +22,11 @@ from edge_agent.windowing import Window
 
 logger = logging.getLogger(__name__)
 
+# Set on every session; export measures INT8 speed with the same. An earshot INT8 model keeps its first
+# conv block FP32 (faster there); onnxruntime's QDQ propagation would otherwise hoist the first
+# QuantizeLinear above that block's FP32 MaxPool and run a slow NCHW uint8 MaxPool (export/quantize.py).
+SESSION_CONFIG = {"optimization.disable_specified_optimizers": "QDQPropagationTransformer"}
+
 
 class ModelError(ValueError):
     """The model cannot be used (missing, truncated, corrupt, foreign, refused); one-line message."""
@@ -87,6 +92,8 @@ def _session(data: bytes, path: str, threads: int) -> ort.InferenceSession:
     options.inter_op_num_threads = 1  # the graph is a chain; a second pool only costs RSS
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     options.log_severity_level = 3  # onnxruntime's own warnings would reach the user as noise
+    for key, value in SESSION_CONFIG.items():
+        options.add_session_config_entry(key, value)
     if threads == 1:
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     try:

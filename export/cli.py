@@ -62,6 +62,15 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="write the model even when parity fails (experiments only; the card says so)",
     )
+    p.add_argument(
+        "--twin-budget",
+        type=int,
+        metavar="BYTES",
+        help="keep the other precision beside the model only if both fit in BYTES (default: keep)",
+    )
+    p.add_argument(
+        "--train-command", help="the 'earshot train' command that made the checkpoint (for the card)"
+    )
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     return p
 
@@ -89,6 +98,8 @@ def config_from_args(args: argparse.Namespace) -> ExportConfig:
         seed=args.seed,
         ship=args.ship,
         allow_parity_failure=args.allow_parity_failure,
+        twin_budget=args.twin_budget,
+        train_command=args.train_command,
         policy=policy,
     )
 

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from edge_agent.model_metadata import INPUT_NAME
+from edge_agent.onnx_model import SESSION_CONFIG
 from training.metrics import aggregate_windows
 
 
@@ -38,6 +39,11 @@ def session(path: Path, threads: int = 1) -> ort.InferenceSession:
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
     options.log_severity_level = 3
+    for (
+        key,
+        value,
+    ) in SESSION_CONFIG.items():  # as the agent runs it, so the speed measured is the speed shipped
+        options.add_session_config_entry(key, value)
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 

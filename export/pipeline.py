@@ -57,6 +57,8 @@ class ExportConfig:
     seed: int = 0
     ship: str = "faster"
     allow_parity_failure: bool = False
+    twin_budget: int | None = None  # keep the other precision only if model + twin fit in this many bytes
+    train_command: str | None = None  # how the checkpoint was made, for the card's reproduce recipe
     policy: ParityPolicy = field(default_factory=ParityPolicy)
 
     def __post_init__(self) -> None:
@@ -70,6 +72,8 @@ class ExportConfig:
             raise ValueError(f"--ship must be one of {', '.join(SHIP_CHOICES)}, got {self.ship!r}")
         if self.calibration_clips < 1 or (self.eval_clips is not None and self.eval_clips < 1):
             raise ValueError("--calibration-clips and --eval-clips must be at least 1")
+        if self.twin_budget is not None and self.twin_budget < 1:
+            raise ValueError(f"--twin-budget must be a positive byte count, got {self.twin_budget}")
         if not 0 < self.hop_seconds <= 10:
             raise ValueError(f"--hop-seconds must be in (0, 10], got {self.hop_seconds}")
 
@@ -189,12 +193,15 @@ def _build_files(
     return paths, facts
 
 
-def _install(paths: dict[str, Path], precision: str, out: Path) -> dict | None:
-    """Move the shipped file to ``out`` and keep its twin beside it; returns the twin's facts."""
+def _install(paths: dict[str, Path], precision: str, out: Path, budget: int | None) -> dict | None:
+    """Move the shipped file to ``out`` and keep its twin beside it if it fits; returns the twin's facts."""
     shutil.move(str(paths[precision]), out)
     other = next((name for name in paths if name != precision), None)
     if other is None:
         return None
+    total = out.stat().st_size + paths[other].stat().st_size
+    if budget is not None and total > budget:
+        return {"path": None, "precision": other, "dropped": f"model + twin = {total} bytes > {budget}"}
     twin = out.with_name(f"{out.stem}.{other}.onnx")
     shutil.move(str(paths[other]), twin)
     return {"path": twin.name, "precision": other, **file_facts(twin)}
@@ -230,6 +237,7 @@ def _card_body(
             "fold": checkpoint.fold,
         },
         "command": command,
+        "train_command": config.train_command,
     }
 
 
@@ -247,7 +255,7 @@ def run_export(config: ExportConfig, command: str) -> dict:
         if failures and not config.allow_parity_failure:
             raise ParityError("; ".join(failures))
         precision, reason = choose_precision(config, figures, failures)
-        twin = _install(paths, precision, config.out)
+        twin = _install(paths, precision, config.out, config.twin_budget)
     figures.update(
         precision=precision,
         precision_reason=reason,
