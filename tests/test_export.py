@@ -132,9 +132,8 @@ def trained_cnn(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def int8_export(trained_cnn: Path, us8k_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("int8") / "street.onnx"
-    code = export_main(int8_args(trained_cnn, out, us8k_root, 12, "--name", "street", "--version", "1.2.3",
-                                 "--ship", "int8"))  # fmt: skip
-    assert code == 0
+    named = ["--name", "street", "--version", "1.2.3", "--train-command", "earshot train --arch cnn"]
+    assert export_main(int8_args(trained_cnn, out, us8k_root, 12, "--ship", "int8", *named)) == 0
     return out
 
 
@@ -181,6 +180,7 @@ def test_card_records_parity_speed_and_provenance(int8_export: Path, trained_cnn
     assert "Conv" in card["quantization"]["int8_ops"]
     assert card["source_checkpoint"]["sha256"] == file_sha256(trained_cnn)
     assert card["command"].startswith("earshot export ") and "--int8" in card["command"]
+    assert card["train_command"] == "earshot train --arch cnn"
     assert "CC BY-NC 3.0" in card["license"] and card["labels"] == list(URBANSOUND8K_LABELS)
     assert card["params"] > 0 and card["macs_per_window"] > card["params"]
     twin = int8_export.with_name(card["twin"]["path"])
@@ -209,9 +209,10 @@ def test_forced_parity_failure_exits_non_zero_and_writes_nothing(
     err = capsys.readouterr().err.strip().splitlines()[-1]  # after the progress bars
     assert err.startswith("earshot export: parity check failed") and "INT8 top-1 agreement" in err
     assert not out.exists() and not card_path(out).exists()
-    assert export_main([*args, "--allow-parity-failure"]) == 0
+    assert export_main([*args, "--allow-parity-failure", "--twin-budget", "1"]) == 0
     card = read_card(out)
     assert not card["parity_passed"] and card["int8_agreement"] < 0.9 and card["precision"] == "fp32"
+    assert card["twin"]["dropped"] and not list(tmp_path.glob("fragile.*.onnx"))  # over its byte budget
 
 
 def test_parity_policy_names_each_failure() -> None:
