@@ -9,6 +9,7 @@ import logging
 import os
 import signal
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -126,7 +127,7 @@ def _start_metrics(config: AgentConfig, metrics: Any, pipeline: Any) -> Any:
                          f"{error.strerror or error}") from None
 
 
-def _user_errors() -> tuple[type[Exception], ...]:
+def user_errors() -> tuple[type[Exception], ...]:
     """Exceptions that mean bad input (config, model, audio, broker setup): one line, no traceback."""
     from edge_agent.mqtt import MqttSetupError
     from edge_agent.onnx_model import ModelError
@@ -135,18 +136,28 @@ def _user_errors() -> tuple[type[Exception], ...]:
     return UsageError, ConfigError, ModelError, SourceError, MqttSetupError
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Entry point for ``earshot agent``; bad input is one line on stderr and exit code 2."""
-    args = build_parser().parse_args(argv)
+_user_errors = user_errors  # the name edge_agent.listen imports
+
+
+def run_command(name: str, parser: argparse.ArgumentParser, run: Callable[[argparse.Namespace], int],
+                argv: list[str] | None) -> int:
+    """Parse, log to stderr, run; bad input is one line and exit code 2, Ctrl-C exit 130 (agent-side
+    commands share this)."""
+    args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        return _dispatch(args)
-    except _user_errors() as error:
-        print(f"earshot agent: {error}", file=sys.stderr)
+        return run(args)
+    except user_errors() as error:
+        print(f"earshot {name}: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:  # Ctrl-C before the pipeline's own handler is installed
         return 130
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point for ``earshot agent``."""
+    return run_command("agent", build_parser(), _dispatch, argv)
 
 
 def _dispatch(args: argparse.Namespace) -> int:
