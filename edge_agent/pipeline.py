@@ -77,6 +77,7 @@ class Pipeline:
         self._started = time.monotonic()
         self._last_audio = 0.0  # monotonic time of the last block (0: none yet)
         self._overruns_seen = 0
+        self.lost_seconds = 0.0  # audio dropped by overruns: keeps the stream clock on the wall clock
         self._rtf = 0.0
         # Children resolved once: a labels() lookup per class per window costs more than the model.
         self._score_gauges = [self.metrics.last_score.labels(label=label) for label in model.labels]
@@ -149,6 +150,7 @@ class Pipeline:
         self.metrics.audio_last_sample_ts.set(time.time())
         if self.ring.overruns > self._overruns_seen:
             self.metrics.overruns.inc(self.ring.overruns - self._overruns_seen)
+            self.lost_seconds = self.ring.dropped_frames / self.source.sample_rate
             logger.warning("ring buffer overrun: %d audio blocks lost so far", self.ring.overruns)
             self._overruns_seen = self.ring.overruns
         for window in self.windower.push(self.resampler.process(downmix(block))):
@@ -159,7 +161,7 @@ class Pipeline:
         if end_of_stream:
             for window in self.windower.push(self.resampler.flush()) + self.windower.flush():
                 self._process_window(window)
-        now = self.windower.samples_received / self.rate
+        now = self.windower.samples_received / self.rate + self.lost_seconds
         self._emit(self.detector.flush(now))
 
     def _process_window(self, window: Window) -> None:
@@ -169,7 +171,8 @@ class Pipeline:
         featured = time.perf_counter()
         scores = self.model.scores(features)[0]  # (n_classes,)
         done = time.perf_counter()
-        now = min(window.start + len(window.samples), self.windower.samples_received) / self.rate
+        heard = min(window.start + len(window.samples), self.windower.samples_received)
+        now = heard / self.rate + self.lost_seconds
         detections = self.detector.update(scores, now)
         self._observe(scores, done - started)
         self._emit(detections)

@@ -150,6 +150,7 @@ def test_overruns_reach_the_metric(tmp_path: Path, siren_model: Path) -> None:
     pipeline.ring.write(np.zeros((1, 1), np.float32))  # full: dropped and counted
     pipeline.run()
     assert metrics.registry.get_sample_value("earshot_ring_buffer_overruns_total") == 1.0
+    assert pipeline.lost_seconds == 1 / 16000  # the stream clock skips what was lost
 
 
 def test_a_closed_stdout_does_not_stop_detection(tmp_path: Path, siren_model: Path) -> None:
