@@ -135,6 +135,10 @@ class DetectorConfig:
         _require("detector.top_k", 1 <= self.top_k <= 100, "must be in 1..100", self.top_k)
 
 
+MQTT_STRING_MAX_BYTES = 65535  # the protocol's length prefix is two bytes
+_CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f]")
+
+
 @dataclass(frozen=True)
 class MqttConfig:
     """Broker connection, topics and the offline queue; ``url = "none"`` turns MQTT off."""
@@ -178,6 +182,18 @@ class MqttConfig:
                  _finite(self.reconnect_max_s) and self.reconnect_max_s >= self.reconnect_min_s,
                  f"must be >= reconnect_min_s ({self.reconnect_min_s})", self.reconnect_max_s)
         _require("mqtt.qos", self.qos in (0, 1, 2), "must be 0, 1 or 2", self.qos)
+        self._check_credentials()
+
+    def _check_credentials(self) -> None:
+        """MQTT caps both at 65535 bytes, and a broker drops a username with control characters."""
+        if self.username is not None:
+            _require("mqtt.username", len(self.username.encode("utf-8")) <= MQTT_STRING_MAX_BYTES,
+                     f"must be at most {MQTT_STRING_MAX_BYTES} bytes", f"{len(self.username)} characters")
+            _require("mqtt.username", not _CONTROL_CHARACTERS.search(self.username),
+                     "must not contain control characters (NUL, newline, ...)", "<hidden>")
+        if self.password is not None:
+            _require("mqtt.password", len(self.password.encode("utf-8")) <= MQTT_STRING_MAX_BYTES,
+                     f"must be at most {MQTT_STRING_MAX_BYTES} bytes", "<hidden>")
 
     @property
     def enabled(self) -> bool:
@@ -358,6 +374,9 @@ def read_toml(path: str | os.PathLike) -> dict[str, Any]:
         raise ConfigError(f"config file {str(path)!r}: {error.strerror or error}") from None
     except tomllib.TOMLDecodeError as error:
         raise ConfigError(f"config file {str(path)!r}: invalid TOML: {error}") from None
+    except UnicodeDecodeError as error:
+        raise ConfigError(f"config file {str(path)!r}: not UTF-8 text ({error.reason} at byte {error.start})"
+                          ) from None
     mqtt = data.get("mqtt")
     if isinstance(mqtt, Mapping) and "password" in mqtt:
         raise ConfigError("mqtt.password: secrets are not read from the config file; "

@@ -79,6 +79,7 @@ class Pipeline:
         self._overruns_seen = 0
         self.lost_seconds = 0.0  # audio dropped by overruns: keeps the stream clock on the wall clock
         self._rtf = 0.0
+        self.nonfinite_blocks = 0  # blocks that carried NaN/Inf samples (replaced by silence)
         # Children resolved once: a labels() lookup per class per window costs more than the model.
         self._score_gauges = [self.metrics.last_score.labels(label=label) for label in model.labels]
         self._consumer = threading.Thread(target=self._consume, name="earshot-consumer", daemon=True)
@@ -153,8 +154,17 @@ class Pipeline:
             self.lost_seconds = self.ring.dropped_frames / self.source.sample_rate
             logger.warning("ring buffer overrun: %d audio blocks lost so far", self.ring.overruns)
             self._overruns_seen = self.ring.overruns
-        for window in self.windower.push(self.resampler.process(downmix(block))):
+        for window in self.windower.push(self.resampler.process(self._finite(downmix(block)))):
             self._process_window(window)
+
+    def _finite(self, samples: np.ndarray) -> np.ndarray:
+        """Replace NaN/Inf samples (a broken float source) by silence, so they cost only their own windows."""
+        if np.isfinite(samples).all():
+            return samples
+        self.nonfinite_blocks += 1
+        if self.nonfinite_blocks == 1:
+            logger.warning("audio contains NaN or infinite samples; they are treated as silence")
+        return np.nan_to_num(samples, nan=0.0, posinf=0.0, neginf=0.0)
 
     def _flush(self, end_of_stream: bool) -> None:
         """End of stream: the resampler's tail and a last padded window; then end open episodes."""
