@@ -236,6 +236,7 @@ class StdinSource(_ThreadSource):
     """Raw interleaved s16le PCM on stdin (``arecord -f S16_LE ... | earshot agent --source -``)."""
 
     dtype = "int16"
+    live = True  # usually a capture process: a pipe that stops delivering is a stalled microphone
 
     def __init__(self, rate: int, channels: int, block_size: int, stream: BinaryIO | None = None) -> None:
         super().__init__(block_size)

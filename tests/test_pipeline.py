@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import threading
 import time
 from datetime import datetime
@@ -20,7 +21,7 @@ from edge_agent.metrics import AgentMetrics
 from edge_agent.onnx_model import OnnxModel
 from edge_agent.pipeline import Pipeline
 from edge_agent.ring_buffer import RingBuffer
-from edge_agent.sources import open_source
+from edge_agent.sources import StdinSource, open_source
 
 SCHEMA_PATH = Path(__file__).resolve().parents[1] / "edge_agent/schemas/event.schema.json"
 SCHEMA = json.loads(SCHEMA_PATH.read_text())
@@ -159,3 +160,20 @@ def test_a_closed_stdout_does_not_stop_detection(tmp_path: Path, siren_model: Pa
     out.close()  # like `earshot agent ... | head -1` once head has exited
     assert pipeline.run() == 0 and pipeline.error is None
     assert [e["kind"] for e in publisher.events] == ["start", "end"]
+
+
+def test_a_stdin_pipe_that_stops_delivering_is_a_stall(siren_model: Path) -> None:
+    """``arecord | earshot agent --source -``: a capture process that hangs turns /healthz 503."""
+    read_end, write_end = os.pipe()
+    os.write(write_end, np.zeros(1600, dtype="<i2").tobytes())  # 0.1 s, then nothing more
+    source = StdinSource(16000, 1, 256, stream=os.fdopen(read_end, "rb", buffering=0))
+    config = AgentConfig(device_id="test-pole", audio=AudioConfig(source="-"))
+    pipeline = Pipeline(config, OnnxModel.load(siren_model), source, out=io.StringIO(), stall_after_s=0.2)
+    runner = threading.Thread(target=pipeline.run)
+    runner.start()
+    time.sleep(0.5)
+    healthy, reason = pipeline.health()
+    pipeline.stop()
+    os.close(write_end)  # EOF lets the reader thread finish
+    runner.join(5.0)
+    assert not healthy and reason.startswith("audio stalled: no samples for")
