@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 import tempfile
 from dataclasses import asdict, dataclass, field
@@ -207,6 +208,15 @@ def _install(paths: dict[str, Path], precision: str, out: Path, budget: int | No
     return {"path": twin.name, "precision": other, **file_facts(twin)}
 
 
+def portable_path(checkpoint: Path, model_dir: Path) -> str:
+    """The checkpoint relative to the model's folder when both sit in the working tree (a repo checkout,
+    so the card stays valid in any clone), else absolute."""
+    checkpoint, model_dir, cwd = checkpoint.resolve(), model_dir.resolve(), Path.cwd().resolve()
+    if checkpoint.is_relative_to(cwd) and model_dir.is_relative_to(cwd):
+        return os.path.relpath(checkpoint, model_dir)
+    return str(checkpoint)
+
+
 def _card_body(
     config: ExportConfig,
     checkpoint: Checkpoint,
@@ -232,7 +242,7 @@ def _card_body(
         **facts,
         "training_metrics": checkpoint.metrics,
         "source_checkpoint": {
-            "path": str(config.checkpoint.resolve()),
+            "path": portable_path(config.checkpoint, config.out.parent),
             "sha256": checkpoint_sha,
             "fold": checkpoint.fold,
         },

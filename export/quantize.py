@@ -172,7 +172,11 @@ def fp32_stem_nodes(model: onnx.ModelProto) -> list[str]:
 
 
 def describe_ops(model: onnx.ModelProto) -> tuple[tuple[str, ...], tuple[str, ...]]:
-    """(op types computing in INT8, arithmetic op types left in FP32) of a quantized graph."""
+    """(op types wrapped in Q/DQ or integer by construction, arithmetic op types left FP32) of a graph.
+
+    onnxruntime fuses a Q/DQ-wrapped node into an integer kernel where it has one (Conv, MatMul, Gemm,
+    Add, MaxPool...); where it has none (Tanh) the node computes in float between INT8 tensors.
+    """
     producers = {out: node for node in model.graph.node for out in node.output}
     consumers: dict[str, list[onnx.NodeProto]] = {}
     for node in model.graph.node:

@@ -21,6 +21,7 @@ from edge_agent.onnx_model import ModelError, OnnxModel
 from export.card import card_path, file_sha256
 from export.cli import main as export_main
 from export.parity import ParityPolicy, parity_failures
+from export.pipeline import portable_path
 from export.quantize import describe_ops
 from training.checkpoint import Checkpoint, load_checkpoint
 from training.models import architecture, build_model
@@ -178,7 +179,8 @@ def test_card_records_parity_speed_and_provenance(int8_export: Path, trained_cnn
     )
     assert card["quantization"]["format"] == "QDQ" and card["quantization"]["per_channel"]
     assert "Conv" in card["quantization"]["int8_ops"]
-    assert card["source_checkpoint"]["sha256"] == file_sha256(trained_cnn)
+    source = {"path": str(trained_cnn), "sha256": file_sha256(trained_cnn), "fold": TEST_FOLD}
+    assert card["source_checkpoint"] == source  # absolute: the test's checkpoint is outside the tree
     assert card["command"].startswith("earshot export ") and "--int8" in card["command"]
     assert card["train_command"] == "earshot train --arch cnn"
     assert "CC BY-NC 3.0" in card["license"] and card["labels"] == list(URBANSOUND8K_LABELS)
@@ -213,6 +215,15 @@ def test_forced_parity_failure_exits_non_zero_and_writes_nothing(
     card = read_card(out)
     assert not card["parity_passed"] and card["int8_agreement"] < 0.9 and card["precision"] == "fp32"
     assert card["twin"]["dropped"] and not list(tmp_path.glob("fragile.*.onnx"))  # over its byte budget
+
+
+def test_checkpoint_path_is_relative_inside_the_working_tree(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)  # a repo checkout: the card must survive a clone elsewhere
+    relative = portable_path(tmp_path / "training" / "best.pt", tmp_path / "edge_agent" / "models")
+    assert relative == "../../training/best.pt"
+    assert portable_path(Path("/elsewhere/best.pt"), tmp_path / "models") == "/elsewhere/best.pt"
 
 
 def test_parity_policy_names_each_failure() -> None:
