@@ -122,7 +122,8 @@ def fine_tune(checkpoint: Checkpoint, bank: ClipBank, cfg: AdversarialConfig) ->
         for start in bar:
             index = order[start: start + cfg.batch_size]
             x, y = bank.crops(index, length, rng), torch.from_numpy(bank.labels[index])  # (batch, samples)
-            x_adv = adversarial_batch(model, fmodel, attack, x, y, cfg)
+            # --adv-weight 0 is the control run: the same fine-tuning without attacks.
+            x_adv = adversarial_batch(model, fmodel, attack, x, y, cfg) if cfg.adv_weight > 0 else x
             logits = model(torch.cat([x, x_adv]))  # (2 * batch, classes)
             clean_loss = nn.functional.cross_entropy(logits[: len(x)], y)
             adv_loss = nn.functional.cross_entropy(logits[len(x):], y)

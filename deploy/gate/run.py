@@ -119,20 +119,26 @@ def measure(target: Target, config: GateConfig) -> Measurement:
     rate = checkpoint.frontend.sample_rate
     corrupted = {"clean": base, **_corruption_accuracy(held, judge, noise_bank, rate, config.seed)}
     figures.update({f"drop_{name}": base - acc for name, acc in corrupted.items() if name != "clean"})
-    measurement = Measurement(figures, fold, len(held.windows), result.deepfool_snr_db.tolist(), corrupted,
-                              "ONNX" if target.onnx else "PyTorch",
-                              _example(result, clean[correct], held.labels[correct], torch_model))
+    return Measurement(figures, fold, len(held.windows), result.deepfool_snr_db.tolist(), corrupted,
+                       "ONNX" if target.onnx else "PyTorch",
+                       _example(result, clean[correct], held.labels[correct], torch_model),
+                       _notes(target, fold, attacked=bool(correct.any())))
+
+
+def _notes(target: Target, fold: int, attacked: bool) -> list[str]:
+    """What a reader of the report must know to read the figures right."""
+    notes = []
     if target.onnx is None:
-        measurement.notes.append("A checkpoint was judged: no INT8 transfer figures, no model card to write.")
-    elif int8_model is None:
-        measurement.notes.append("No INT8 model (the ONNX file is FP32 and its card names no INT8 twin): "
-                                 "INT8 figures not measured.")
+        notes.append("A checkpoint was judged: no INT8 transfer figures, no model card to write.")
+    elif target.int8 is None:
+        notes.append("No INT8 model (the ONNX file is FP32 and its card names no INT8 twin): "
+                     "INT8 figures not measured.")
     elif target.int8 is not target.onnx:
-        measurement.notes.append(f"The shipped ONNX file is FP32; INT8 figures come from its twin "
-                                 f"{target.int8_path.name}.")
-    if checkpoint.fold != fold:
-        measurement.notes.append(f"Fold {fold} is not the checkpoint's held-out fold ({checkpoint.fold}): "
-                                 "if the model trained on it, every figure here is optimistic.")
-    if not correct.any():
-        measurement.notes.append("No clip was classified correctly, so nothing was attacked.")
-    return measurement
+        notes.append(f"The shipped ONNX file is FP32; INT8 figures come from its twin "
+                     f"{target.int8_path.name}.")
+    if target.checkpoint.fold != fold:
+        notes.append(f"Fold {fold} is not the checkpoint's held-out fold ({target.checkpoint.fold}): "
+                     "if the model trained on it, every figure here is optimistic.")
+    if not attacked:
+        notes.append("No clip was classified correctly, so nothing was attacked.")
+    return notes
