@@ -137,6 +137,8 @@ def test_bad_data_is_an_error(world, tmp_path, capsys, args, message):
 
 
 def test_bad_model_and_policy_are_errors(world, tmp_path, capsys):
+    assert main([str(world["checkpoint"]), "--data-root", str(tmp_path)]) == 2
+    assert "is not an UrbanSound8K directory" in one_line_error(capsys)
     assert gate(world, tmp_path / "missing.onnx", "weak.toml", tmp_path / "r") == 2
     assert "model not found" in one_line_error(capsys)
     garbage = tmp_path / "garbage.pt"

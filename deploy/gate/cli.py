@@ -73,6 +73,9 @@ def _report(target: Target, policy: Policy, policy_path: Path, m: Measurement, c
 def run(args: argparse.Namespace) -> int:
     """Measure, judge, report, and record a pass in the model card."""
     policy = load_policy(args.policy)
+    if not (args.data_root / "metadata" / "UrbanSound8K.csv").is_file():
+        raise ValueError(f"--data-root {args.data_root} is not an UrbanSound8K directory "
+                         "(metadata/UrbanSound8K.csv is missing)")
     target = resolve_target(args.model, args.checkpoint)
     noise_root = args.noise_root or args.data_root.resolve().parent / "esc10"
     config = GateConfig(args.data_root, noise_root, args.fold, args.max_clips, args.seed,
