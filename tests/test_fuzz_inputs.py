@@ -203,7 +203,8 @@ def toml_value(value: object) -> str:
         return "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")
     if isinstance(value, list):
         return "[" + ", ".join(toml_value(v) for v in value) + "]"
-    return json.dumps(value, ensure_ascii=False)  # TOML has no surrogate-pair escapes
+    # Non-ASCII raw (TOML has no surrogate-pair escapes); DEL escaped (JSON leaves it raw, TOML forbids it).
+    return json.dumps(value, ensure_ascii=False).replace("\x7f", "\\u007f")
 
 
 KEYS = sorted((section, key) for section, cls in SECTIONS.items()
