@@ -241,7 +241,10 @@ class StdinSource(_ThreadSource):
     def __init__(self, rate: int, channels: int, block_size: int, stream: BinaryIO | None = None) -> None:
         super().__init__(block_size)
         self.sample_rate, self.channels = rate, channels
-        self._stream = stream if stream is not None else sys.stdin.buffer
+        # Unbuffered FileIO on fd 0: a BufferedReader's lock, held by the blocked reader thread, aborts the
+        # interpreter at shutdown (SIGTERM while arecord is still writing).
+        self._stream = stream if stream is not None else open(sys.stdin.fileno(), "rb", buffering=0,
+                                                              closefd=False)
         self.description = f"stdin (s16le, {rate} Hz, {channels} ch)"
 
     def _blocks(self) -> Any:

@@ -172,10 +172,6 @@ def test_a_full_queue_drops_the_oldest_and_counts_them(tmp_path: Path, down_brok
     assert "disk queue full (4 events): dropped the 1 oldest undelivered events" in log
 
 
-@pytest.mark.xfail(strict=True, reason="SIGTERM while stdin is open: the stdin reader thread (a daemon) is "
-                   "blocked in sys.stdin.buffer.read and holds its lock, so interpreter shutdown aborts with "
-                   "'Fatal Python error: _enter_buffered_busy' (exit -6, SIGABRT); systemd stop of an "
-                   "'arecord | earshot agent --source -' unit would log a crash")
 def test_sigterm_stops_a_stdin_agent_cleanly(tmp_path: Path, down_broker: Mosquitto) -> None:
     agent = Agent(tmp_path, down_broker.port, sirens_s16le(1), name="stdin")
     agent.wait_metric("earshot_mqtt_queue_depth", 2)
