@@ -111,7 +111,17 @@ def needs_dynamic(model_path: Path) -> bool:
 def _preprocess(fp32_path: Path, work: Path) -> Path:
     """Shape inference + graph optimisation (BN folding) that ORT's quantizer expects first."""
     out = work / "pre.onnx"
-    quant_pre_process(str(fp32_path), str(out), skip_symbolic_shape=False)
+    try:
+        quant_pre_process(str(fp32_path), str(out), skip_symbolic_shape=False)
+    except Exception as error:  # noqa: BLE001 - onnxruntime's symbolic shape tool fails in many ways
+        # Its symbolic inference loses a Concat's input shapes (rescnn's mean+max pooling); ONNX's own
+        # shape inference is all a fixed-window CNN/RNN needs.
+        logger.info(
+            "symbolic shape inference failed (%s: %s); using ONNX shape inference",
+            type(error).__name__,
+            error,
+        )
+        quant_pre_process(str(fp32_path), str(out), skip_symbolic_shape=True)
     return out
 
 
