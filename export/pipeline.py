@@ -165,8 +165,8 @@ def _measure(config: ExportConfig, checkpoint: Checkpoint, windows: Windows, pat
     return figures
 
 
-def choose_precision(config: ExportConfig, figures: dict, failures: list[str]) -> tuple[str, str]:
-    """(precision to ship, why): INT8 only if asked for, passing parity (or allowed), and not slower."""
+def choose_precision(config: ExportConfig, figures: dict) -> tuple[str, str]:
+    """(precision to ship, why): INT8 only if asked for and not slower (parity is checked before)."""
     if not config.int8:
         return "fp32", "INT8 not requested"
     if config.ship != "faster":
@@ -264,7 +264,7 @@ def run_export(config: ExportConfig, command: str) -> dict:
         failures = parity_failures(figures, config.policy)
         if failures and not config.allow_parity_failure:
             raise ParityError("; ".join(failures))
-        precision, reason = choose_precision(config, figures, failures)
+        precision, reason = choose_precision(config, figures)
         twin = _install(paths, precision, config.out, config.twin_budget)
     figures.update(
         precision=precision,

@@ -21,7 +21,7 @@ from edge_agent.onnx_model import ModelError, OnnxModel
 from export.card import card_path, file_sha256
 from export.cli import main as export_main
 from export.parity import ParityPolicy, parity_failures
-from export.pipeline import portable_path
+from export.pipeline import ExportConfig, choose_precision, portable_path
 from export.quantize import describe_ops
 from training.checkpoint import Checkpoint, load_checkpoint
 from training.models import architecture, build_model
@@ -213,7 +213,7 @@ def test_forced_parity_failure_exits_non_zero_and_writes_nothing(
     assert not out.exists() and not card_path(out).exists()
     assert export_main([*args, "--allow-parity-failure", "--twin-budget", "1"]) == 0
     card = read_card(out)
-    assert not card["parity_passed"] and card["int8_agreement"] < 0.9 and card["precision"] == "fp32"
+    assert not card["parity_passed"] and card["int8_agreement"] < 0.9
     assert card["twin"]["dropped"] and not list(tmp_path.glob("fragile.*.onnx"))  # over its byte budget
 
 
@@ -224,6 +224,17 @@ def test_checkpoint_path_is_relative_inside_the_working_tree(
     relative = portable_path(tmp_path / "training" / "best.pt", tmp_path / "edge_agent" / "models")
     assert relative == "../../training/best.pt"
     assert portable_path(Path("/elsewhere/best.pt"), tmp_path / "models") == "/elsewhere/best.pt"
+
+
+def test_the_faster_precision_ships_unless_told(tmp_path: Path) -> None:
+    def config(**kw: object) -> ExportConfig:
+        return ExportConfig(tmp_path / "c.pt", tmp_path / "m.onnx", calibration_data=tmp_path, **kw)
+
+    assert choose_precision(config(int8=True), {"int8_vs_fp32_speedup": 1.7})[0] == "int8"
+    precision, why = choose_precision(config(int8=True), {"int8_vs_fp32_speedup": 0.9})
+    assert precision == "fp32" and "slower" in why
+    assert choose_precision(config(int8=True, ship="int8"), {"int8_vs_fp32_speedup": 0.9})[0] == "int8"
+    assert choose_precision(config(), {"int8_vs_fp32_speedup": None})[0] == "fp32"
 
 
 def test_parity_policy_names_each_failure() -> None:
