@@ -69,7 +69,7 @@ def plot_confusion(report: dict, path: Path) -> None:
     for (i, j), value in np.ndenumerate(rates):
         ax.text(j, i, f"{value:.2f}", ha="center", va="center", fontsize=6,
                 color="white" if value > 0.5 else "black")
-    ax.set(xlabel="predicted", ylabel="true", title=f"{report['arch']}: confusion (all test folds)")
+    ax.set(xlabel="predicted", ylabel="true", title=f"{report['arch']}: confusion (held-out clips of every run)")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -172,7 +172,8 @@ def train_default(corpus: Corpus, model_config: ModelConfig, cfg: TrainConfig, p
     if dist.main:
         Checkpoint(model_config, params, LABELS, fitted.model.cpu().state_dict(), fold=None, metrics=summary,
                    train_config=cfg.to_dict(), thresholds=opened.get("thresholds", {})).save(out_path)
-    report = summarise(model_config.arch, model_config, {"all": _fold_entry(fitted, metrics, 0.0)}, params,
-                       cfg, time.perf_counter() - start)
+    wall = time.perf_counter() - start
+    report = summarise(model_config.arch, model_config, {"all": _fold_entry(fitted, metrics, wall)}, params,
+                       cfg, wall)
     return {**report, "checkpoint": str(out_path), "open_set": opened,
             "folds_used": folds_present(corpus.clips.records)}
