@@ -40,7 +40,8 @@ def test_real_clips_train_and_score_end_to_end() -> None:
     records = read_urbansound8k(US8K)
     train = compute_features(_every_nth(records, 1, 12) + _every_nth(records, 2, 12), PARAMS)
     test = compute_features(_every_nth(records, 10, 25), PARAMS)
-    assert train.clip(0).shape == (PARAMS.n_mels, 1 + (4 * PARAMS.sample_rate - PARAMS.n_fft) // PARAMS.hop_length)
+    four_seconds = 1 + (4 * PARAMS.sample_rate - PARAMS.n_fft) // PARAMS.hop_length
+    assert train.clip(0).shape == (PARAMS.n_mels, four_seconds)
     noise = compute_features(read_esc10_negatives(ESC10)[::40], PARAMS)
     cfg = TrainConfig(epochs=2, batch_size=16)
     fitted = fit(architecture("cnn", conv_channels=(4, 8)), train, test, noise, PARAMS, cfg, n_classes=10)

@@ -62,7 +62,7 @@ class Gain(_Wrapper):
 
 
 class ToLogMel(_Wrapper):
-    """Mel power (n_mels, frames) -> the model's log-mel input (1, n_mels, frames), as the agent computes it."""
+    """Mel power (n_mels, frames) -> the model's log-mel input (1, n_mels, frames), as the agent has it."""
 
     def __init__(self, inner: Dataset, log_offset: float) -> None:
         super().__init__(inner)

@@ -1,4 +1,4 @@
-"""``earshot train``: cross-validate one architecture, compare them all, or train the all-folds default model."""
+"""``earshot train``: cross-validate one architecture, compare them all, or train the all-folds default."""
 
 from __future__ import annotations
 
@@ -34,9 +34,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--epochs", type=int, help="epochs (default 30; per-architecture with --compare)")
     parser.add_argument("--out", type=Path, default=Path("training/results"), help="output directory")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    parser.add_argument("--compare", action="store_true", help="cross-validate every --archs, write comparison")
+    parser.add_argument("--compare", action="store_true", help="cross-validate each of --archs")
     parser.add_argument("--all-folds", action="store_true",
-                        help="train the default model on every fold (validation split from them) + thresholds")
+                        help="train the default model on every fold, with open-set thresholds")
     parser.add_argument("--noise-root", type=Path, help="ESC-10 dir for background noise and open-set "
                         "thresholds (default: DATA_ROOT/../esc10 when present)")
     parser.add_argument("--seed", type=int, default=0)

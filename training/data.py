@@ -70,7 +70,7 @@ class ClipFeatures:
 
 
 def read_urbansound8k(root: str | Path) -> list[ClipRecord]:
-    """Clips listed in ``metadata/UrbanSound8K.csv`` whose audio is present; folds from the ``fold`` column."""
+    """Clips in ``metadata/UrbanSound8K.csv`` whose audio is present; folds from the ``fold`` column."""
     root = Path(root)
     meta = root / "metadata" / "UrbanSound8K.csv"
     if not meta.is_file():
@@ -91,7 +91,7 @@ def read_urbansound8k(root: str | Path) -> list[ClipRecord]:
 
 
 def read_esc10_negatives(root: str | Path) -> list[ClipRecord]:
-    """ESC-10 clips of the classes that are none of ours (label -1): open-set negatives and background noise."""
+    """ESC-10 clips of classes that are none of ours (label -1): open-set negatives, background noise."""
     root = Path(root)
     meta = root / "meta.csv"
     if not meta.is_file():

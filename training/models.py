@@ -64,7 +64,8 @@ ARCHITECTURES: dict[str, ModelConfig] = {
     "rnn": ModelConfig("rnn", recurrent="rnn", rnn_hidden=128, rnn_layers=2),
     "lstm": ModelConfig("lstm", recurrent="lstm", rnn_hidden=96, rnn_layers=2),
     "gru": ModelConfig("gru", recurrent="gru", rnn_hidden=96, rnn_layers=2),
-    "crnn": ModelConfig("crnn", conv_channels=(12, 24, 48), recurrent="gru", rnn_hidden=64, freq_reduce="flatten"),
+    "crnn": ModelConfig("crnn", conv_channels=(12, 24, 48), recurrent="gru", rnn_hidden=64,
+                        freq_reduce="flatten"),
     # Stronger compact CNNs (the study's future work): residual blocks and mean+max time pooling.
     "rescnn": ModelConfig("rescnn", conv_channels=(12, 24, 48, 96), residual=True, pooling="meanmax",
                           freq_reduce="flatten"),
@@ -158,7 +159,7 @@ class AudioClassifier(nn.Module):
         channels = (1, *config.conv_channels)
         self.stem = nn.Sequential(*[
             ConvBlock(c_in, c_out, config.conv_kind, config.residual)
-            for c_in, c_out in zip(channels[:-1], channels[1:])
+            for c_in, c_out in zip(channels[:-1], channels[1:], strict=True)
         ])
         # Features per time step seen by the recurrent layer or the pooling head.
         step_features = channels[-1] if config.conv_channels else n_mels

@@ -1,4 +1,4 @@
-"""Write a run's report.json, report.md, confusion-matrix and learning-curve PNGs, and the comparison table."""
+"""A run's report.json, report.md, confusion-matrix and learning-curve PNGs, and the comparison table."""
 
 from __future__ import annotations
 
@@ -47,9 +47,9 @@ def markdown_report(report: dict) -> str:
 
 
 def _open_set_lines(opened: dict) -> list[str]:
-    lines = [f"Open set: thresholds from ESC-10 folds {opened['esc10_folds']['calibration']}, false-positive "
-             f"rate on {opened['negative_clips']} held-out non-target ESC-10 clips (folds "
-             f"{opened['esc10_folds']['test']}; a clip counts when any 1-s window reaches the threshold).", "",
+    lines = [f"Open set: thresholds from ESC-10 folds {opened['esc10_folds']['calibration']}, "
+             f"false-positive rate on {opened['negative_clips']} held-out non-target ESC-10 clips (folds "
+             f"{opened['esc10_folds']['test']}; a clip counts when any 1-s window reaches it).", "",
              "| class | threshold | FPR | recall at threshold (validation) |", "|---|---|---|---|"]
     for label, threshold in opened["thresholds"].items():
         lines.append(f"| {label} | {threshold:.3f} | {opened['false_positive_rate'][label]:.3f} | "
@@ -69,7 +69,7 @@ def plot_confusion(report: dict, path: Path) -> None:
     for (i, j), value in np.ndenumerate(rates):
         ax.text(j, i, f"{value:.2f}", ha="center", va="center", fontsize=6,
                 color="white" if value > 0.5 else "black")
-    ax.set(xlabel="predicted", ylabel="true", title=f"{report['arch']}: confusion (held-out clips of every run)")
+    ax.set(xlabel="predicted", ylabel="true", title=f"{report['arch']}: confusion (held-out clips)")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -102,7 +102,8 @@ def write_report(report: dict, out_dir: Path) -> None:
 
 
 def comparison(reports: dict[str, dict]) -> dict:
-    """The release-tooling shape: {arch: {mean_accuracy, std_accuracy, macro_f1, params, macs_per_window, folds}}."""
+    """Release tooling's shape: {arch: {mean_accuracy, std_accuracy, macro_f1, params, macs_per_window,
+    folds}}."""
     return {arch: {"mean_accuracy": r["mean_accuracy"], "std_accuracy": r["std_accuracy"],
                    "macro_f1": r["mean_macro_f1"], "params": r["params"],
                    "macs_per_window": r["macs_per_window"],
@@ -121,8 +122,9 @@ def comparison_markdown(reports: dict[str, dict]) -> str:
         subset = (f"{_pm(*STUDY_ON_SUBSET[arch][:2])} / {STUDY_ON_SUBSET[arch][2]:.2f}"
                   if arch in STUDY_ON_SUBSET else "—")
         lines.append(f"| {arch} | {_pm(r['mean_accuracy'], r['std_accuracy'])} | "
-                     f"{_pm(r['mean_macro_f1'], r['std_macro_f1'])} | {r['mean_macro_recall']:.3f} | {study} | "
-                     f"{subset} | {r['params']:,} | {r['macs_per_window'] / 1e6:.2f} | {r['wall_s']:.0f} |")
+                     f"{_pm(r['mean_macro_f1'], r['std_macro_f1'])} | {r['mean_macro_recall']:.3f} | "
+                     f"{study} | {subset} | {r['params']:,} | {r['macs_per_window'] / 1e6:.2f} | "
+                     f"{r['wall_s']:.0f} |")
     folds = ", ".join(next(iter(reports.values()))["folds"]) if reports else ""
     commands = dict.fromkeys(r.get("command", "") for r in reports.values())
     lines += ["", f"Test folds: {folds}. Mean ± sample std over folds; with 4 folds, differences under "

@@ -30,7 +30,16 @@ from training.metrics import (
     suggest_thresholds,
 )
 from training.models import ModelConfig, build_model
-from training.train import Dist, FitResult, TrainConfig, fit, predict_clips, resolve_device, window_scores
+from training.train import (
+    NO_DIST,
+    Dist,
+    FitResult,
+    TrainConfig,
+    fit,
+    predict_clips,
+    resolve_device,
+    window_scores,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -87,7 +96,7 @@ def _fold_entry(fitted: FitResult, metrics: dict, wall: float) -> dict:
 
 
 def run_fold(corpus: Corpus, model_config: ModelConfig, fold: int, cfg: TrainConfig, params: FrontendParams,
-             out_dir: Path, dist: Dist = Dist()) -> dict:
+             out_dir: Path, dist: Dist = NO_DIST) -> dict:
     """Train on every other fold (validation from them), test on ``fold``, save the fold's checkpoint."""
     start = time.perf_counter()
     records = corpus.clips.records
@@ -116,12 +125,12 @@ def summarise(arch: str, model_config: ModelConfig, folds: dict[str, dict], para
         report[f"mean_{key}"] = float(values.mean())
         report[f"std_{key}"] = float(values.std(ddof=1)) if len(values) > 1 else 0.0
     recalls = np.array([f["per_class_recall"] for f in folds.values()])
-    report["mean_per_class_recall"] = dict(zip(LABELS, recalls.mean(axis=0).round(4).tolist()))
+    report["mean_per_class_recall"] = dict(zip(LABELS, recalls.mean(axis=0).round(4).tolist(), strict=True))
     return report
 
 
 def cross_validate(corpus: Corpus, model_config: ModelConfig, cfg: TrainConfig, params: FrontendParams,
-                   out_dir: Path, folds: list[int] | None = None, dist: Dist = Dist()) -> dict:
+                   out_dir: Path, folds: list[int] | None = None, dist: Dist = NO_DIST) -> dict:
     """Leave-one-fold-out over ``folds`` (default: every fold present)."""
     present = folds_present(corpus.clips.records)
     folds = folds or present
@@ -156,7 +165,7 @@ def open_set(model: object, corpus: Corpus, val: ClipFeatures, params: FrontendP
 
 
 def train_default(corpus: Corpus, model_config: ModelConfig, cfg: TrainConfig, params: FrontendParams,
-                  out_path: Path, dist: Dist = Dist()) -> dict:
+                  out_path: Path, dist: Dist = NO_DIST) -> dict:
     """Train on every fold (validation split from them), add open-set thresholds, save the checkpoint."""
     start = time.perf_counter()
     train, val = _train_val(corpus.clips, list(range(len(corpus.clips.records))), cfg)

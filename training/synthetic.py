@@ -34,7 +34,7 @@ def synth_clip(kind: str, freq: float, rate: int, seconds: float, rng: np.random
 
 def write_urbansound8k(root: str | Path, folds: tuple[int, ...] = (1, 2, 3), per_class: int = 4,
                        seed: int = 0) -> Path:
-    """Write ``metadata/UrbanSound8K.csv`` and ``audio/foldN/`` with ``per_class`` recordings per class/fold."""
+    """Write ``metadata/UrbanSound8K.csv`` + ``audio/foldN/``, ``per_class`` recordings per class and fold."""
     root, rng = Path(root), np.random.default_rng(seed)
     rows = []
     for fold in folds:

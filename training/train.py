@@ -78,6 +78,9 @@ class Dist:
         return self.rank == 0
 
 
+NO_DIST = Dist()  # a plain single-process run
+
+
 @dataclass
 class FitResult:
     """The best-on-validation model and its learning curve."""
@@ -170,7 +173,8 @@ def _train_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.optim.Op
     return total / max(batches, 1)
 
 
-def _loader(data: Dataset, cfg: TrainConfig, dist: Dist, seed: int) -> tuple[DataLoader, DistributedSampler | None]:
+def _loader(data: Dataset, cfg: TrainConfig, dist: Dist,
+            seed: int) -> tuple[DataLoader, DistributedSampler | None]:
     """Shuffling loader; under torchrun each rank sees its own shard."""
     # drop_last keeps BatchNorm away from a batch of one; a tiny dataset still gets one full batch.
     batch = max(2, min(cfg.batch_size, len(data) // dist.world))  # type: ignore[arg-type]
@@ -189,7 +193,7 @@ def _sync_buffers(model: nn.Module, dist: Dist) -> None:
 
 
 def fit(model_config: ModelConfig, train: ClipFeatures, val: ClipFeatures, noise: ClipFeatures | None,
-        params: FrontendParams, cfg: TrainConfig, n_classes: int, dist: Dist = Dist(),
+        params: FrontendParams, cfg: TrainConfig, n_classes: int, dist: Dist = NO_DIST,
         desc: str = "train") -> FitResult:
     """Train with AdamW + one-cycle LR; keep the weights with the best validation clip accuracy."""
     seed_everything(cfg.seed + dist.rank)  # ranks augment differently; DDP syncs the initial weights
@@ -221,7 +225,8 @@ def fit(model_config: ModelConfig, train: ClipFeatures, val: ClipFeatures, noise
                                "seconds": time.perf_counter() - start})
         epochs.set_postfix(loss=f"{loss:.3f}", val=f"{val_acc:.3f}")
         if val_acc > best_acc:
-            best_acc, best_state, stale, result.best_epoch = val_acc, copy.deepcopy(model.state_dict()), 0, epoch
+            best_acc, stale, result.best_epoch = val_acc, 0, epoch
+            best_state = copy.deepcopy(model.state_dict())
         else:
             stale += 1
             if stale >= cfg.patience:
