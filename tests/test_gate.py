@@ -156,3 +156,17 @@ def test_shipped_policy_is_complete_and_parses():
     assert set(policy.thresholds) == set(FIGURE_BOUNDS)
     assert policy.attack.pgd_steps >= 20  # the shipped gate attacks in earnest
     assert np.isfinite(list(policy.thresholds.values())).all()
+
+
+def test_a_model_trained_on_every_fold_is_judged_on_its_validation_split(world: dict[str, Path]) -> None:
+    from deploy.gate.clips import held_out_records
+    from training.checkpoint import load_checkpoint
+
+    checkpoint = load_checkpoint(world["checkpoint"])
+    checkpoint.fold = None
+    checkpoint.train_config = {"val_fraction": 0.5, "seed": 0}
+    records, source = held_out_records(world["us8k"], checkpoint, fold=None)
+    assert source.startswith("validation split") and records
+    all_records, _ = held_out_records(world["us8k"], checkpoint, fold=1)
+    fold_two, _ = held_out_records(world["us8k"], checkpoint, fold=2)
+    assert 0 < len(records) < len(all_records) + len(fold_two)

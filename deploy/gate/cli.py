@@ -62,7 +62,7 @@ def _report(target: Target, policy: Policy, policy_path: Path, m: Measurement, c
                   "int8_model": str(target.int8_path) if target.int8_path else None},
         "checkpoint": {"path": str(target.checkpoint_path), "arch": target.checkpoint.model_config.arch},
         "policy": {"path": str(policy_path), "sha256": policy.sha256},
-        "fold": m.fold, "clips": m.clips, "corruptions_judged_by": m.judged_by,
+        "fold": m.fold, "held_out": m.held_out, "clips": m.clips, "corruptions_judged_by": m.judged_by,
         "figures": m.figures, "checks": checks_to_json(checks),
         "corruption_accuracy": m.corruption_accuracy,
         "deepfool_snr_db": [s if s != float("-inf") else None for s in m.deepfool_snr_db],

@@ -1,4 +1,4 @@
-"""The gate's evaluation data: the held-out fold's clips as 1-s windows, and a bank of real background noise.
+"""The gate's evaluation data: held-out clips as 1-s windows, and a bank of real background noise.
 
 Each clip is judged on its loudest 1-s window: the window that carries the event, and the one a
 sensor's detector fires on. Decoding reuses training/data.py so the gate reads clips as training does.
@@ -16,6 +16,8 @@ from tqdm import tqdm
 from deploy.gate.corruptions import Window, loudest_start
 from edge_agent.frontend import FrontendParams
 from edge_agent.labels import URBANSOUND8K_LABELS
+from export.clips import split_for_checkpoint
+from training.checkpoint import Checkpoint
 from training.data import ClipRecord, folds_present, load_waveform, read_esc10_negatives, read_urbansound8k
 
 logger = logging.getLogger(__name__)
@@ -25,9 +27,9 @@ NOISE_CLIPS_PER_CLASS = 8  # 72 real recordings: variety enough, decoded in seco
 
 @dataclass
 class HeldOut:
-    """Windows of the held-out fold and their class indices in the model's label order."""
+    """Windows of the held-out clips and their class indices in the model's label order."""
 
-    fold: int
+    source: str  # "fold 10", or the checkpoint's validation split
     windows: list[Window]
     labels: np.ndarray  # (clips,) int64
     names: list[str]
@@ -51,21 +53,29 @@ def _balanced(records: list[ClipRecord], limit: int | None, seed: int) -> list[C
     return chosen if limit is None else chosen[:limit]
 
 
-def load_held_out(data_root: str | Path, fold: int, params: FrontendParams, labels: tuple[str, ...],
+def held_out_records(data_root: str | Path, checkpoint: Checkpoint, fold: int | None
+                     ) -> tuple[list[ClipRecord], str]:
+    """The clips the model never trained on: ``fold``, else its test fold, else its validation split."""
+    if fold is not None:
+        records = read_urbansound8k(data_root)
+        if fold not in folds_present(records):
+            raise ValueError(f"fold {fold} is not in {data_root} (folds present: {folds_present(records)})")
+        return [r for r in records if r.fold == fold], f"fold {fold}"
+    split = split_for_checkpoint(Path(data_root), checkpoint)
+    return split.heldout, split.heldout_name
+
+
+def load_held_out(records: list[ClipRecord], source: str, params: FrontendParams, labels: tuple[str, ...],
                   max_clips: int | None = None, seed: int = 0) -> HeldOut:
-    """Decode the fold's clips (those of the model's classes) and pick each one's loudest window."""
-    records = read_urbansound8k(data_root)
-    if fold not in folds_present(records):
-        raise ValueError(f"fold {fold} is not in {data_root} (folds present: {folds_present(records)})")
-    chosen = _balanced([r for r in records if r.fold == fold and URBANSOUND8K_LABELS[r.label] in labels],
-                       max_clips, seed)
+    """Decode the held-out clips (those of the model's classes) and pick each one's loudest window."""
+    chosen = _balanced([r for r in records if URBANSOUND8K_LABELS[r.label] in labels], max_clips, seed)
     length, hop = params.window_samples, params.hop_length
     windows = []
-    for record in tqdm(chosen, desc=f"fold {fold}", unit="clip", mininterval=2.0):
+    for record in tqdm(chosen, desc=source, unit="clip", mininterval=2.0):
         clip = np.clip(load_waveform(record.path, params).numpy(), -1.0, 1.0)  # (samples,)
         windows.append(Window(clip, loudest_start(clip, length, hop), length))
     label_index = np.array([labels.index(URBANSOUND8K_LABELS[r.label]) for r in chosen], dtype=np.int64)
-    return HeldOut(fold, windows, label_index, [r.path.name for r in chosen])
+    return HeldOut(source, windows, label_index, [r.path.name for r in chosen])
 
 
 def load_noise_bank(esc10_root: str | Path, params: FrontendParams, seed: int = 0) -> list[np.ndarray]:

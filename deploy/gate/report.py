@@ -100,7 +100,7 @@ def _markdown(report: dict) -> str:
              f"- model: `{report['model']['path']}` (sha256 `{report['model']['sha256']}`)",
              f"- PyTorch checkpoint attacked: `{report['checkpoint']['path']}`",
              f"- policy: `{report['policy']['path']}` (sha256 `{report['policy']['sha256'][:16]}...`)",
-             f"- held-out fold {report['fold']}, {report['clips']} clips (loudest 1-s window each); "
+             f"- held out: {report['held_out']}, {report['clips']} clips (loudest 1-s window each); "
              f"corruptions judged on the {report['corruptions_judged_by']} model", "",
              "| figure | value | bound | status |", "|---|---|---|---|"]
     for check in report["checks"]:

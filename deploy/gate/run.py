@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from deploy.gate.attacks import AttackResult, attack_all, predict, waveform_model
-from deploy.gate.clips import HeldOut, load_held_out, load_noise_bank
+from deploy.gate.clips import HeldOut, held_out_records, load_held_out, load_noise_bank
 from deploy.gate.corruptions import corruption_suite
 from deploy.gate.policy import AttackConfig
 from deploy.gate.target import Target
@@ -37,7 +37,8 @@ class Measurement:
     """The figures, plus the per-clip material the report plots."""
 
     figures: dict[str, float | None]
-    fold: int
+    fold: int | None  # None: the checkpoint's validation split
+    held_out: str  # "fold 10" or "validation split (0.12) of folds 1,2,3,10"
     clips: int
     deepfool_snr_db: list[float]
     corruption_accuracy: dict[str, float]  # "clean" and each corruption
@@ -93,13 +94,12 @@ def measure(target: Target, config: GateConfig) -> Measurement:
     """Run the whole gate on the held-out fold and return every figure."""
     checkpoint = target.checkpoint
     fold = config.fold if config.fold is not None else checkpoint.fold
-    if fold is None:
-        raise ValueError("the checkpoint names no held-out fold (trained on all folds); pass --fold N")
+    records, source = held_out_records(config.data_root, checkpoint, fold)
     noise_bank = load_noise_bank(config.noise_root, checkpoint.frontend, config.seed)
-    held = load_held_out(config.data_root, fold, checkpoint.frontend, checkpoint.labels, config.max_clips,
+    held = load_held_out(records, source, checkpoint.frontend, checkpoint.labels, config.max_clips,
                          config.seed)
     if not held.windows:
-        raise ValueError(f"fold {fold} holds no clips of the model's classes")
+        raise ValueError(f"{source} holds no clips of the model's classes")
     module = waveform_model(checkpoint)
     torch_model: Classifier = lambda w: predict(module, w)  # noqa: E731
     int8_model: Classifier | None = target.int8.logits if target.int8 else None
@@ -119,13 +119,13 @@ def measure(target: Target, config: GateConfig) -> Measurement:
     rate = checkpoint.frontend.sample_rate
     corrupted = {"clean": base, **_corruption_accuracy(held, judge, noise_bank, rate, config.seed)}
     figures.update({f"drop_{name}": base - acc for name, acc in corrupted.items() if name != "clean"})
-    return Measurement(figures, fold, len(held.windows), result.deepfool_snr_db.tolist(), corrupted,
+    return Measurement(figures, fold, source, len(held.windows), result.deepfool_snr_db.tolist(), corrupted,
                        "ONNX" if target.onnx else "PyTorch",
                        _example(result, clean[correct], held.labels[correct], torch_model),
                        _notes(target, fold, attacked=bool(correct.any())))
 
 
-def _notes(target: Target, fold: int, attacked: bool) -> list[str]:
+def _notes(target: Target, fold: int | None, attacked: bool) -> list[str]:
     """What a reader of the report must know to read the figures right."""
     notes = []
     if target.onnx is None:
@@ -136,7 +136,10 @@ def _notes(target: Target, fold: int, attacked: bool) -> list[str]:
     elif target.int8 is not target.onnx:
         notes.append(f"The shipped ONNX file is FP32; INT8 figures come from its twin "
                      f"{target.int8_path.name}.")
-    if target.checkpoint.fold != fold:
+    if fold is None:
+        notes.append("The model trained on every fold: it is judged on its validation split, recordings it "
+                     "never trained on but from the same folds (and so the same recording conditions).")
+    elif target.checkpoint.fold != fold:
         notes.append(f"Fold {fold} is not the checkpoint's held-out fold ({target.checkpoint.fold}): "
                      "if the model trained on it, every figure here is optimistic.")
     if not attacked:
