@@ -83,12 +83,14 @@ def model_path(config: AgentConfig) -> str:
 def run_agent(config: AgentConfig) -> int:
     """Open everything, run until end of stream or SIGINT/SIGTERM, close everything."""
     from edge_agent.metrics import AgentMetrics
+    from edge_agent.model_reload import ModelReloader, install_sighup
     from edge_agent.mqtt import make_publisher
     from edge_agent.onnx_model import OnnxModel
     from edge_agent.pipeline import Pipeline
     from edge_agent.sources import open_source
 
-    model = OnnxModel.load(model_path(config), config.model.threads, config.model.allow_ungated)
+    path = model_path(config)
+    model = OnnxModel.load(path, config.model.threads, config.model.allow_ungated)
     source = open_source(config.audio, model.frontend.sample_rate)
     metrics = AgentMetrics()
     pipeline = Pipeline(config, model, source, metrics=metrics)  # validates the detector config first
@@ -100,11 +102,16 @@ def run_agent(config: AgentConfig) -> int:
     server = _start_metrics(config, metrics, pipeline)
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: pipeline.stop())
+    reloader = ModelReloader(pipeline, path, config.model.threads, config.model.allow_ungated,
+                             config.model.reload_poll_s)
+    install_sighup(reloader)
+    reloader.start()
     if publisher is not None:
         publisher.start()
     try:
         code = pipeline.run()
     finally:
+        reloader.stop()
         if publisher is not None:
             publisher.close()
         if server is not None:
@@ -129,11 +136,12 @@ def _start_metrics(config: AgentConfig, metrics: Any, pipeline: Any) -> Any:
 
 def user_errors() -> tuple[type[Exception], ...]:
     """Exceptions that mean bad input (config, model, audio, broker setup): one line, no traceback."""
+    from edge_agent.capture import CaptureError
     from edge_agent.mqtt import MqttSetupError
     from edge_agent.onnx_model import ModelError
     from edge_agent.sources import SourceError
 
-    return UsageError, ConfigError, ModelError, SourceError, MqttSetupError
+    return UsageError, ConfigError, ModelError, SourceError, MqttSetupError, CaptureError
 
 
 _user_errors = user_errors  # the name edge_agent.listen imports

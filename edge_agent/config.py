@@ -97,10 +97,13 @@ class ModelConfig:
     path: str | None = None  # None: the packaged edge_agent/models/default.onnx
     threads: int = 1  # onnxruntime intra-op threads; inter-op is always 1 (sequential graph)
     allow_ungated: bool = False
+    reload_poll_s: float = 5.0  # how often the model file (and its card) is checked for a change; 0: never
 
     def __post_init__(self) -> None:
         _require("model.path", self.path is None or bool(self.path.strip()), "must not be empty", self.path)
         _require("model.threads", 1 <= self.threads <= 64, "must be in 1..64", self.threads)
+        _require("model.reload_poll_s", _finite(self.reload_poll_s) and 0 <= self.reload_poll_s <= 3600,
+                 "must be in 0..3600", self.reload_poll_s)
 
 
 @dataclass(frozen=True)
@@ -235,11 +238,12 @@ class MetricsConfig:
 
 @dataclass(frozen=True)
 class CaptureConfig:
-    """Local clip capture around detections (a later issue; audio never leaves the device)."""
+    """Local clip capture around alert starts (edge_agent/capture.py; audio never leaves the device)."""
 
     enabled: bool = False
     dir: str = "~/.local/state/earshot/captures"
     pre_roll_s: float = 2.0
+    post_roll_s: float = 1.0  # after the detection; the file is written once this has been heard
     max_mb: float = 500.0
     max_age_days: float = 7.0
 
@@ -247,6 +251,8 @@ class CaptureConfig:
         _require("capture.dir", bool(self.dir.strip()), "must not be empty", self.dir)
         _require("capture.pre_roll_s", _finite(self.pre_roll_s) and 0 <= self.pre_roll_s <= 60,
                  "must be in 0..60", self.pre_roll_s)
+        _require("capture.post_roll_s", _finite(self.post_roll_s) and 0 <= self.post_roll_s <= 60,
+                 "must be in 0..60", self.post_roll_s)
         _require("capture.max_mb", _finite(self.max_mb) and self.max_mb > 0, "must be > 0", self.max_mb)
         _require("capture.max_age_days", _finite(self.max_age_days) and self.max_age_days > 0,
                  "must be > 0", self.max_age_days)

@@ -17,8 +17,9 @@ from typing import Any, TextIO
 
 import numpy as np
 
+from edge_agent.capture import ClipCapture
 from edge_agent.config import AgentConfig
-from edge_agent.detector import Detection, Detector
+from edge_agent.detector import Detection, Detector, resolve_thresholds
 from edge_agent.events import ModelRef, make_event, to_json_line
 from edge_agent.metrics import AgentMetrics
 from edge_agent.onnx_model import OnnxModel, StreamingLogMel
@@ -82,6 +83,10 @@ class Pipeline:
         self.nonfinite_blocks = 0  # blocks that carried NaN/Inf samples (replaced by silence)
         # Children resolved once: a labels() lookup per class per window costs more than the model.
         self._score_gauges = [self.metrics.last_score.labels(label=label) for label in model.labels]
+        self._offered: tuple[OnnxModel, float] | None = None  # a verified model waiting for the next window
+        self.capture = ClipCapture(config.capture, self.rate) if config.capture.enabled else None
+        self._clips: dict[str, str | None] = {}  # label -> clip of its open episode
+        self._heard = 0  # model-rate samples heard when the current window completed
         self._consumer = threading.Thread(target=self._consume, name="earshot-consumer", daemon=True)
 
     # --- lifecycle (main thread) ---
@@ -89,6 +94,8 @@ class Pipeline:
     def run(self) -> int:
         """Start source and consumer, wait for the end (or ``stop``), shut down; 0 ok, 1 failure."""
         self._set_model_metrics()
+        if self.capture is not None:
+            self.capture.start()
         self.clock_origin, self._started = time.time(), time.monotonic()
         self.source.start(self.ring)
         self._consumer.start()
@@ -96,6 +103,8 @@ class Pipeline:
             self._consumer.join(timeout=0.2)  # short joins keep the main thread responsive to signals
         self.source.stop()
         self._consumer.join(timeout=10.0)
+        if self.capture is not None:
+            self.capture.close()
         if self._consumer.is_alive():
             logger.error("consumer thread did not stop within 10 s")
             return 1
@@ -104,6 +113,10 @@ class Pipeline:
     def stop(self) -> None:
         """Request shutdown (signal handlers call this); open episodes are ended and published."""
         self.stop_event.set()
+
+    def offer_model(self, model: OnnxModel) -> None:
+        """Hand over a verified model (any thread); the consumer swaps it in before its next window."""
+        self._offered = (model, time.perf_counter())
 
     def health(self) -> tuple[bool, str]:
         """For /healthz: unhealthy when the model is not loaded or a live source stalled."""
@@ -154,8 +167,15 @@ class Pipeline:
             self.lost_seconds = self.ring.dropped_frames / self.source.sample_rate
             logger.warning("ring buffer overrun: %d audio blocks lost so far", self.ring.overruns)
             self._overruns_seen = self.ring.overruns
-        for window in self.windower.push(self.resampler.process(self._finite(downmix(block)))):
+        samples = self.resampler.process(self._finite(downmix(block)))
+        for window in self.windower.push(self._heard_audio(samples)):
             self._process_window(window)
+
+    def _heard_audio(self, samples: np.ndarray) -> np.ndarray:
+        """Model-rate audio on its way to the windower; the clip capture keeps its pre-roll from it."""
+        if self.capture is not None:
+            self.capture.push(samples)
+        return samples
 
     def _finite(self, samples: np.ndarray) -> np.ndarray:
         """Replace NaN/Inf samples (a broken float source) by silence, so they cost only their own windows."""
@@ -169,13 +189,16 @@ class Pipeline:
     def _flush(self, end_of_stream: bool) -> None:
         """End of stream: the resampler's tail and a last padded window; then end open episodes."""
         if end_of_stream:
-            for window in self.windower.push(self.resampler.flush()) + self.windower.flush():
+            tail = self._heard_audio(self.resampler.flush())
+            for window in self.windower.push(tail) + self.windower.flush():
                 self._process_window(window)
         now = self.windower.samples_received / self.rate + self.lost_seconds
         self._emit(self.detector.flush(now))
 
     def _process_window(self, window: Window) -> None:
         """Features, model, metrics, detector and outputs for one window."""
+        if self._offered is not None:
+            self._swap_model()
         started = time.perf_counter()
         features = self.features(window)  # (1, 1, n_mels, n_frames)
         featured = time.perf_counter()
@@ -183,12 +206,28 @@ class Pipeline:
         done = time.perf_counter()
         heard = min(window.start + len(window.samples), self.windower.samples_received)
         now = heard / self.rate + self.lost_seconds
+        self._heard = heard
         detections = self.detector.update(scores, now)
         self._observe(scores, done - started)
         self._emit(detections)
         if self.on_window is not None:
             self.on_window(WindowResult(window, now, scores, featured - started, done - featured,
                                         tuple(detections)))
+
+    def _swap_model(self) -> None:
+        """Between two windows: put the offered (verified, compatible) model in place of the running one."""
+        (model, offered_at), self._offered = self._offered, None
+        if model.frontend != self.model.frontend:  # same rate and window; mels, FFT or hop may differ
+            self.features = StreamingLogMel(model.frontend, self.hop)
+        self.detector.thresholds = resolve_thresholds(model.labels, self.config.detector.thresholds,
+                                                      model.metadata.thresholds)
+        old, self.model = self.model, model
+        self.model_ref = ModelRef(model.metadata.name, model.metadata.version, model.sha256)
+        self._set_model_metrics()
+        self.metrics.model_reloads.labels(result="ok").inc()
+        logger.info("model swapped at stream %.3f s: %s -> %s %s (%s), %.1f ms after it was offered",
+                    self.windower.samples_received / self.rate, old.sha256[:12], model.metadata.name,
+                    model.metadata.version, model.sha256[:12], (time.perf_counter() - offered_at) * 1e3)
 
     def _observe(self, scores: np.ndarray, seconds: float) -> None:
         """Latency, real-time factor and last score per label."""
@@ -213,6 +252,8 @@ class Pipeline:
         """Print each event as a JSON line, publish it, and count starts."""
         for detection in detections:
             event = make_event(detection, self.config.device_id, self.model_ref, self.clock_origin)
+            if self.capture is not None:
+                event["clip"] = self._clip_of(detection, event["event_id"])
             self._print(to_json_line(event))
             if self.publisher is not None:
                 self.publisher.publish_event(event)
@@ -220,3 +261,12 @@ class Pipeline:
                 self.metrics.detections.labels(label=detection.label).inc()
                 self.metrics.last_detection_ts.labels(label=detection.label).set(time.time())
             logger.info("%s %s score %.2f", detection.label, detection.kind, detection.score)
+
+    def _clip_of(self, detection: Detection, event_id: str) -> str | None:
+        """A start opens a clip (the name it will be written under); the end names the episode's clip."""
+        if detection.kind != "start":
+            return self._clips.pop(detection.label, None)
+        name = self.capture.start_clip(detection.label, event_id, self._heard,
+                                       self.clock_origin + detection.started_at)
+        self._clips[detection.label] = name
+        return name

@@ -1,0 +1,147 @@
+"""Model updates without downtime: verify a new model off the audio path, then hand it to the pipeline.
+
+A small watcher thread wakes on SIGHUP (``request``) or every ``model.reload_poll_s`` to compare the
+model file's and its card's stat signature. A change (or SIGHUP) loads the file through the same checks
+as start-up (``OnnxModel.load``: sha256 against the card, passing gate unless ``allow_ungated``) plus a
+compatibility check against the running model. A verified model is offered to the pipeline, whose consumer
+thread swaps it in between two windows; the ring buffer keeps filling meanwhile, so no audio is dropped.
+On any failure the running model stays, and the failure is logged and counted.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from edge_agent.model_card import card_path
+from edge_agent.onnx_model import ModelError, OnnxModel
+
+logger = logging.getLogger(__name__)
+
+Signature = tuple[tuple[int, int, int] | None, tuple[int, int, int] | None]
+
+
+def _stat(path: Path) -> tuple[int, int, int] | None:
+    """(mtime_ns, size, inode), or None when the file is absent."""
+    try:
+        stat = path.stat()
+    except OSError:
+        return None
+    return stat.st_mtime_ns, stat.st_size, stat.st_ino
+
+
+def file_signature(model_path: str | Path) -> Signature:
+    """Stat of the model and of its card: a change in either may make a (previously refused) model valid."""
+    return _stat(Path(model_path)), _stat(card_path(model_path))
+
+
+def file_sha256(path: str | Path) -> str | None:
+    """Hex sha256 of a file, or None when it cannot be read."""
+    try:
+        return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    except OSError:
+        return None
+
+
+def compatibility_problem(running: OnnxModel, candidate: OnnxModel) -> str:
+    """Why ``candidate`` cannot replace ``running`` in a live pipeline ("" when it can)."""
+    if candidate.labels != running.labels:
+        return (f"its labels differ from the running model's ({len(candidate.labels)} vs "
+                f"{len(running.labels)} classes or another order); restart the agent to change labels")
+    new, old = candidate.frontend, running.frontend
+    if new.sample_rate != old.sample_rate:
+        return f"its sample rate {new.sample_rate} Hz differs from {old.sample_rate} Hz; restart the agent"
+    if new.window_samples != old.window_samples:
+        return (f"its window of {new.window_samples} samples differs from {old.window_samples}; "
+                "restart the agent to change the window length")
+    return ""
+
+
+class ModelReloader:
+    """Watches one model path; verifies changes on its own thread and offers them to ``pipeline``."""
+
+    def __init__(self, pipeline: Any, path: str | Path, threads: int, allow_ungated: bool,
+                 poll_s: float) -> None:
+        self.pipeline, self.path = pipeline, str(path)
+        self.threads, self.allow_ungated, self.poll_s = threads, allow_ungated, poll_s
+        self._signature = file_signature(self.path)
+        self._wake = threading.Event()
+        self._forced = False
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="earshot-model-watch", daemon=True)
+
+    def start(self) -> None:
+        """Start watching."""
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop watching (a reload being verified finishes first)."""
+        self._stop.set()
+        self._wake.set()
+        self._thread.join(timeout=10.0)
+
+    def request(self) -> None:
+        """Reload now (SIGHUP); safe to call from a signal handler."""
+        self._forced = True
+        self._wake.set()
+
+    def _run(self) -> None:
+        """Thread body: wait for a request or the next poll, then check."""
+        while not self._stop.is_set():
+            self._wake.wait(self.poll_s if self.poll_s > 0 else None)
+            self._wake.clear()
+            if self._stop.is_set():
+                return
+            forced, self._forced = self._forced, False
+            try:
+                self.check(forced)
+            except Exception:  # the watcher's boundary: never take the agent down over an update
+                logger.exception("model reload check failed")
+                self.pipeline.metrics.model_reloads.labels(result="failed").inc()
+
+    def check(self, forced: bool = False) -> bool:
+        """Reload when forced or when the files changed to a different model; True when one was offered."""
+        signature = file_signature(self.path)
+        if not forced and signature == self._signature:
+            return False
+        self._signature = signature
+        if not forced and file_sha256(self.path) == self.pipeline.model.sha256:
+            return False  # touched, or only the card changed, and the running model is that file
+        return self.reload("SIGHUP" if forced else "file changed")
+
+    def reload(self, reason: str) -> bool:
+        """Verify the model at ``path`` and offer it; on failure log, count, and keep the running one."""
+        started = time.perf_counter()
+        try:
+            candidate = OnnxModel.load(self.path, self.threads, self.allow_ungated)
+        except ModelError as error:
+            return self._refuse(reason, str(error))
+        problem = compatibility_problem(self.pipeline.model, candidate)
+        if problem:
+            return self._refuse(reason, f"model {self.path} cannot replace the running one: {problem}")
+        verified_ms = (time.perf_counter() - started) * 1e3
+        self.pipeline.offer_model(candidate)
+        logger.info("model reload (%s): %s %s (%s) verified in %.0f ms; swapping in at the next window",
+                    reason, candidate.metadata.name, candidate.metadata.version, candidate.sha256[:12],
+                    verified_ms)
+        return True
+
+    def _refuse(self, reason: str, message: str) -> bool:
+        """Log and count a refused reload."""
+        logger.error("model reload (%s) refused, the running model %s stays: %s", reason,
+                     self.pipeline.model.sha256[:12], message)
+        self.pipeline.metrics.model_reloads.labels(result="failed").inc()
+        return False
+
+
+def install_sighup(reloader: ModelReloader) -> None:
+    """SIGHUP reloads the model (``systemctl reload``); a no-op where the platform has no SIGHUP."""
+    import signal
+
+    if hasattr(signal, "SIGHUP") and os.name == "posix":
+        signal.signal(signal.SIGHUP, lambda *_: reloader.request())
