@@ -20,9 +20,10 @@ import numpy as np
 import pytest
 from support.onnx_models import band_energy_model, noise, siren_sweep, to_s16le, write_card
 
-from edge_agent.config import AgentConfig, AudioConfig, DetectorConfig, ModelConfig
+from edge_agent.config import AgentConfig, AudioConfig, DetectorConfig
 from edge_agent.frontend import FrontendParams
 from edge_agent.metrics import AgentMetrics
+from edge_agent.model_card import card_path
 from edge_agent.model_reload import ModelReloader
 from edge_agent.onnx_model import OnnxModel
 from edge_agent.pipeline import Pipeline, WindowResult
@@ -37,8 +38,7 @@ DETECTOR = DetectorConfig(end_after_s=0.5, cooldown_s=0.5)
 
 def install(staged: Path, live: Path) -> None:
     """What operators are told to do: card first, then the model, each written whole and renamed."""
-    live_card, staged_card = live.with_name(live.stem + ".card.json"), staged.with_name(staged.stem + ".card.json")
-    for source, target in ((staged_card, live_card), (staged, live)):
+    for source, target in ((card_path(staged), card_path(live)), (staged, live)):
         temporary = target.with_name(target.name + ".new")
         temporary.write_bytes(source.read_bytes())
         os.replace(temporary, target)
