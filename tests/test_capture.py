@@ -44,7 +44,12 @@ def street(siren_at: float, siren_s: float, total: float) -> np.ndarray:
     return signal
 
 
-def run_pipeline(model: Path, audio: Path, capture: CaptureConfig) -> tuple[Pipeline, list[dict], list]:
+def run_pipeline(model: Path, tmp_path: Path, signal: np.ndarray, pre_roll_s: float,
+                 post_roll_s: float) -> tuple[Pipeline, list[dict], list]:
+    """The in-process pipeline over ``signal`` with capture into tmp_path/clips; events schema-checked."""
+    audio = write_audio(tmp_path / "street.flac", signal)
+    capture = CaptureConfig(enabled=True, dir=str(tmp_path / "clips"), pre_roll_s=pre_roll_s,
+                            post_roll_s=post_roll_s)
     config = AgentConfig(device_id="test-pole", audio=AudioConfig(source=str(audio), fast=True),
                          detector=DetectorConfig(end_after_s=1.0, cooldown_s=5.0), capture=capture)
     out, windows = io.StringIO(), []
@@ -66,9 +71,7 @@ def alert_sample(windows: list[WindowResult]) -> int:
 def test_an_alert_saves_pre_and_post_roll_and_the_event_names_the_clip(tmp_path: Path,
                                                                       siren_model: Path) -> None:
     signal = street(siren_at=3.0, siren_s=3.0, total=9.0)
-    audio = write_audio(tmp_path / "street.wav", signal)
-    capture = CaptureConfig(enabled=True, dir=str(tmp_path / "clips"), pre_roll_s=2.0, post_roll_s=1.0)
-    pipeline, events, windows = run_pipeline(siren_model, audio, capture)
+    pipeline, events, windows = run_pipeline(siren_model, tmp_path, signal, pre_roll_s=2.0, post_roll_s=1.0)
     start, end = events
     assert start["kind"] == "start" and CLIP_NAME.match(start["clip"]) and end["clip"] == start["clip"]
     assert start["clip"].split("_")[-1] == start["event_id"][:8] + ".flac" and "_siren_" in start["clip"]
@@ -83,9 +86,7 @@ def test_an_alert_saves_pre_and_post_roll_and_the_event_names_the_clip(tmp_path:
 def test_a_stream_that_ends_during_the_post_roll_keeps_what_was_heard(tmp_path: Path,
                                                                       siren_model: Path) -> None:
     signal = street(siren_at=1.0, siren_s=3.0, total=4.0)
-    audio = write_audio(tmp_path / "short.flac", signal)
-    capture = CaptureConfig(enabled=True, dir=str(tmp_path / "clips"), pre_roll_s=0.5, post_roll_s=30.0)
-    _, events, windows = run_pipeline(siren_model, audio, capture)
+    _, events, windows = run_pipeline(siren_model, tmp_path, signal, pre_roll_s=0.5, post_roll_s=30.0)
     clip, _ = sf.read(str(tmp_path / "clips" / events[0]["clip"]), dtype="float32")
     assert len(clip) == len(signal) - (alert_sample(windows) - RATE // 2)
 
