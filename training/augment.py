@@ -1,7 +1,7 @@
 """Training-only augmentation, stacked as dataset wrappers over mel-power windows, plus batch mixup.
 
-The stack for training is crop (time shift) -> background noise -> gain -> log -> SpecAugment; evaluation
-uses crop-free sliding windows -> log and nothing else (``ToLogMel`` alone).
+The stack for training is crop (time shift) -> background noise -> gain -> band limit -> log ->
+SpecAugment; evaluation uses crop-free sliding windows -> log and nothing else (``ToLogMel`` alone).
 
 Background noise is mixed in the LINEAR MEL POWER domain: power(s + n) ~= power(s) + power(n) when the
 signal and noise are uncorrelated (the cross term averages out over a mel band), so mixing cached
@@ -10,9 +10,11 @@ features is a sound, cheap stand-in for mixing waveforms and re-running the fron
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from edge_agent.frontend import FrontendParams, mel_filterbank
 from training.data import ClipFeatures
 
 
@@ -59,6 +61,33 @@ class Gain(_Wrapper):
         power, target = self.inner[index]  # (n_mels, frames)
         gain = float(torch.empty(()).uniform_(-self.db, self.db))
         return power * 10 ** (gain / 10), target
+
+
+class BandLimit(_Wrapper):
+    """With probability ``p``, remove the power above a random cut-off (Hz): a cheap mic, an 8 kHz codec.
+
+    Each mel band keeps the share of its filter that lies below the cut-off (a flat spectrum within a
+    band is assumed), which is what low-passing the waveform does to the cached mel power.
+    """
+
+    def __init__(self, inner: Dataset, params: FrontendParams, cutoff_hz: tuple[float, float],
+                 p: float) -> None:
+        super().__init__(inner)
+        self.cutoff_hz, self.p = cutoff_hz, p
+        filters = mel_filterbank(params)  # (n_freqs, n_mels)
+        self._freqs = np.linspace(0.0, params.sample_rate / 2, filters.shape[0])
+        self._filters = filters / np.maximum(filters.sum(axis=0, keepdims=True), 1e-12)
+
+    def kept_share(self, cutoff: float) -> torch.Tensor:
+        """(n_mels,) share of each mel band below ``cutoff``."""
+        return torch.from_numpy(self._filters[self._freqs <= cutoff].sum(axis=0)).float()
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        power, target = self.inner[index]  # (n_mels, frames)
+        if float(torch.rand(())) >= self.p:
+            return power, target
+        cutoff = float(torch.empty(()).uniform_(*self.cutoff_hz))
+        return power * self.kept_share(cutoff)[:, None], target  # (n_mels, frames)
 
 
 class ToLogMel(_Wrapper):
