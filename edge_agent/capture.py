@@ -21,7 +21,6 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
-import soundfile as sf
 
 from edge_agent.config import CaptureConfig
 
@@ -182,6 +181,8 @@ class ClipCapture:
 
     def _write(self, name: str, samples: np.ndarray) -> None:
         """FLAC 16-bit via a temporary name, then an atomic rename."""
+        import soundfile as sf  # here: an agent without capture never loads libsndfile for it
+
         if not len(samples):
             logger.warning("clip %s has no audio; not written", name)
             return
