@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
+import signal
 import threading
 import time
 from pathlib import Path
@@ -141,7 +141,5 @@ class ModelReloader:
 
 def install_sighup(reloader: ModelReloader) -> None:
     """SIGHUP reloads the model (``systemctl reload``); a no-op where the platform has no SIGHUP."""
-    import signal
-
-    if hasattr(signal, "SIGHUP") and os.name == "posix":
+    if hasattr(signal, "SIGHUP"):
         signal.signal(signal.SIGHUP, lambda *_: reloader.request())
