@@ -8,7 +8,7 @@ import sys
 # subcommand -> (module with ``main(argv) -> int``, one-line help, needs the [train] extra)
 SUBCOMMANDS: dict[str, tuple[str, str, bool]] = {
     "agent": ("edge_agent.agent_cli", "run the sensor agent on a mic, a file or stdin", False),
-    "bench": ("edge_agent.bench", "measure real-time factor, latency and memory of the agent pipeline", False),
+    "bench": ("edge_agent.bench", "measure real-time factor, latency and memory of the pipeline", False),
     "listen": ("edge_agent.listen", "show live class scores as bars, for tuning on site", False),
     "calibrate": ("edge_agent.calibrate", "suggest per-class thresholds from a site recording", False),
     "train": ("training.cli", "train and cross-validate models on UrbanSound8K", True),
