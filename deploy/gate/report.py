@@ -42,7 +42,8 @@ def _plot_accuracy_vs_snr(m: Measurement, path: Path) -> None:
                     label=f"{'INT8 ONNX' if prefix else 'PyTorch'} {attack.upper()} PGD")
     ax.axhline(clean, color="black", linewidth=0.8, linestyle=":", label="clean")
     ax.set(xlabel="perturbation budget (SNR dB; right = smaller perturbation)",
-           ylabel="accuracy on the held-out fold", ylim=(0, 1.02), title="Accuracy against attack budget")
+           ylabel="accuracy over all held-out clips", ylim=(0, 1.02),
+           title="Accuracy against attack budget (robust share x clean accuracy)")
     ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
