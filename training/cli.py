@@ -45,6 +45,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--lr", type=float, default=3e-3)
     parser.add_argument("--patience", type=int, default=10, help="early-stopping patience in epochs")
+    parser.add_argument("--gain-db", type=float, default=TrainConfig.gain_db,
+                        help="random gain augmentation range, +- dB (default %(default)s)")
+    parser.add_argument("--bandlimit-p", type=float, default=TrainConfig.bandlimit_p,
+                        help="share of training windows low-passed at a random 3-7 kHz (default %(default)s)")
     args = parser.parse_args(argv)
     if args.compare and args.all_folds:
         parser.error("choose --compare or --all-folds, not both")
@@ -73,7 +77,8 @@ def best_architecture(out: Path) -> str:
 def _config(args: argparse.Namespace, arch: str) -> TrainConfig:
     epochs = args.epochs or (COMPARE_EPOCHS.get(arch, 15) if args.compare else 30)
     return TrainConfig(epochs=epochs, batch_size=args.batch_size, lr=args.lr, patience=args.patience,
-                       seed=args.seed, threads=args.threads, device=args.device)
+                       seed=args.seed, threads=args.threads, device=args.device, gain_db=args.gain_db,
+                       bandlimit_p=args.bandlimit_p)
 
 
 def _cross_validate(args: argparse.Namespace, corpus: Corpus, arch: str, params: FrontendParams,
