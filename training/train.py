@@ -47,7 +47,7 @@ class TrainConfig:
     mixup_alpha: float = 0.3
     noise_p: float = 0.5
     snr_db: tuple[float, float] = (0.0, 20.0)
-    gain_db: float = 12.0  # sensors differ in mic gain: the gate checks +-12 dB
+    gain_db: float = 6.0
     bandlimit_p: float = 0.25  # low-pass a window at a random 3-7 kHz: cheap mics and 8 kHz codecs
     bandlimit_hz: tuple[float, float] = (3000.0, 7000.0)
     freq_mask: int = 8
