@@ -81,6 +81,7 @@ class Pipeline:
         self.lost_seconds = 0.0  # audio dropped by overruns: keeps the stream clock on the wall clock
         self._rtf = 0.0
         self.nonfinite_blocks = 0  # blocks that carried NaN/Inf samples (replaced by silence)
+        self._source_failures_seen = 0
         # Children resolved once: a labels() lookup per class per window costs more than the model.
         self._score_gauges = [self.metrics.last_score.labels(label=label) for label in model.labels]
         self._offered: tuple[OnnxModel, float] | None = None  # a verified model waiting for the next window
@@ -145,6 +146,7 @@ class Pipeline:
         try:
             while not self.stop_event.is_set():
                 block = self.ring.read(READ_FRAMES, timeout=0.25)
+                self._count_source_failures()
                 if block is None:
                     break
                 if len(block):
@@ -156,6 +158,13 @@ class Pipeline:
         if self.ring.error and not self.error:
             self.error = self.ring.error
             self.metrics.audio_source_errors.inc()
+
+    def _count_source_failures(self) -> None:
+        """A device that went away (and is being retried) is counted and logged once per loss."""
+        failures = getattr(self.source, "failures", 0)
+        if failures > self._source_failures_seen:
+            self.metrics.audio_source_errors.inc(failures - self._source_failures_seen)
+            self._source_failures_seen = failures
 
     def _process_block(self, block: np.ndarray) -> None:
         """Downmix, resample, window, and process every completed window."""

@@ -42,6 +42,10 @@ class AudioSource(Protocol):
         """Stop producing and release the device or file; safe to call twice."""
 
 
+MIC_RETRY_MIN_S = 1.0  # first retry after a device loss; doubles up to the maximum
+MIC_RETRY_MAX_S = 30.0
+
+
 def _sounddevice() -> Any:
     """Import sounddevice lazily: file and stdin sources work without PortAudio."""
     try:
@@ -103,6 +107,7 @@ class MicSource:
 
     def __init__(self, device_spec: str | None, block_size: int, preferred_rate: int) -> None:
         self._sd = _sounddevice()
+        self.device_spec = device_spec
         self.device = find_input_device(device_spec)
         info = self._sd.query_devices(self.device)
         self.sample_rate, self.channels = self._pick_format(
@@ -111,6 +116,8 @@ class MicSource:
         self.description = f"mic {self.device} ({info['name']}) at {self.sample_rate} Hz"
         self._stream: Any = None
         self._ring: RingBuffer | None = None
+        self.failures = 0  # times the device went away; the pipeline turns growth into a metric
+        self._stopping = threading.Event()
 
     def _pick_format(self, preferred: int, default: int, max_channels: int) -> tuple[int, int]:
         """Mono at the model's rate if the device takes it (no resampling), else the nearest that works.
@@ -134,23 +141,56 @@ class MicSource:
         self._ring.write(indata)
 
     def _finished(self) -> None:
-        """PortAudio says the stream ended: the device went away unless we stopped it."""
-        if self._ring is not None and not self._ring.closed:
-            self._ring.close(error=f"audio device {self.device} stopped delivering audio")
+        """PortAudio says the stream ended: the device went away unless we stopped it; go and find it."""
+        if self._stopping.is_set() or self._ring is None or self._ring.closed:
+            return
+        self.failures += 1
+        logger.warning("audio device %s stopped delivering audio; retrying until it returns", self.device)
+        threading.Thread(target=self._reconnect, name="earshot-mic-reconnect", daemon=True).start()
+
+    def _reconnect(self) -> None:
+        """Reopen the device (found again by its name, as USB re-enumeration may change its index)."""
+        delay = MIC_RETRY_MIN_S
+        while not self._stopping.wait(delay):
+            try:
+                self._rescan()
+                self.device = find_input_device(self.device_spec)
+                self._open()
+            except Exception as error:  # SourceError, PortAudioError: still gone; try again later
+                logger.debug("audio device %r not back yet: %s", self.device_spec, error)
+                delay = min(delay * 2, MIC_RETRY_MAX_S)
+                continue
+            logger.info("audio device %s is back; capture resumed", self.device)
+            return
+
+    def _rescan(self) -> None:
+        """PortAudio lists devices once per initialisation: re-initialise so a re-plugged mic is seen."""
+        old, self._stream = self._stream, None
+        if old is not None:
+            old.close(ignore_errors=True)
+        if hasattr(self._sd, "_terminate"):
+            self._sd._terminate()
+            self._sd._initialize()
+
+    def _open(self) -> None:
+        """Open and start a stream in the format chosen at start-up (the consumer's resampler expects it)."""
+        stream = self._sd.InputStream(
+            device=self.device, channels=self.channels, samplerate=self.sample_rate, dtype=self.dtype,
+            blocksize=self.block_size, callback=self._callback, finished_callback=self._finished)
+        stream.start()
+        self._stream = stream
 
     def start(self, ring: RingBuffer) -> None:
         """Open and start the input stream."""
         self._ring = ring
         try:
-            self._stream = self._sd.InputStream(
-                device=self.device, channels=self.channels, samplerate=self.sample_rate, dtype=self.dtype,
-                blocksize=self.block_size, callback=self._callback, finished_callback=self._finished)
-            self._stream.start()
+            self._open()
         except Exception as error:  # sounddevice.PortAudioError, ValueError
             raise SourceError(f"cannot open audio device {self.device}: {error}") from None
 
     def stop(self) -> None:
-        """Stop and close the stream."""
+        """Stop and close the stream (and any reconnect attempt)."""
+        self._stopping.set()
         stream, self._stream = self._stream, None
         if self._ring is not None:
             self._ring.close()
