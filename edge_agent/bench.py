@@ -154,73 +154,25 @@ def synthetic_street(path: Path, seconds: float, rate: int) -> Path:
     return path
 
 
-def torch_twin(model_path: str, checkpoint: str | None) -> tuple[Any, str]:
-    """The PyTorch model for --naive: the checkpoint given or named by the card, else the card's
-    architecture (untrained weights cost the same time); BenchError if neither exists."""
-    from edge_agent.model_card import read_card
-    from training.checkpoint import load_checkpoint
-    from training.models import ModelConfig, build_model
-
-    card = read_card(model_path) or {}
-    named = (card.get("source_checkpoint") or {}).get("path")
-    for candidate in (checkpoint, named):
-        if candidate and Path(candidate).is_file():
-            return load_checkpoint(candidate).build(), f"checkpoint {candidate}"
-    if checkpoint:
-        raise BenchError(f"--checkpoint: not found: {checkpoint}")
-    if "architecture" in card:
-        frontend, labels = card.get("frontend", {}), card.get("labels", [])
-        config = ModelConfig.from_dict(card["architecture"])
-        model = build_model(config, n_mels=int(frontend.get("n_mels", 64)), n_classes=len(labels))
-        return model.eval(), "architecture from the model card (timing only)"
-    raise BenchError("--naive needs the model's PyTorch twin: pass --checkpoint PATH")
-
-
 def naive_twin(model_path: str, checkpoint: str | None) -> tuple[Any, str]:
     """Check the training extras and find the PyTorch twin before any run starts."""
     try:
-        import librosa  # noqa: F401
-        import torch  # noqa: F401
+        from training import naive_baseline
     except ModuleNotFoundError as error:
         raise BenchError(f"--naive needs the training extras ({error.name} is missing): "
                          "pip install 'earshot[train]'") from None
-    return torch_twin(model_path, checkpoint)
+    try:
+        return naive_baseline.torch_twin(model_path, checkpoint)
+    except ValueError as error:
+        raise BenchError(str(error)) from None
 
 
 def run_naive(model_path: str, twin: tuple[Any, str], audio_path: str, hop_seconds: float) -> dict[str, Any]:
-    """Time the study's loop: load with librosa, per window melspectrogram + log + PyTorch forward."""
-    import librosa
-    import torch
-
-    from edge_agent.onnx_model import OnnxModel
-    from edge_agent.windowing import hop_samples
+    """The study's per-window librosa + PyTorch loop, on one core (lives with training: it needs torch)."""
+    from training.naive_baseline import run_naive as naive_loop
 
     pin_cores(1)
-    torch.set_num_threads(1)
-    p = OnnxModel.load(model_path, allow_ungated=True).frontend
-    net, source = twin
-    hop = hop_samples(hop_seconds, p.sample_rate, p.hop_length)
-
-    def loop(duration: float | None) -> int:
-        """librosa.load, then per window: melspectrogram, log, PyTorch forward, softmax."""
-        audio, _ = librosa.load(audio_path, sr=p.sample_rate, mono=True, duration=duration)
-        count = 0
-        with torch.no_grad():
-            for start in range(0, len(audio) - p.window_samples + 1, hop):
-                mel = librosa.feature.melspectrogram(
-                    y=audio[start:start + p.window_samples], sr=p.sample_rate, n_fft=p.n_fft,
-                    hop_length=p.hop_length, n_mels=p.n_mels, fmin=p.f_min, fmax=p.f_max, htk=True, norm=None,
-                    center=False, power=2.0)  # (n_mels, frames)
-                features = torch.from_numpy(np.log(mel + p.log_offset).astype(np.float32))[None, None]
-                torch.softmax(net(features), dim=-1)  # (1, n_classes)
-                count += 1
-        return count
-
-    loop(p.window_seconds)  # warm-up: librosa's and torch's first-call costs are not the loop's
-    started = time.perf_counter()
-    count = loop(None)
-    wall = time.perf_counter() - started
-    return {"wall_s": wall, "windows": count, "ms_per_window": wall / max(count, 1) * 1e3, "model": source}
+    return naive_loop(model_path, twin, audio_path, hop_seconds)
 
 
 # --- alert latency: onset -> MQTT message, in real time ------------------------------------------
