@@ -144,8 +144,6 @@ def user_errors() -> tuple[type[Exception], ...]:
     return UsageError, ConfigError, ModelError, SourceError, MqttSetupError, CaptureError
 
 
-_user_errors = user_errors  # the name edge_agent.listen imports
-
 
 def run_command(name: str, parser: argparse.ArgumentParser, run: Callable[[argparse.Namespace], int],
                 argv: list[str] | None) -> int:

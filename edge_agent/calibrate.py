@@ -19,10 +19,10 @@ from typing import Any
 
 import numpy as np
 
-from edge_agent.agent_cli import UsageError
+from edge_agent.agent_cli import UsageError, run_command
 from edge_agent.config import AgentConfig, DetectorConfig
 from edge_agent.detector import Detector
-from edge_agent.listen import config_from_args, run_command, run_offline
+from edge_agent.listen import config_from_args, run_offline
 
 logger = logging.getLogger(__name__)
 

@@ -19,7 +19,7 @@ from typing import Any, TextIO
 for _variable in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(_variable, "1")
 
-from edge_agent.agent_cli import UsageError, _user_errors, model_path  # noqa: E402
+from edge_agent.agent_cli import UsageError, model_path, run_command  # noqa: E402
 from edge_agent.config import AgentConfig, load_config  # noqa: E402
 
 logger = logging.getLogger(__name__)
@@ -178,21 +178,6 @@ def listen(config: AgentConfig, k: int, out: TextIO, tty: bool) -> int:
 def _require_top_k(k: int) -> None:
     if k < 1:
         raise UsageError(f"--top-k: must be >= 1, got {k}")
-
-
-def run_command(name: str, parser: argparse.ArgumentParser, run: Callable[[argparse.Namespace], int],
-                argv: list[str] | None) -> int:
-    """Parse, set up logging, run; bad input is one line on stderr and exit code 2, Ctrl-C exit 130."""
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=args.log_level, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    try:
-        return run(args)
-    except _user_errors() as error:
-        print(f"earshot {name}: {error}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        return 130
 
 
 def main(argv: list[str] | None = None) -> int:
