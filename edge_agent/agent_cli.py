@@ -144,7 +144,6 @@ def user_errors() -> tuple[type[Exception], ...]:
     return UsageError, ConfigError, ModelError, SourceError, MqttSetupError, CaptureError
 
 
-
 def run_command(name: str, parser: argparse.ArgumentParser, run: Callable[[argparse.Namespace], int],
                 argv: list[str] | None) -> int:
     """Parse, log to stderr, run; bad input is one line and exit code 2, Ctrl-C exit 130 (agent-side
