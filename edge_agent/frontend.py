@@ -97,6 +97,24 @@ class LogMel:
             np.float32)
         self._filters = mel_filterbank(params).astype(np.float32)  # (n_freqs, n_mels)
 
+    def _log_mel(self, frames: np.ndarray) -> np.ndarray:
+        """(..., n_fft) float32 frames -> (..., n_mels) log-mel: the one definition of the numpy front-end."""
+        spectrum = np.fft.rfft(frames * self._window, axis=-1)  # (..., n_freqs) complex64
+        power = (spectrum.real**2 + spectrum.imag**2).astype(np.float32, copy=False)  # (..., n_freqs)
+        return np.log(power @ self._filters + np.float32(self.params.log_offset))  # (..., n_mels)
+
+    def frames(self, samples: np.ndarray) -> np.ndarray:
+        """(samples,) float32 -> (frames, n_mels) log-mel of every whole STFT frame in it (streaming)."""
+        p = self.params
+        samples = np.ascontiguousarray(samples, dtype=np.float32)
+        count = 1 + (len(samples) - p.n_fft) // p.hop_length
+        # A strided view (no copy); as_strided directly, since sliding_window_view's checks cost more
+        # than the FFT of the 16 new frames of a streaming hop.
+        step = samples.strides[0]
+        frames = np.lib.stride_tricks.as_strided(samples, (count, p.n_fft), (p.hop_length * step, step),
+                                                 writeable=False)  # (frames, n_fft)
+        return self._log_mel(frames)
+
     def __call__(self, window: np.ndarray) -> np.ndarray:
         """(samples,) or (batch, samples) float32 -> (batch, 1, n_mels, n_frames) float32 log-mel."""
         batch = np.atleast_2d(np.asarray(window, dtype=np.float32))
@@ -104,8 +122,5 @@ class LogMel:
         if batch.shape[-1] != p.window_samples:
             raise ValueError(f"window has {batch.shape[-1]} samples, model expects {p.window_samples}")
         frames = np.lib.stride_tricks.sliding_window_view(batch, p.n_fft, axis=-1)[:, :: p.hop_length]
-        spectrum = np.fft.rfft(frames * self._window, axis=-1)  # (batch, n_frames, n_freqs)
-        power = spectrum.real**2 + spectrum.imag**2
-        mel = power.astype(np.float32) @ self._filters  # (batch, n_frames, n_mels)
-        logmel = np.log(mel + np.float32(p.log_offset))
+        logmel = self._log_mel(frames)  # (batch, n_frames, n_mels)
         return np.ascontiguousarray(logmel.transpose(0, 2, 1)[:, None])  # (batch, 1, n_mels, n_frames)

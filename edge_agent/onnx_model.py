@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from edge_agent.frontend import FrontendParams, mel_filterbank
+from edge_agent.frontend import FrontendParams, LogMel
 from edge_agent.model_card import CardCheck, ModelCardError, check_card
 from edge_agent.model_metadata import INPUT_NAME, OUTPUT_NAME, ModelMetadata
 from edge_agent.windowing import Window
@@ -42,33 +42,17 @@ def softmax(logits: np.ndarray) -> np.ndarray:
 class StreamingLogMel:
     """Log-mel of successive windows on one hop grid, reusing the STFT frames they share.
 
-    Same definition as ``edge_agent.frontend.LogMel`` (periodic Hann, power spectrum, HTK mels,
-    ``log(mel + offset)``, no centre padding); tests/test_frontend_parity.py checks both against torchaudio.
+    Frames come from ``edge_agent.frontend.LogMel.frames``, the one numpy definition of the front-end;
+    tests/test_frontend_parity.py checks it against torchaudio.
     """
 
     def __init__(self, params: FrontendParams, hop_samples: int) -> None:
         self.params = params
-        n = np.arange(params.n_fft)
-        self._hann = (0.5 - 0.5 * np.cos(2 * np.pi * n / params.n_fft)).astype(np.float32)
-        self._filters = mel_filterbank(params).astype(np.float32)  # (n_freqs, n_mels)
+        self.frames = LogMel(params).frames  # (samples,) -> (frames, n_mels)
         aligned = hop_samples % params.hop_length == 0 and hop_samples < params.window_samples
         self.new_frames = hop_samples // params.hop_length if aligned else params.n_frames
         self._previous: np.ndarray | None = None  # (n_frames, n_mels) of the last window
         self._previous_index = -2
-
-    def frames(self, samples: np.ndarray) -> np.ndarray:
-        """(samples,) float32 -> (frames, n_mels) log-mel of every whole STFT frame in it."""
-        p = self.params
-        samples = np.ascontiguousarray(samples, dtype=np.float32)
-        count = 1 + (len(samples) - p.n_fft) // p.hop_length
-        # A strided view (no copy); as_strided directly, since sliding_window_view's checks cost more
-        # than the FFT of 16 frames.
-        step = samples.strides[0]
-        frames = np.lib.stride_tricks.as_strided(samples, (count, p.n_fft), (p.hop_length * step, step),
-                                                 writeable=False)  # (frames, n_fft)
-        spectrum = np.fft.rfft(frames * self._hann, axis=-1)  # (frames, n_freqs) complex64
-        power = spectrum.real**2 + spectrum.imag**2  # (frames, n_freqs)
-        return np.log(power @ self._filters + np.float32(p.log_offset))  # (frames, n_mels)
 
     def __call__(self, window: Window) -> np.ndarray:
         """One window -> (1, 1, n_mels, n_frames) float32 model input."""
