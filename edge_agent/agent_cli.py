@@ -29,25 +29,30 @@ class UsageError(Exception):
     """Bad input from the user: printed as one line, exit code 2."""
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The agent's command-line flags (each one overrides the config file and the environment)."""
-    parser = argparse.ArgumentParser(prog="earshot agent", description="Run the sound-monitoring agent.")
-    parser.add_argument("--source", help="mic, mic:NAME_OR_INDEX, an audio file, or - for raw s16le stdin")
+def add_shared_flags(parser: argparse.ArgumentParser, log_level: str) -> None:
+    """Flags every agent-side command (agent, listen, calibrate) shares: model, gate override, stdin, logs."""
     parser.add_argument("--model", help=f"ONNX model (default: {DEFAULT_MODEL})")
-    parser.add_argument("--config", help="TOML config file")
-    parser.add_argument("--mqtt", metavar="URL|none", help="mqtt://host:port, mqtts://host:port, or none")
-    parser.add_argument("--metrics-port", type=int, help="serve /metrics and /healthz on this port")
-    parser.add_argument("--fast", action="store_true", default=None, help="read files as fast as possible")
     parser.add_argument("--allow-ungated", action="store_true", default=None,
                         help="run a model without a passing release-gate record (logged, metric set)")
     parser.add_argument("--stdin-rate", type=int, help="sample rate of raw stdin audio")
     parser.add_argument("--stdin-channels", type=int, help="channels of raw stdin audio")
+    parser.add_argument("--log-level", default=log_level, choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The agent's command-line flags (each one overrides the config file and the environment)."""
+    parser = argparse.ArgumentParser(prog="earshot agent", description="Run the sound-monitoring agent.")
+    parser.add_argument("--source", help="mic, mic:NAME_OR_INDEX, an audio file, or - for raw s16le stdin")
+    parser.add_argument("--config", help="TOML config file")
+    parser.add_argument("--mqtt", metavar="URL|none", help="mqtt://host:port, mqtts://host:port, or none")
+    parser.add_argument("--metrics-port", type=int, help="serve /metrics and /healthz on this port")
+    parser.add_argument("--fast", action="store_true", default=None, help="read files as fast as possible")
     parser.add_argument("--hop", type=float, help="seconds between windows (default 0.25)")
     parser.add_argument("--threads", type=int, help="onnxruntime threads (default 1)")
     parser.add_argument("--device-id", help="device id in topics and events (default: host name)")
     parser.add_argument("--list-devices", action="store_true", help="list audio input devices and exit")
     parser.add_argument("--check-config", metavar="FILE", help="validate a config file, print it, and exit")
-    parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    add_shared_flags(parser, log_level="INFO")
     return parser
 
 

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from edge_agent.agent_cli import UsageError, run_command
+from edge_agent.agent_cli import UsageError, add_shared_flags, run_command
 from edge_agent.config import AgentConfig, DetectorConfig
 from edge_agent.detector import Detector
 from edge_agent.listen import config_from_args, run_offline
@@ -212,7 +212,6 @@ def build_parser() -> argparse.ArgumentParser:
                                      description="Suggest per-class thresholds from a recording of the site.")
     parser.add_argument("--source", required=True,
                         help="a recording of the site's ordinary sound (file or -)")
-    parser.add_argument("--model", help="ONNX model (default: the packaged model)")
     parser.add_argument("--config", help="TOML config (detector timing and listened classes)")
     parser.add_argument("--target-false-alarms-per-hour", type=float, default=1.0, metavar="RATE",
                         help="most alarms per hour per class on ambient sound (default 1)")
@@ -221,11 +220,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--min-threshold", type=float, default=0.1,
                         help="never suggest a threshold below this (default 0.1)")
     parser.add_argument("--out", help="write the TOML snippet here (default: print it)")
-    parser.add_argument("--allow-ungated", action="store_true", default=None,
-                        help="run a model without a passing release-gate record")
-    parser.add_argument("--stdin-rate", type=int, help="sample rate of raw stdin audio")
-    parser.add_argument("--stdin-channels", type=int, help="channels of raw stdin audio")
-    parser.add_argument("--log-level", default="WARNING", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    add_shared_flags(parser, log_level="WARNING")
     return parser
 
 

@@ -19,7 +19,7 @@ from typing import Any, TextIO
 for _variable in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(_variable, "1")
 
-from edge_agent.agent_cli import UsageError, model_path, run_command  # noqa: E402
+from edge_agent.agent_cli import UsageError, add_shared_flags, model_path, run_command  # noqa: E402
 from edge_agent.config import AgentConfig, load_config  # noqa: E402
 
 logger = logging.getLogger(__name__)
@@ -103,16 +103,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="earshot listen",
                                      description="Show live class scores as bars, thresholds marked.")
     parser.add_argument("--source", help="mic, mic:NAME_OR_INDEX, an audio file, or - for raw s16le stdin")
-    parser.add_argument("--model", help="ONNX model (default: the packaged model)")
     parser.add_argument("--config", help="TOML config file (thresholds, detector timing, audio)")
     parser.add_argument("--top-k", type=int, default=5, help="classes shown per window (default 5)")
     parser.add_argument("--fast", action="store_true", default=None, help="read files as fast as possible")
-    parser.add_argument("--allow-ungated", action="store_true", default=None,
-                        help="run a model without a passing release-gate record")
-    parser.add_argument("--stdin-rate", type=int, help="sample rate of raw stdin audio")
-    parser.add_argument("--stdin-channels", type=int, help="channels of raw stdin audio")
     parser.add_argument("--hop", type=float, help="seconds between windows (default 0.25)")
-    parser.add_argument("--log-level", default="WARNING", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    add_shared_flags(parser, log_level="WARNING")
     return parser
 
 
