@@ -7,6 +7,7 @@ passed for exactly this sha256, unless the operator allows ungated models; no ca
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from dataclasses import dataclass
@@ -28,6 +29,15 @@ class CardCheck:
     card: dict[str, Any] | None
     gated: bool
     reason: str  # why it is ungated ("" when gated)
+
+
+def file_sha256(path: str | Path) -> str:
+    """Hex sha256 of a file's bytes, read in 1 MiB blocks (OSError when it cannot be read)."""
+    digest = hashlib.sha256()
+    with Path(path).open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def card_path(model_path: str | Path) -> Path:

@@ -10,7 +10,6 @@ On any failure the running model stays, and the failure is logged and counted.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import signal
 import threading
@@ -18,7 +17,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from edge_agent.model_card import card_path
+from edge_agent.model_card import card_path, file_sha256
 from edge_agent.onnx_model import ModelError, OnnxModel
 
 logger = logging.getLogger(__name__)
@@ -40,10 +39,10 @@ def file_signature(model_path: str | Path) -> Signature:
     return _stat(Path(model_path)), _stat(card_path(model_path))
 
 
-def file_sha256(path: str | Path) -> str | None:
-    """Hex sha256 of a file, or None when it cannot be read."""
+def readable_sha256(path: str | Path) -> str | None:
+    """Hex sha256 of a file, or None when it cannot be read (mid-replacement, removed)."""
     try:
-        return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+        return file_sha256(path)
     except OSError:
         return None
 
@@ -110,7 +109,7 @@ class ModelReloader:
         if not forced and signature == self._signature:
             return False
         self._signature = signature
-        if not forced and file_sha256(self.path) == self.pipeline.model.sha256:
+        if not forced and readable_sha256(self.path) == self.pipeline.model.sha256:
             return False  # touched, or only the card changed, and the running model is that file
         return self.reload("SIGHUP" if forced else "file changed")
 

@@ -90,9 +90,10 @@ def _session(data: bytes, path: str, threads: int) -> ort.InferenceSession:
 class OnnxModel:
     """A loaded earshot model: metadata, sha256, gate verdict, and ``logits(features)``."""
 
-    def __init__(self, data: bytes, path: str, threads: int = 1, check: CardCheck | None = None) -> None:
+    def __init__(self, data: bytes, path: str, sha256: str, threads: int = 1,
+                 check: CardCheck | None = None) -> None:
         self.path = path
-        self.sha256 = hashlib.sha256(data).hexdigest()
+        self.sha256 = sha256  # of ``data``: what the card and the gate record were checked against
         self.threads = threads
         self.check = check
         self.session = _session(data, path, threads)
@@ -114,11 +115,12 @@ class OnnxModel:
             raise ModelError(f"cannot read model {path}: {error.strerror or error}") from None
         if not data:
             raise ModelError(f"model file {path} is empty")
+        sha256 = hashlib.sha256(data).hexdigest()
         try:
-            check = check_card(path, hashlib.sha256(data).hexdigest(), allow_ungated)
+            check = check_card(path, sha256, allow_ungated)
         except ModelCardError as error:
             raise ModelError(str(error)) from None
-        return cls(data, str(path), threads, check)
+        return cls(data, str(path), sha256, threads, check)
 
     def _check_io(self) -> None:
         """The graph's input/output must match what the metadata promises."""

@@ -2,28 +2,18 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from datetime import datetime, timezone
 from pathlib import Path
 
-from edge_agent.model_card import card_path
+from edge_agent.model_card import card_path, file_sha256
 
 LICENSE_NOTE = (
     "Model weights trained on UrbanSound8K (Salamon, Jacoby & Bello, ACM MM 2014), "
     "licensed CC BY-NC 3.0: non-commercial use only, with attribution."
 )
 CARD_SCHEMA = "earshot-card/1"
-
-
-def file_sha256(path: Path) -> str:
-    """Hex sha256 of a file's bytes."""
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def file_facts(path: Path) -> dict:
