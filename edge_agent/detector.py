@@ -45,6 +45,12 @@ class _ClassState:
     quiet_until: float = float("-inf")  # cooldown: no start before this time
 
 
+def rank(labels: Sequence[str], scores: Sequence[float], k: int) -> tuple[tuple[str, float], ...]:
+    """The ``k`` best (label, score) pairs, best first."""
+    order = sorted(range(len(labels)), key=lambda i: -float(scores[i]))[:k]
+    return tuple((labels[i], float(scores[i])) for i in order)
+
+
 def resolve_thresholds(labels: Sequence[str], configured: Mapping[str, float],
                        suggested: Mapping[str, float]) -> dict[str, float]:
     """Per label: the config's threshold, else the model's suggestion, else 0.5."""
@@ -72,8 +78,7 @@ class Detector:
 
     def top_k(self, scores: Sequence[float]) -> tuple[tuple[str, float], ...]:
         """The ``top_k`` best (label, score) pairs, best first."""
-        order = sorted(range(len(self.labels)), key=lambda i: -float(scores[i]))[: self.config.top_k]
-        return tuple((self.labels[i], float(scores[i])) for i in order)
+        return rank(self.labels, scores, self.config.top_k)
 
     def update(self, scores: Sequence[float], now: float) -> list[Detection]:
         """Feed one window's scores (model label order) at time ``now``; return the detections it causes."""

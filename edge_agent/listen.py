@@ -21,6 +21,7 @@ for _variable in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
 
 from edge_agent.agent_cli import UsageError, add_shared_flags, model_path, run_command  # noqa: E402
 from edge_agent.config import AgentConfig, load_config  # noqa: E402
+from edge_agent.detector import rank  # noqa: E402
 
 logger = logging.getLogger(__name__)
 
@@ -37,12 +38,6 @@ def bar(score: float, threshold: float, width: int, fill: str = "#", empty: str 
     cells = [fill] * filled + [empty] * (width - filled)
     cells[min(width - 1, max(0, int(round(threshold * width))))] = mark
     return "".join(cells)
-
-
-def top_k(labels: Sequence[str], scores: Sequence[float], k: int) -> list[tuple[str, float]]:
-    """The ``k`` best (label, score) pairs, best first."""
-    order = sorted(range(len(labels)), key=lambda i: -float(scores[i]))[:k]
-    return [(labels[i], float(scores[i])) for i in order]
 
 
 def render_screen(time_s: float, ranked: Sequence[tuple[str, float]], thresholds: Mapping[str, float],
@@ -80,7 +75,7 @@ class Display:
 
     def show(self, time_s: float, scores: Sequence[float], active: Sequence[str]) -> None:
         """Draw one window's scores."""
-        ranked = top_k(self.labels, scores, self.k)
+        ranked = rank(self.labels, scores, self.k)
         if not self.tty:
             self.out.write(render_line(time_s, ranked, self.thresholds, active) + "\n")
             self.out.flush()

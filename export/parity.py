@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from edge_agent.model_metadata import INPUT_NAME
-from edge_agent.onnx_model import SESSION_CONFIG
+from edge_agent.onnx_model import SESSION_CONFIG, softmax
 from training.metrics import aggregate_windows
 
 
@@ -58,12 +58,6 @@ def torch_logits(model: nn.Module, logmel: np.ndarray, batch: int = 64) -> np.nd
     with torch.no_grad():
         parts = [model(torch.from_numpy(logmel[i : i + batch])).numpy() for i in range(0, len(logmel), batch)]
     return np.concatenate(parts)  # (windows, classes)
-
-
-def softmax(logits: np.ndarray) -> np.ndarray:
-    """Row-wise softmax, stable."""
-    shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
-    return shifted / shifted.sum(axis=1, keepdims=True)
 
 
 def clip_predictions(logits: np.ndarray, clip_index: np.ndarray, n_clips: int) -> np.ndarray:

@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 from support.onnx_models import noise, siren_sweep, write_audio
 
-from edge_agent.listen import Display, bar, render_line, render_screen, top_k
+from edge_agent.detector import rank
+from edge_agent.listen import Display, bar, render_line, render_screen
 
 ROOT = Path(__file__).resolve().parents[1]
 LINE = re.compile(r"^\s*(\d+\.\d{3})s  (.+)$")
@@ -45,8 +46,8 @@ def test_bar_fills_to_the_score_and_marks_the_threshold() -> None:
 
 def test_top_k_is_best_first_and_render_marks_hits_and_alerts() -> None:
     labels = ("a", "siren", "dog")
-    ranked = top_k(labels, [0.1, 0.7, 0.2], 2)
-    assert ranked == [("siren", pytest.approx(0.7)), ("dog", pytest.approx(0.2))]
+    ranked = rank(labels, [0.1, 0.7, 0.2], 2)
+    assert ranked == (("siren", pytest.approx(0.7)), ("dog", pytest.approx(0.2)))
     screen = render_screen(3.0, ranked, {"siren": 0.5, "dog": 0.3}, ["siren"], active=[])
     assert screen[1].startswith("* siren [") and screen[1].endswith("0.70 / 0.50 !")
     assert screen[2].startswith("  dog   [") and screen[2].endswith("0.20 / 0.30")
