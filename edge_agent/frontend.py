@@ -70,6 +70,18 @@ def _mel_to_hz(mel: np.ndarray) -> np.ndarray:
     return 700.0 * (10.0 ** (mel / 2595.0) - 1.0)
 
 
+def _mel_edges_hz(params: FrontendParams) -> np.ndarray:
+    """(n_mels + 2,) HTK mel points in Hz: each filter rises from point i, peaks at i+1, ends at i+2."""
+    mel_points = np.linspace(_hz_to_mel(np.array(params.f_min)), _hz_to_mel(np.array(params.f_max)),
+                             params.n_mels + 2)
+    return _mel_to_hz(mel_points)
+
+
+def mel_centres(params: FrontendParams) -> np.ndarray:
+    """(n_mels,) centre frequency of each mel filter in Hz."""
+    return _mel_edges_hz(params)[1:-1]
+
+
 def mel_filterbank(params: FrontendParams) -> np.ndarray:
     """Triangular HTK mel filters, unnormalised: torchaudio.functional.melscale_fbanks' defaults.
 
@@ -77,9 +89,7 @@ def mel_filterbank(params: FrontendParams) -> np.ndarray:
     """
     n_freqs = params.n_fft // 2 + 1
     all_freqs = np.linspace(0.0, params.sample_rate // 2, n_freqs)
-    mel_points = np.linspace(_hz_to_mel(np.array(params.f_min)), _hz_to_mel(np.array(params.f_max)),
-                             params.n_mels + 2)
-    hz_points = _mel_to_hz(mel_points)
+    hz_points = _mel_edges_hz(params)
     hz_gaps = np.diff(hz_points)
     slopes = hz_points[None, :] - all_freqs[:, None]  # (n_freqs, n_mels + 2)
     falling = -slopes[:, :-2] / hz_gaps[:-1]

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from edge_agent.frontend import FrontendParams, mel_filterbank
+from edge_agent.frontend import FrontendParams, mel_centres, mel_filterbank
 from training.data import ClipFeatures
 
 
@@ -88,6 +88,35 @@ class BandLimit(_Wrapper):
             return power, target
         cutoff = float(torch.empty(()).uniform_(*self.cutoff_hz))
         return power * self.kept_share(cutoff)[:, None], target  # (n_mels, frames)
+
+
+class PitchShift(_Wrapper):
+    """With probability ``p``, shift the spectrum by a random number of semitones along the mel axis.
+
+    Band i (centre c_i Hz) takes the power the clip had at c_i / ratio, read by linear interpolation
+    between band centres: the mel-domain image of resampling the waveform while keeping its length.
+    """
+
+    def __init__(self, inner: Dataset, params: FrontendParams, semitones: float, p: float) -> None:
+        super().__init__(inner)
+        self.semitones, self.p = semitones, p
+        self._centres = mel_centres(params)  # (n_mels,) Hz
+
+    def shift(self, power: torch.Tensor, ratio: float) -> torch.Tensor:
+        """(n_mels, frames) power with its spectrum moved by the frequency ``ratio`` (> 1: higher)."""
+        source = np.interp(self._centres / ratio, self._centres, np.arange(len(self._centres)))
+        source_t = torch.from_numpy(source).float()  # (n_mels,) fractional band each band reads from
+        low = source_t.floor().long()
+        high = torch.clamp(low + 1, max=power.shape[0] - 1)
+        frac = (source_t - low)[:, None]  # (n_mels, 1)
+        return power[low] * (1 - frac) + power[high] * frac  # (n_mels, frames)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        power, target = self.inner[index]  # (n_mels, frames)
+        if float(torch.rand(())) >= self.p:
+            return power, target
+        semitones = float(torch.empty(()).uniform_(-self.semitones, self.semitones))
+        return self.shift(power, 2 ** (semitones / 12)), target
 
 
 class ToLogMel(_Wrapper):

@@ -23,6 +23,20 @@ COMPARE_EPOCHS = {"cnn": 15, "rescnn": 15, "dsresnet": 10, "crnn": 15, "gru": 15
 COMPARE_ORDER = ("cnn", "rescnn", "crnn", "gru", "lstm", "rnn")
 
 
+# Augmentation and schedule knobs exposed as flags: (flag, TrainConfig field, help). Defaults are the
+# TrainConfig's, so the committed results' commands stay short.
+_RECIPE_FLAGS = (
+    ("--gain-db", "gain_db", "random gain augmentation range, +- dB"),
+    ("--bandlimit-p", "bandlimit_p", "share of training windows low-passed at a random 3-7 kHz"),
+    ("--crops-per-clip", "crops_per_clip", "random window crops of each clip per epoch"),
+    ("--stretch", "stretch", "time-stretch rate range LO HI of a training crop; 1 1 is off"),
+    ("--pitch", "pitch_semitones", "pitch shift range, +- semitones"),
+    ("--pitch-p", "pitch_p", "share of training windows pitch-shifted"),
+    ("--noise-p", "noise_p", "share of training windows mixed with ESC-10 background"),
+    ("--mixup-alpha", "mixup_alpha", "mixup Beta(alpha, alpha); 0 turns mixup off"),
+)
+
+
 def parse_args(argv: list[str]) -> argparse.Namespace:
     """The command line; see training/results/README.md for the commands that made the committed results."""
     parser = argparse.ArgumentParser(prog="earshot train", description=__doc__)
@@ -45,10 +59,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--lr", type=float, default=3e-3)
     parser.add_argument("--patience", type=int, default=10, help="early-stopping patience in epochs")
-    parser.add_argument("--gain-db", type=float, default=TrainConfig.gain_db,
-                        help="random gain augmentation range, +- dB (default %(default)s)")
-    parser.add_argument("--bandlimit-p", type=float, default=TrainConfig.bandlimit_p,
-                        help="share of training windows low-passed at a random 3-7 kHz (default %(default)s)")
+    for flag, field_name, help_text in _RECIPE_FLAGS:
+        default = getattr(TrainConfig, field_name)
+        pair = isinstance(default, tuple)
+        parser.add_argument(flag, dest=field_name, type=type(default[0] if pair else default),
+                            default=default, nargs=2 if pair else None,
+                            help=f"{help_text} (default %(default)s)")
     args = parser.parse_args(argv)
     if args.compare and args.all_folds:
         parser.error("choose --compare or --all-folds, not both")
@@ -77,8 +93,13 @@ def best_architecture(out: Path) -> str:
 def _config(args: argparse.Namespace, arch: str) -> TrainConfig:
     epochs = args.epochs or (COMPARE_EPOCHS.get(arch, 15) if args.compare else 30)
     return TrainConfig(epochs=epochs, batch_size=args.batch_size, lr=args.lr, patience=args.patience,
-                       seed=args.seed, threads=args.threads, device=args.device, gain_db=args.gain_db,
-                       bandlimit_p=args.bandlimit_p)
+                       seed=args.seed, threads=args.threads, device=args.device,
+                       **{name: _as_field(getattr(args, name)) for _, name, _ in _RECIPE_FLAGS})
+
+
+def _as_field(value: object) -> object:
+    """argparse gives nargs=2 flags as lists; TrainConfig holds tuples."""
+    return tuple(value) if isinstance(value, list) else value
 
 
 def _cross_validate(args: argparse.Namespace, corpus: Corpus, arch: str, params: FrontendParams,

@@ -179,19 +179,42 @@ def window_starts(frames: int, window: int, hop: int) -> list[int]:
 
 
 class RandomCropDataset(Dataset):
-    """Training view: one random frame-aligned window crop per clip per epoch (time-shift augmentation)."""
+    """Training view: ``crops`` random frame-aligned window crops per clip per epoch (time shift).
 
-    def __init__(self, features: ClipFeatures, window_frames: int) -> None:
+    A 4-s clip holds ~13 distinct 1-s windows; one crop per epoch would show the model a small share of
+    them, so an epoch draws several.
+
+    With ``stretch=(lo, hi)`` a crop of ``window * rate`` frames (rate drawn in that range) is resampled
+    to the window: a time stretch of the event, done on the cached mel power.
+    """
+
+    def __init__(self, features: ClipFeatures, window_frames: int, crops: int = 1,
+                 stretch: tuple[float, float] = (1.0, 1.0)) -> None:
+        if crops < 1:
+            raise ValueError(f"crops per clip must be at least 1, got {crops}")
+        if not 0 < stretch[0] <= stretch[1]:
+            raise ValueError(f"time stretch range must be 0 < lo <= hi, got {stretch}")
         self.features = features
         self.window_frames = window_frames
+        self.crops = crops
+        self.stretch = stretch
 
     def __len__(self) -> int:
-        return len(self.features.records)
+        return len(self.features.records) * self.crops
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        index %= len(self.features.records)
         clip = self.features.clip(index)  # (n_mels, frames)
-        start = int(torch.randint(0, clip.shape[1] - self.window_frames + 1, ()))
-        return clip[:, start: start + self.window_frames], self.features.records[index].label
+        label = self.features.records[index].label
+        rate = float(torch.empty(()).uniform_(*self.stretch)) if self.stretch != (1.0, 1.0) else 1.0
+        span = min(max(2, round(self.window_frames * rate)), clip.shape[1])
+        start = int(torch.randint(0, clip.shape[1] - span + 1, ()))
+        crop = clip[:, start: start + span]  # (n_mels, span)
+        if span == self.window_frames:
+            return crop, label
+        stretched = torch.nn.functional.interpolate(crop[None], size=self.window_frames, mode="linear",
+                                                    align_corners=False)
+        return stretched[0], label  # (n_mels, window_frames)
 
 
 class WindowDataset(Dataset):

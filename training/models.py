@@ -20,6 +20,7 @@ class ModelConfig:
     conv_channels: tuple[int, ...] = ()  # empty: no convolutional stem (pure recurrent model)
     conv_kind: str = "standard"  # "standard" 3x3 conv, or "separable" (depthwise 3x3 + pointwise 1x1)
     residual: bool = False  # skip connection around each separable block
+    convs_per_block: int = 1  # 3x3 convs before each 2x2 pool (VGG-style depth at the same resolution)
     recurrent: str | None = None  # None, "rnn", "lstm" or "gru"
     rnn_hidden: int = 64
     rnn_layers: int = 1
@@ -39,6 +40,8 @@ class ModelConfig:
             raise ValueError(f"pooling must be 'mean', 'meanmax' or 'attention', got {self.pooling!r}")
         if self.freq_reduce not in ("mean", "flatten"):
             raise ValueError(f"freq_reduce must be 'mean' or 'flatten', got {self.freq_reduce!r}")
+        if self.convs_per_block < 1:
+            raise ValueError(f"convs_per_block must be at least 1, got {self.convs_per_block}")
         if not self.conv_channels and self.recurrent is None:
             raise ValueError("a model needs a convolutional stem, a recurrent layer, or both")
 
@@ -93,21 +96,30 @@ class MelNorm(nn.Module):
         return self.norm(x).unsqueeze(1)  # (batch, 1, n_mels, frames)
 
 
-class ConvBlock(nn.Module):
-    """3x3 conv (standard or depthwise-separable) + BN + ReLU, optional residual, then 2x2 max-pool."""
+def _conv_unit(c_in: int, c_out: int, kind: str) -> nn.Sequential:
+    """One 3x3 conv (standard, or depthwise-separable when it sees more than one channel) + BN."""
+    if kind == "separable" and c_in > 1:
+        return nn.Sequential(
+            nn.Conv2d(c_in, c_in, 3, padding=1, groups=c_in, bias=False),
+            nn.BatchNorm2d(c_in),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(c_in, c_out, 1, bias=False),
+            nn.BatchNorm2d(c_out),
+        )
+    # The first block sees one channel: a depthwise conv there would learn almost nothing.
+    return nn.Sequential(nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out))
 
-    def __init__(self, c_in: int, c_out: int, kind: str, residual: bool) -> None:
+
+class ConvBlock(nn.Module):
+    """``convs`` 3x3 conv units (ReLU between them), optional residual, ReLU, then 2x2 max-pool."""
+
+    def __init__(self, c_in: int, c_out: int, kind: str, residual: bool, convs: int = 1) -> None:
         super().__init__()
-        if kind == "separable" and c_in > 1:
-            self.conv = nn.Sequential(
-                nn.Conv2d(c_in, c_in, 3, padding=1, groups=c_in, bias=False),
-                nn.BatchNorm2d(c_in),
-                nn.ReLU(inplace=True),
-                nn.Conv2d(c_in, c_out, 1, bias=False),
-                nn.BatchNorm2d(c_out),
-            )
-        else:  # the first block sees one channel: a depthwise conv there would learn almost nothing
-            self.conv = nn.Sequential(nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out))
+        units: list[nn.Module] = [_conv_unit(c_in, c_out, kind)]
+        for _ in range(convs - 1):
+            units += [nn.ReLU(inplace=True), _conv_unit(c_out, c_out, kind)]
+        # A single unit is stored bare, so checkpoints from before convs_per_block keep their keys.
+        self.conv = units[0] if convs == 1 else nn.Sequential(*units)
         self.skip: nn.Module | None = None
         if residual and c_in > 1:
             self.skip = nn.Identity() if c_in == c_out else nn.Conv2d(c_in, c_out, 1, bias=False)
@@ -158,7 +170,7 @@ class AudioClassifier(nn.Module):
         self.input_norm = MelNorm(n_mels)
         channels = (1, *config.conv_channels)
         self.stem = nn.Sequential(*[
-            ConvBlock(c_in, c_out, config.conv_kind, config.residual)
+            ConvBlock(c_in, c_out, config.conv_kind, config.residual, config.convs_per_block)
             for c_in, c_out in zip(channels[:-1], channels[1:], strict=True)
         ])
         # Features per time step seen by the recurrent layer or the pooling head.

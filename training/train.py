@@ -22,7 +22,7 @@ from torch.utils.data.distributed import DistributedSampler
 from tqdm import tqdm
 
 from edge_agent.frontend import FrontendParams
-from training.augment import BackgroundNoise, BandLimit, Gain, SpecAugment, ToLogMel, mixup
+from training.augment import BackgroundNoise, BandLimit, Gain, PitchShift, SpecAugment, ToLogMel, mixup
 from training.data import ClipFeatures, RandomCropDataset, WindowDataset
 from training.metrics import aggregate_windows
 from training.models import AudioClassifier, ModelConfig, build_model
@@ -44,6 +44,10 @@ class TrainConfig:
     seed: int = 0
     hop_frames: int = 16  # the agent's 250 ms hop in frames (4000 samples / 256): test-time scoring
     val_hop_frames: int = 60  # ~1 s apart: validation every epoch costs a quarter of the agent's hop
+    crops_per_clip: int = 1  # random 1-s crops of each clip per epoch
+    stretch: tuple[float, float] = (1.0, 1.0)  # time-stretch rate range of a crop (1, 1: off)
+    pitch_semitones: float = 0.0  # pitch shift up to +- this many semitones
+    pitch_p: float = 0.0  # share of training windows pitch-shifted
     mixup_alpha: float = 0.3
     noise_p: float = 0.5
     snr_db: tuple[float, float] = (0.0, 20.0)
@@ -60,6 +64,13 @@ class TrainConfig:
             raise ValueError("epochs and batch_size must be at least 1")
         if not 0 < self.val_fraction < 1:
             raise ValueError(f"val_fraction must be in (0, 1), got {self.val_fraction}")
+        for name in ("noise_p", "bandlimit_p", "pitch_p"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise ValueError(f"{name} is a probability in [0, 1], got {getattr(self, name)}")
+        if self.crops_per_clip < 1:
+            raise ValueError(f"crops_per_clip must be at least 1, got {self.crops_per_clip}")
+        if not 0 < self.stretch[0] <= self.stretch[1]:
+            raise ValueError(f"time stretch range must be 0 < lo <= hi, got {self.stretch}")
 
     def to_dict(self) -> dict:
         """Plain dict for checkpoints and reports."""
@@ -124,8 +135,10 @@ def seed_everything(seed: int) -> None:
 
 def train_dataset(features: ClipFeatures, noise: ClipFeatures | None, params: FrontendParams,
                   cfg: TrainConfig) -> Dataset:
-    """Crop -> background noise -> gain -> log -> SpecAugment: the training-mode stack."""
-    data: Dataset = RandomCropDataset(features, params.n_frames)
+    """Crop (+ stretch) -> pitch -> background noise -> gain -> band limit -> log -> SpecAugment."""
+    data: Dataset = RandomCropDataset(features, params.n_frames, cfg.crops_per_clip, cfg.stretch)
+    if cfg.pitch_p > 0 and cfg.pitch_semitones > 0:
+        data = PitchShift(data, params, cfg.pitch_semitones, cfg.pitch_p)
     if noise is not None and cfg.noise_p > 0:
         data = BackgroundNoise(data, noise, cfg.snr_db, cfg.noise_p)
     if cfg.gain_db > 0:
