@@ -127,7 +127,7 @@ def test_training_is_deterministic_and_learns(dataset_dirs: tuple[Path, Path]) -
     records = corpus.clips.records
     train = corpus.clips.subset([i for i, r in enumerate(records) if r.fold != 3])
     val = corpus.clips.subset([i for i, r in enumerate(records) if r.fold == 3])
-    cfg = TrainConfig(epochs=12, batch_size=8, lr=1e-2, mixup_alpha=0.0, noise_p=0.0)
+    cfg = TrainConfig(epochs=12, batch_size=8, lr=1e-2, mixup_alpha=0.0, noise_p=0.0, crops_per_clip=1)
     first = fit(TINY, train, val, corpus.noise, PARAMS, cfg, n_classes=10)
     second = fit(TINY, train, val, corpus.noise, PARAMS, cfg, n_classes=10)
     for key, value in first.model.state_dict().items():

@@ -43,7 +43,7 @@ def test_real_clips_train_and_score_end_to_end() -> None:
     four_seconds = 1 + (4 * PARAMS.sample_rate - PARAMS.n_fft) // PARAMS.hop_length
     assert train.clip(0).shape == (PARAMS.n_mels, four_seconds)
     noise = compute_features(read_esc10_negatives(ESC10)[::40], PARAMS)
-    cfg = TrainConfig(epochs=2, batch_size=16)
+    cfg = TrainConfig(epochs=2, batch_size=16, crops_per_clip=1)
     fitted = fit(architecture("cnn", conv_channels=(4, 8)), train, test, noise, PARAMS, cfg, n_classes=10)
     scores = predict_clips(fitted.model, test, PARAMS, cfg.hop_frames, torch.device("cpu"))
     assert scores.shape == (len(test.records), 10)

@@ -17,9 +17,10 @@ from training.train import Dist, TrainConfig, setup_distributed
 
 logger = logging.getLogger(__name__)
 
-# Epochs per architecture for --compare, sized so all of them x 4 folds fit in under an hour on 2 CPU
-# cores (measured seconds per epoch in training/results/README.md); --epochs overrides them all.
-COMPARE_EPOCHS = {"cnn": 15, "rescnn": 15, "dsresnet": 10, "crnn": 15, "gru": 15, "lstm": 15, "rnn": 15}
+# Epochs per architecture for --compare, sized so all of them x 4 folds at 8 crops per clip finish in about
+# an hour on 2 CPU cores as two processes (measured seconds per epoch in training/results/README.md);
+# --epochs overrides them all.
+COMPARE_EPOCHS = {"cnn": 12, "rescnn": 12, "dsresnet": 12, "crnn": 12, "gru": 12, "lstm": 12, "rnn": 12}
 COMPARE_ORDER = ("cnn", "rescnn", "crnn", "gru", "lstm", "rnn")
 
 
