@@ -21,7 +21,7 @@ def test_torchrun_two_cpu_processes_train_and_only_rank0_writes(tmp_path: Path) 
     env = {**os.environ, "EARSHOT_CACHE": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1"}
     command = ["torchrun", "--standalone", "--nproc_per_node", "2", "-m", "training.cli",
                "--data-root", str(data), "--arch", "rnn", "--folds", "1", "--epochs", "2",
-               "--batch-size", "4", "--device", "cpu", "--out", str(out)]
+               "--crops-per-clip", "1", "--batch-size", "4", "--device", "cpu", "--out", str(out)]
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=240,
                           cwd=Path(__file__).resolve().parents[1])
     assert done.returncode == 0, done.stderr[-3000:]

@@ -25,6 +25,7 @@ from training.data import (
 )
 from training.frontend import TorchLogMel
 from training.models import architecture
+from training.report import goal_checks
 from training.run import load_corpus
 from training.synthetic import SYNTHETIC_CLASSES, write_esc10, write_urbansound8k
 from training.train import TrainConfig, fit, train_dataset
@@ -147,8 +148,8 @@ def test_cli_cross_validation_writes_reports_and_checkpoints(dataset_dirs: tuple
                                                              tmp_path: Path) -> None:
     out = tmp_path / "out"
     code = train_main(["--data-root", str(dataset_dirs[0]), "--compare", "--archs", "rnn", "crnn",
-                       "--folds", "1", "2", "--epochs", "2", "--batch-size", "8", "--threads", "1",
-                       "--out", str(out), "--device", "cpu"])
+                       "--folds", "1", "2", "--epochs", "2", "--crops-per-clip", "1", "--batch-size", "8",
+                       "--threads", "1", "--out", str(out), "--device", "cpu"])
     assert code == 0
     table = json.loads((out / "comparison.json").read_text())
     assert set(table) == {"rnn", "crnn"}
@@ -160,7 +161,11 @@ def test_cli_cross_validation_writes_reports_and_checkpoints(dataset_dirs: tuple
     assert len(report["folds"]["1"]["per_class_recall"]) == 10 and report["wall_s"] >= 0
     for name in ("report.md", "confusion.png", "learning_curves.png", "rnn-fold1.pt", "rnn-fold2.pt"):
         assert (out / "rnn" / name).stat().st_size > 0, name
-    assert "study" in (out / "comparison.md").read_text()
+    assert "study" in (out / "comparison.md").read_text() and "Goals:" in (out / "comparison.md").read_text()
+    assert (out / "comparison.png").stat().st_size > 0
+    (out / "comparison.json").unlink()
+    assert train_main(["--report-only", "--out", str(out)]) == 0  # rebuilt from the per-arch reports alone
+    assert json.loads((out / "comparison.json").read_text()) == table
     checkpoint = load_checkpoint(out / "rnn" / "rnn-fold2.pt")
     assert checkpoint.fold == 2 and checkpoint.train_config["epochs"] == 2
     assert checkpoint.metrics["accuracy"] == pytest.approx(report["folds"]["2"]["accuracy"])
@@ -172,7 +177,8 @@ def test_cli_all_folds_default_model_has_thresholds_and_open_set_rates(dataset_d
                                                                        tmp_path: Path) -> None:
     out = tmp_path / "out"
     code = train_main(["--data-root", str(dataset_dirs[0]), "--all-folds", "--arch", "rnn", "--epochs", "2",
-                       "--batch-size", "8", "--threads", "1", "--out", str(out), "--device", "cpu"])
+                       "--crops-per-clip", "1", "--batch-size", "8", "--threads", "1", "--out", str(out),
+                       "--device", "cpu"])
     assert code == 0
     checkpoint = load_checkpoint(out / "default" / "rnn.pt")
     assert checkpoint.fold is None
@@ -183,9 +189,23 @@ def test_cli_all_folds_default_model_has_thresholds_and_open_set_rates(dataset_d
     assert report["open_set"]["negative_clips"] == 4  # two non-target classes x two clips in ESC-10 fold 5
 
 
+def test_goal_checks_score_the_best_model_and_each_seed_architecture() -> None:
+    def fake(mean: float, params: int = 50_000, macs: int = 5_000_000) -> dict:
+        return {"mean_accuracy": mean, "params": params, "macs_per_window": macs}
+
+    checks = goal_checks({"cnn": fake(0.65), "rnn": fake(0.40), "rescnn": fake(0.82, 2_000_000)})
+    by_goal = {c["goal"]: c["met"] for c in checks}
+    assert by_goal["best model (rescnn) mean accuracy >= 0.80"] is True
+    assert by_goal["best model (rescnn) <= 1 M parameters and <= 100 M MACs per window"] is False
+    assert by_goal["cnn beats the study's 0.62"] is True and by_goal["rnn beats the study's 0.41"] is False
+    assert not any("lstm" in goal for goal in by_goal)  # an architecture not run is not scored
+
+
 def test_cli_bad_input_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert train_main(["--data-root", str(tmp_path / "nowhere")]) == 2
     error = capsys.readouterr().err.strip()
     assert error.startswith("earshot train: error:") and "\n" not in error
     assert train_main(["--data-root", str(tmp_path), "--arch", "transformer"]) == 2
     assert "unknown architecture" in capsys.readouterr().err
+    assert train_main(["--report-only", "--out", str(tmp_path / "empty")]) == 2
+    assert "run 'earshot train --compare' first" in capsys.readouterr().err

@@ -41,7 +41,7 @@ _RECIPE_FLAGS = (
 def parse_args(argv: list[str]) -> argparse.Namespace:
     """The command line; see training/results/README.md for the commands that made the committed results."""
     parser = argparse.ArgumentParser(prog="earshot train", description=__doc__)
-    parser.add_argument("--data-root", required=True, type=Path, help="UrbanSound8K dir (metadata/ + audio/)")
+    parser.add_argument("--data-root", type=Path, help="UrbanSound8K dir (metadata/ + audio/)")
     parser.add_argument("--arch", default="cnn", help=f"one of {', '.join(ARCHITECTURES)}, or 'best' "
                         "(highest mean accuracy in OUT/comparison.json) with --all-folds")
     parser.add_argument("--archs", nargs="+", default=list(COMPARE_ORDER), help="architectures for --compare")
@@ -50,6 +50,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--out", type=Path, default=Path("training/results"), help="output directory")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     parser.add_argument("--compare", action="store_true", help="cross-validate each of --archs")
+    parser.add_argument("--report-only", action="store_true",
+                        help="rebuild comparison.json/.md/.png from OUT/<arch>/report.json; trains nothing")
     parser.add_argument("--all-folds", action="store_true",
                         help="train the default model on every fold, with open-set thresholds")
     parser.add_argument("--noise-root", type=Path, help="ESC-10 dir for background noise and open-set "
@@ -69,6 +71,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.compare and args.all_folds:
         parser.error("choose --compare or --all-folds, not both")
+    if args.data_root is None and not args.report_only:
+        parser.error("--data-root is required (except with --report-only)")
     return args
 
 
@@ -115,6 +119,13 @@ def _cross_validate(args: argparse.Namespace, corpus: Corpus, arch: str, params:
 
 def run(args: argparse.Namespace, command: str) -> None:
     """Do what the flags ask; every output goes under ``args.out``."""
+    if args.report_only:
+        reports = collect_reports(args.out)
+        if not reports:
+            raise ValueError(f"no <arch>/report.json under {args.out}: run 'earshot train --compare' first")
+        write_comparison(reports, args.out)
+        logger.info("rebuilt %s from %s", args.out / "comparison.md", ", ".join(reports))
+        return
     dist = setup_distributed("cuda" if args.device == "cuda" else "cpu")
     params = FrontendParams()
     arch = best_architecture(args.out) if args.arch == "best" else args.arch

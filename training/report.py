@@ -111,6 +111,34 @@ def comparison(reports: dict[str, dict]) -> dict:
             for arch, r in reports.items()}
 
 
+# The issue's goals for the comparison, scored by leave-one-fold-out on the shared subset.
+GOAL_BEST_ACCURACY = 0.80
+GOAL_MAX_PARAMS = 1_000_000
+GOAL_MAX_MACS = 100_000_000
+
+
+def goal_checks(reports: dict[str, dict]) -> list[dict]:
+    """Each goal with what was measured and whether it is met: the best model's accuracy and size, and
+    every seed architecture against the study's full-data accuracy."""
+    if not reports:
+        return []
+    best_arch = max(reports, key=lambda arch: reports[arch]["mean_accuracy"])
+    best = reports[best_arch]
+    checks = [
+        {"goal": f"best model ({best_arch}) mean accuracy >= {GOAL_BEST_ACCURACY:.2f}",
+         "measured": f"{best['mean_accuracy']:.3f}", "met": best["mean_accuracy"] >= GOAL_BEST_ACCURACY},
+        {"goal": f"best model ({best_arch}) <= 1 M parameters and <= 100 M MACs per window",
+         "measured": f"{best['params']:,} params, {best['macs_per_window'] / 1e6:.1f} M MACs",
+         "met": best["params"] <= GOAL_MAX_PARAMS and best["macs_per_window"] <= GOAL_MAX_MACS},
+    ]
+    for arch, (study_accuracy, _, _) in STUDY.items():
+        if arch in reports:
+            mean = reports[arch]["mean_accuracy"]
+            checks.append({"goal": f"{arch} beats the study's {study_accuracy:.2f}",
+                           "measured": f"{mean:.3f}", "met": mean > study_accuracy})
+    return checks
+
+
 def comparison_markdown(reports: dict[str, dict]) -> str:
     """Ours against the study's numbers, one row per architecture."""
     lines = ["# Architecture comparison (leave-one-fold-out on the shared UrbanSound8K subset)", "",
@@ -128,12 +156,39 @@ def comparison_markdown(reports: dict[str, dict]) -> str:
     folds = ", ".join(next(iter(reports.values()))["folds"]) if reports else ""
     commands = dict.fromkeys(r.get("command", "") for r in reports.values())
     lines += ["", f"Test folds: {folds}. Mean ± sample std over folds; with 4 folds, differences under "
-              "about 0.05 are noise.", "", "Commands:", "", *(f"- `{c}`" for c in commands if c)]
+              "about 0.05 are noise.", "", "Goals:", "", "| goal | measured | met |", "|---|---|---|"]
+    lines += [f"| {c['goal']} | {c['measured']} | {'yes' if c['met'] else 'NO'} |"
+              for c in goal_checks(reports)]
+    lines += ["", "![accuracy per architecture](comparison.png)", "", "Commands:", "",
+              *(f"- `{c}`" for c in commands if c)]
     return "\n".join(lines) + "\n"
 
 
+def plot_comparison(reports: dict[str, dict], path: Path) -> None:
+    """Mean ± std accuracy per architecture, each fold as a dot, the study's full-data number as a tick."""
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    for x, (arch, r) in enumerate(reports.items()):
+        ax.bar(x, r["mean_accuracy"], yerr=r["std_accuracy"], color="tab:blue", alpha=0.7, capsize=4,
+               label="ours: mean ± std over folds" if x == 0 else None)
+        folds = [f["accuracy"] for f in r["folds"].values()]
+        ax.scatter([x] * len(folds), folds, color="black", s=10, zorder=3,
+                   label="ours: one test fold" if x == 0 else None)
+        if arch in STUDY:
+            ax.hlines(STUDY[arch][0], x - 0.4, x + 0.4, color="tab:red", linewidth=2,
+                      label="study, full data" if arch == next(a for a in reports if a in STUDY) else None)
+    ax.axhline(GOAL_BEST_ACCURACY, color="gray", linestyle="--", label=f"goal {GOAL_BEST_ACCURACY:.2f}")
+    ax.set_xticks(range(len(reports)), list(reports))
+    ax.set(ylabel="clip accuracy (held-out fold)", ylim=(0, 1),
+           title="Leave-one-fold-out accuracy on the shared UrbanSound8K subset")
+    ax.legend(fontsize=8, loc="upper right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def write_comparison(reports: dict[str, dict], out_dir: Path) -> None:
-    """comparison.json (release tooling reads it) and comparison.md."""
+    """comparison.json (release tooling reads it), comparison.md and comparison.png."""
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "comparison.json").write_text(json.dumps(comparison(reports), indent=2) + "\n")
     (out_dir / "comparison.md").write_text(comparison_markdown(reports))
+    plot_comparison(reports, out_dir / "comparison.png")
