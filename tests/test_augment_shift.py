@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
 
 from edge_agent.frontend import FrontendParams, mel_centres
 from training.augment import PitchShift
+from training.checkpoint import load_checkpoint
 from training.data import ClipFeatures, ClipRecord, RandomCropDataset
 from training.frontend import TorchLogMel
 from training.models import architecture, build_model
@@ -83,3 +86,9 @@ def test_deeper_blocks_add_convolutions_and_keep_single_conv_checkpoint_keys() -
     assert sum(p.numel() for p in double.parameters()) > sum(p.numel() for p in single.parameters())
     logmel = torch.randn(2, 1, PARAMS.n_mels, PARAMS.n_frames)
     assert double(logmel).shape == (2, 10)
+
+
+def test_the_committed_default_checkpoint_still_builds_and_loads() -> None:
+    path = Path(__file__).resolve().parents[1] / "training" / "results" / "default" / "crnn.pt"
+    model = load_checkpoint(path).build()  # strict state-dict load: a renamed layer fails here
+    assert model(torch.zeros(1, 1, PARAMS.n_mels, PARAMS.n_frames)).shape == (1, 10)
