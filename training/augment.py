@@ -28,17 +28,38 @@ class _Wrapper(Dataset):
         return len(self.inner)  # type: ignore[arg-type]
 
 
-class BackgroundNoise(_Wrapper):
-    """With probability ``p``, add a random window of a real noise clip at a random SNR (dB)."""
+class _Sometimes(_Wrapper):
+    """Applies ``apply`` to a window's mel power with probability ``p``; otherwise passes it through."""
 
-    def __init__(self, inner: Dataset, noise: ClipFeatures, snr_db: tuple[float, float], p: float) -> None:
+    def __init__(self, inner: Dataset, p: float) -> None:
         super().__init__(inner)
-        self.noise, self.snr_db, self.p = noise, snr_db, p
+        self.p = p
+
+    def apply(self, power: torch.Tensor) -> torch.Tensor:
+        """(n_mels, frames) -> (n_mels, frames), drawing its own random parameters."""
+        raise NotImplementedError
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
         power, target = self.inner[index]  # (n_mels, frames)
-        if not len(self.noise.records) or float(torch.rand(())) >= self.p:
+        if float(torch.rand(())) >= self.p:
             return power, target
+        return self.apply(power), target
+
+
+class BackgroundNoise(_Sometimes):
+    """With probability ``p``, add a random window of a real noise clip at a random SNR (dB)."""
+
+    def __init__(self, inner: Dataset, noise: ClipFeatures, snr_db: tuple[float, float], p: float) -> None:
+        super().__init__(inner, p)
+        self.noise, self.snr_db = noise, snr_db
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        if not len(self.noise.records):  # nothing to mix: no random draw either
+            return self.inner[index]
+        return super().__getitem__(index)
+
+    def apply(self, power: torch.Tensor) -> torch.Tensor:
+        """``power`` plus a random noise window at a random SNR."""
         clip = self.noise.clip(int(torch.randint(0, len(self.noise.records), ())))  # (n_mels, noise_frames)
         frames = power.shape[1]
         start = int(torch.randint(0, max(clip.shape[1] - frames, 0) + 1, ()))
@@ -47,7 +68,7 @@ class BackgroundNoise(_Wrapper):
             noise = noise.repeat(1, -(-frames // noise.shape[1]))[:, :frames]
         snr = float(torch.empty(()).uniform_(*self.snr_db))
         scale = power.sum() / (noise.sum() * 10 ** (snr / 10) + 1e-12)
-        return power + scale * noise, target
+        return power + scale * noise
 
 
 class Gain(_Wrapper):
@@ -63,7 +84,7 @@ class Gain(_Wrapper):
         return power * 10 ** (gain / 10), target
 
 
-class BandLimit(_Wrapper):
+class BandLimit(_Sometimes):
     """With probability ``p``, remove the power above a random cut-off (Hz): a cheap mic, an 8 kHz codec.
 
     Each mel band keeps the share of its filter that lies below the cut-off (a flat spectrum within a
@@ -72,8 +93,8 @@ class BandLimit(_Wrapper):
 
     def __init__(self, inner: Dataset, params: FrontendParams, cutoff_hz: tuple[float, float],
                  p: float) -> None:
-        super().__init__(inner)
-        self.cutoff_hz, self.p = cutoff_hz, p
+        super().__init__(inner, p)
+        self.cutoff_hz = cutoff_hz
         filters = mel_filterbank(params)  # (n_freqs, n_mels)
         self._freqs = np.linspace(0.0, params.sample_rate / 2, filters.shape[0])
         self._filters = filters / np.maximum(filters.sum(axis=0, keepdims=True), 1e-12)
@@ -82,15 +103,13 @@ class BandLimit(_Wrapper):
         """(n_mels,) share of each mel band below ``cutoff``."""
         return torch.from_numpy(self._filters[self._freqs <= cutoff].sum(axis=0)).float()
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
-        power, target = self.inner[index]  # (n_mels, frames)
-        if float(torch.rand(())) >= self.p:
-            return power, target
+    def apply(self, power: torch.Tensor) -> torch.Tensor:
+        """``power`` low-passed at a random cut-off."""
         cutoff = float(torch.empty(()).uniform_(*self.cutoff_hz))
-        return power * self.kept_share(cutoff)[:, None], target  # (n_mels, frames)
+        return power * self.kept_share(cutoff)[:, None]  # (n_mels, frames)
 
 
-class PitchShift(_Wrapper):
+class PitchShift(_Sometimes):
     """With probability ``p``, shift the spectrum by a random number of semitones along the mel axis.
 
     Band i (centre c_i Hz) takes the power the clip had at c_i / ratio, read by linear interpolation
@@ -98,8 +117,8 @@ class PitchShift(_Wrapper):
     """
 
     def __init__(self, inner: Dataset, params: FrontendParams, semitones: float, p: float) -> None:
-        super().__init__(inner)
-        self.semitones, self.p = semitones, p
+        super().__init__(inner, p)
+        self.semitones = semitones
         self._centres = mel_centres(params)  # (n_mels,) Hz
 
     def shift(self, power: torch.Tensor, ratio: float) -> torch.Tensor:
@@ -111,12 +130,10 @@ class PitchShift(_Wrapper):
         frac = (source_t - low)[:, None]  # (n_mels, 1)
         return power[low] * (1 - frac) + power[high] * frac  # (n_mels, frames)
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
-        power, target = self.inner[index]  # (n_mels, frames)
-        if float(torch.rand(())) >= self.p:
-            return power, target
+    def apply(self, power: torch.Tensor) -> torch.Tensor:
+        """``power`` shifted by a random number of semitones."""
         semitones = float(torch.empty(()).uniform_(-self.semitones, self.semitones))
-        return self.shift(power, 2 ** (semitones / 12)), target
+        return self.shift(power, 2 ** (semitones / 12))
 
 
 class ToLogMel(_Wrapper):

@@ -178,6 +178,14 @@ def window_starts(frames: int, window: int, hop: int) -> list[int]:
     return list(range(0, max(frames - window, 0) + 1, hop))
 
 
+def check_crop_settings(crops: int, stretch: tuple[float, float]) -> None:
+    """ValueError unless ``crops`` >= 1 and ``stretch`` is a range 0 < lo <= hi."""
+    if crops < 1:
+        raise ValueError(f"crops_per_clip must be at least 1, got {crops}")
+    if not 0 < stretch[0] <= stretch[1]:
+        raise ValueError(f"time stretch range must be 0 < lo <= hi, got {stretch}")
+
+
 class RandomCropDataset(Dataset):
     """Training view: ``crops`` random frame-aligned window crops per clip per epoch (time shift).
 
@@ -190,10 +198,7 @@ class RandomCropDataset(Dataset):
 
     def __init__(self, features: ClipFeatures, window_frames: int, crops: int = 1,
                  stretch: tuple[float, float] = (1.0, 1.0)) -> None:
-        if crops < 1:
-            raise ValueError(f"crops per clip must be at least 1, got {crops}")
-        if not 0 < stretch[0] <= stretch[1]:
-            raise ValueError(f"time stretch range must be 0 < lo <= hi, got {stretch}")
+        check_crop_settings(crops, stretch)
         self.features = features
         self.window_frames = window_frames
         self.crops = crops

@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from edge_agent.frontend import FrontendParams
 from training.augment import BackgroundNoise, BandLimit, Gain, PitchShift, SpecAugment, ToLogMel, mixup
-from training.data import ClipFeatures, RandomCropDataset, WindowDataset
+from training.data import ClipFeatures, RandomCropDataset, WindowDataset, check_crop_settings
 from training.metrics import aggregate_windows
 from training.models import AudioClassifier, ModelConfig, build_model
 
@@ -69,10 +69,7 @@ class TrainConfig:
         for name in ("noise_p", "bandlimit_p", "pitch_p"):
             if not 0 <= getattr(self, name) <= 1:
                 raise ValueError(f"{name} is a probability in [0, 1], got {getattr(self, name)}")
-        if self.crops_per_clip < 1:
-            raise ValueError(f"crops_per_clip must be at least 1, got {self.crops_per_clip}")
-        if not 0 < self.stretch[0] <= self.stretch[1]:
-            raise ValueError(f"time stretch range must be 0 < lo <= hi, got {self.stretch}")
+        check_crop_settings(self.crops_per_clip, self.stretch)  # at parse time, before any decoding
 
     def to_dict(self) -> dict:
         """Plain dict for checkpoints and reports."""
