@@ -1,10 +1,4 @@
-"""The ``Model``: an ONNX classifier with its own metadata, run by onnxruntime on a pinned thread count.
-
-The log-mel front-end runs in numpy (``StreamingLogMel``). Measured on this project's 2-core x86 box,
-the front-end of one 1 s window costs ~0.6 ms while a small model costs ~0.01-1 ms, so the front-end is
-worth optimising: consecutive windows on a hop that is a whole number of STFT hops share all but
-``hop / stft_hop`` frames, and only those new frames are computed.
-"""
+"""The ``Model``: an ONNX classifier with its own metadata, run by onnxruntime on a pinned thread count."""
 
 from __future__ import annotations
 
@@ -15,10 +9,9 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from edge_agent.frontend import FrontendParams, LogMel
+from edge_agent.frontend import FrontendParams
 from edge_agent.model_card import CardCheck, ModelCardError, check_card
 from edge_agent.model_metadata import INPUT_NAME, OUTPUT_NAME, ModelMetadata
-from edge_agent.windowing import Window
 
 logger = logging.getLogger(__name__)
 
@@ -37,36 +30,6 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     shifted = logits - logits.max(axis=-1, keepdims=True)
     exp = np.exp(shifted)
     return (exp / exp.sum(axis=-1, keepdims=True)).astype(np.float32)
-
-
-class StreamingLogMel:
-    """Log-mel of successive windows on one hop grid, reusing the STFT frames they share.
-
-    Frames come from ``edge_agent.frontend.LogMel.frames``, the one numpy definition of the front-end;
-    tests/test_frontend_parity.py checks it against torchaudio.
-    """
-
-    def __init__(self, params: FrontendParams, hop_samples: int) -> None:
-        self.params = params
-        self.frames = LogMel(params).frames  # (samples,) -> (frames, n_mels)
-        aligned = hop_samples % params.hop_length == 0 and hop_samples < params.window_samples
-        self.new_frames = hop_samples // params.hop_length if aligned else params.n_frames
-        self._previous: np.ndarray | None = None  # (n_frames, n_mels) of the last window
-        self._previous_index = -2
-
-    def __call__(self, window: Window) -> np.ndarray:
-        """One window -> (1, 1, n_mels, n_frames) float32 model input."""
-        p = self.params
-        reuse = (self._previous is not None and not window.padded and self.new_frames < p.n_frames
-                 and window.index == self._previous_index + 1)
-        if reuse:
-            tail = window.samples[(p.n_frames - self.new_frames) * p.hop_length:]
-            kept = self._previous[self.new_frames:]  # (n_frames - new_frames, n_mels)
-            logmel = np.concatenate([kept, self.frames(tail)])  # (n_frames, n_mels)
-        else:
-            logmel = self.frames(window.samples)  # (n_frames, n_mels)
-        self._previous, self._previous_index = (None, -2) if window.padded else (logmel, window.index)
-        return np.ascontiguousarray(logmel.T)[None, None]  # (1, 1, n_mels, n_frames)
 
 
 def _session(data: bytes, path: str, threads: int) -> ort.InferenceSession:

@@ -21,8 +21,9 @@ from edge_agent.capture import ClipCapture
 from edge_agent.config import AgentConfig
 from edge_agent.detector import Detection, Detector, resolve_thresholds
 from edge_agent.events import ModelRef, make_event, to_json_line
+from edge_agent.frontend import StreamingLogMel
 from edge_agent.metrics import AgentMetrics
-from edge_agent.onnx_model import OnnxModel, StreamingLogMel
+from edge_agent.onnx_model import OnnxModel
 from edge_agent.resample import StreamResampler, downmix
 from edge_agent.ring_buffer import RingBuffer
 from edge_agent.sources import AudioSource

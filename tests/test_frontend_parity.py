@@ -6,8 +6,7 @@ import numpy as np
 import pytest
 from support.onnx_models import noise, silence, siren_sweep, tone
 
-from edge_agent.frontend import FrontendParams, LogMel
-from edge_agent.onnx_model import StreamingLogMel
+from edge_agent.frontend import FrontendParams, LogMel, StreamingLogMel
 from edge_agent.windowing import Windower, hop_samples
 
 torch = pytest.importorskip("torch", reason="parity needs the training extras (torch, torchaudio)")

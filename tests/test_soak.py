@@ -24,7 +24,8 @@ from support.onnx_models import noise, siren_sweep
 
 from edge_agent.config import AudioConfig, DetectorConfig
 from edge_agent.detector import Detector
-from edge_agent.onnx_model import OnnxModel, StreamingLogMel
+from edge_agent.frontend import StreamingLogMel
+from edge_agent.onnx_model import OnnxModel
 from edge_agent.windowing import hop_samples
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from edge_agent.frontend import FrontendParams, LogMel
-from edge_agent.onnx_model import StreamingLogMel
+from edge_agent.frontend import FrontendParams, LogMel, StreamingLogMel
 from edge_agent.windowing import Window, Windower, hop_samples
 
 
