@@ -71,8 +71,8 @@ def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
 def describe_config(config: AgentConfig) -> str:
     """The resolved config as JSON, secrets masked."""
     data = dataclasses.asdict(config)
-    for key in ("password", "tls_key"):
-        data["mqtt"][key] = "<set>" if data["mqtt"][key] else None
+    for section, key in (("mqtt", "password"), ("mqtt", "tls_key"), ("webhook", "token")):
+        data[section][key] = "<set>" if data[section][key] else None
     return json.dumps(data, indent=2)
 
 
@@ -89,9 +89,9 @@ def run_agent(config: AgentConfig) -> int:
     """Open everything, run until end of stream or SIGINT/SIGTERM, close everything."""
     from edge_agent.metrics import AgentMetrics
     from edge_agent.model_reload import ModelReloader, install_sighup
-    from edge_agent.mqtt import make_publisher
     from edge_agent.onnx_model import OnnxModel
     from edge_agent.pipeline import Pipeline
+    from edge_agent.publishers import make_publishers, names
     from edge_agent.sources import open_source
 
     path = model_path(config)
@@ -100,10 +100,10 @@ def run_agent(config: AgentConfig) -> int:
     metrics = AgentMetrics()
     pipeline = Pipeline(config, model, source, metrics=metrics)  # validates the detector config first
     identity = {"name": model.metadata.name, "version": model.metadata.version, "sha256": model.sha256}
-    publisher = pipeline.publisher = make_publisher(config.mqtt, config.device_id, config.detector.listen,
-                                                    identity, metrics)
-    logger.info("model %s %s (%s), source %s, hop %.3f s", model.metadata.name, model.metadata.version,
-                model.sha256[:12], source.description, pipeline.hop / pipeline.rate)
+    pipeline.publishers = make_publishers(config, pipeline.rate, identity, metrics)
+    logger.info("model %s %s (%s), source %s, hop %.3f s, outputs %s", model.metadata.name,
+                model.metadata.version, model.sha256[:12], source.description, pipeline.hop / pipeline.rate,
+                names(pipeline.publishers))
     server = _start_metrics(config, metrics, pipeline)
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: pipeline.stop())
@@ -111,14 +111,10 @@ def run_agent(config: AgentConfig) -> int:
                              config.model.reload_poll_s)
     install_sighup(reloader)
     reloader.start()
-    if publisher is not None:
-        publisher.start()
     try:
-        code = pipeline.run()
+        code = pipeline.run()  # starts the outputs, and closes them (delivering what it can) at the end
     finally:
         reloader.stop()
-        if publisher is not None:
-            publisher.close()
         if server is not None:
             server.shutdown()
     if pipeline.error:
@@ -140,13 +136,12 @@ def _start_metrics(config: AgentConfig, metrics: Any, pipeline: Any) -> Any:
 
 
 def user_errors() -> tuple[type[Exception], ...]:
-    """Exceptions that mean bad input (config, model, audio, broker setup): one line, no traceback."""
-    from edge_agent.capture import CaptureError
-    from edge_agent.mqtt import MqttSetupError
+    """Exceptions that mean bad input (config, model, audio, output setup): one line, no traceback."""
     from edge_agent.onnx_model import ModelError
+    from edge_agent.publishers.base import OutputSetupError
     from edge_agent.sources import SourceError
 
-    return UsageError, ConfigError, ModelError, SourceError, MqttSetupError, CaptureError
+    return UsageError, ConfigError, ModelError, SourceError, OutputSetupError
 
 
 def run_command(name: str, parser: argparse.ArgumentParser, run: Callable[[argparse.Namespace], int],

@@ -54,7 +54,7 @@ class FrozenDict(dict):
 def _require(key: str, ok: bool, rule: str, value: Any) -> None:
     """Raise ConfigError('key: rule, got value') unless ok."""
     if not ok:
-        shown = "<hidden>" if "password" in key else repr(value)
+        shown = "<hidden>" if "password" in key or "token" in key else repr(value)
         if isinstance(value, float) and value.is_integer():
             shown = str(int(value))  # "got -1", as the user wrote it
         raise ConfigError(f"{key}: {rule}, got {shown}")
@@ -144,7 +144,7 @@ _CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f]")
 
 @dataclass(frozen=True)
 class MqttConfig:
-    """Broker connection, topics and the offline queue; ``url = "none"`` turns MQTT off."""
+    """Broker connection and topics; ``url = "none"`` turns MQTT off (its offline queue: ``QueueConfig``)."""
 
     url: str = "none"  # "mqtt://host:port" or "mqtts://host:port"
     username: str | None = None
@@ -157,8 +157,6 @@ class MqttConfig:
     topic_prefix: str = "earshot"
     discovery: bool = True
     discovery_prefix: str = "homeassistant"
-    queue_dir: str = "~/.local/state/earshot/mqtt-queue"
-    queue_max_events: int = 10000
     keepalive_s: int = 30
     reconnect_min_s: float = 1.0
     reconnect_max_s: float = 60.0
@@ -175,9 +173,6 @@ class MqttConfig:
             value = getattr(self, key)
             _require(f"mqtt.{key}", bool(value) and not _TOPIC_UNSAFE.search(value),
                      "must be non-empty without '/', '+', '#' or spaces", value)
-        _require("mqtt.queue_dir", bool(self.queue_dir.strip()), "must not be empty", self.queue_dir)
-        _require("mqtt.queue_max_events", 1 <= self.queue_max_events <= 10_000_000, "must be in 1..10000000",
-                 self.queue_max_events)
         _require("mqtt.keepalive_s", 5 <= self.keepalive_s <= 3600, "must be in 5..3600", self.keepalive_s)
         _require("mqtt.reconnect_min_s", _finite(self.reconnect_min_s) and self.reconnect_min_s > 0,
                  "must be > 0", self.reconnect_min_s)
@@ -224,6 +219,60 @@ class MqttConfig:
 
 
 @dataclass(frozen=True)
+class QueueConfig:
+    """The durable on-disk queue in front of every network output (MQTT, webhook): one file per output."""
+
+    dir: str = "~/.local/state/earshot/queue"
+    max_events: int = 10000  # per output; beyond it the oldest undelivered events are dropped and counted
+
+    def __post_init__(self) -> None:
+        _require("queue.dir", bool(self.dir.strip()), "must not be empty", self.dir)
+        _require("queue.max_events", 1 <= self.max_events <= 10_000_000, "must be in 1..10000000",
+                 self.max_events)
+
+
+_HTTP_URL = re.compile(r"^https?://[^\s/:]+(:\d{1,5})?(/\S*)?$")
+
+
+@dataclass(frozen=True)
+class WebhookConfig:
+    """An HTTP endpoint that receives each event as a JSON POST; ``url = "none"`` turns it off."""
+
+    url: str = "none"  # http(s)://host[:port]/path
+    token: str | None = field(default=None, repr=False)  # bearer token: EARSHOT_WEBHOOK_TOKEN or token_file
+    token_file: str | None = None
+    tls_ca: str | None = None  # CA bundle for https endpoints with a private CA
+    timeout_s: float = 5.0
+    retry_min_s: float = 1.0  # a failed POST is retried after this, doubling up to retry_max_s
+    retry_max_s: float = 60.0
+
+    def __post_init__(self) -> None:
+        _require("webhook.url", self.url == "none" or _HTTP_URL.match(self.url) is not None,
+                 'must be "none" or http(s)://host[:port][/path]', self.url)
+        if self.token is not None:
+            _require("webhook.token", not _CONTROL_CHARACTERS.search(self.token) and bool(self.token.strip()),
+                     "must be non-empty without control characters", "<hidden>")
+        _require("webhook.timeout_s", _finite(self.timeout_s) and 0 < self.timeout_s <= 300,
+                 "must be in 0..300", self.timeout_s)
+        _require("webhook.retry_min_s", _finite(self.retry_min_s) and self.retry_min_s > 0, "must be > 0",
+                 self.retry_min_s)
+        _require("webhook.retry_max_s", _finite(self.retry_max_s) and self.retry_max_s >= self.retry_min_s,
+                 f"must be >= retry_min_s ({self.retry_min_s})", self.retry_max_s)
+
+    @property
+    def enabled(self) -> bool:
+        """False when ``url`` is "none"."""
+        return self.url != "none"
+
+
+@dataclass(frozen=True)
+class StdoutConfig:
+    """Events as JSON lines on standard output (turn off under systemd to keep the journal quiet)."""
+
+    enabled: bool = True
+
+
+@dataclass(frozen=True)
 class MetricsConfig:
     """The Prometheus /metrics and /healthz HTTP server; ``port = None`` turns it off."""
 
@@ -238,7 +287,7 @@ class MetricsConfig:
 
 @dataclass(frozen=True)
 class CaptureConfig:
-    """Local clip capture around alert starts (edge_agent/capture.py; audio never leaves the device)."""
+    """Local clip capture around alert starts (publishers/capture.py; audio never leaves the device)."""
 
     enabled: bool = False
     dir: str = "~/.local/state/earshot/captures"
@@ -272,6 +321,9 @@ class AgentConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     detector: DetectorConfig = field(default_factory=DetectorConfig)
     mqtt: MqttConfig = field(default_factory=MqttConfig)
+    webhook: WebhookConfig = field(default_factory=WebhookConfig)
+    stdout: StdoutConfig = field(default_factory=StdoutConfig)
+    queue: QueueConfig = field(default_factory=QueueConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     capture: CaptureConfig = field(default_factory=CaptureConfig)
 
@@ -282,6 +334,9 @@ class AgentConfig:
 
 SECTIONS: dict[str, type] = {name: hint for name, hint in typing.get_type_hints(AgentConfig).items()
                              if name != "device_id"}
+# (section, secret key, key of the file that holds it): never read from the config file in clear.
+SECRETS = (("mqtt", "password", "password_file"), ("webhook", "token", "token_file"))
+MOVED = {("mqtt", "queue_dir"): "queue.dir", ("mqtt", "queue_max_events"): "queue.max_events"}
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
 
@@ -383,11 +438,21 @@ def read_toml(path: str | os.PathLike) -> dict[str, Any]:
     except UnicodeDecodeError as error:
         raise ConfigError(f"config file {str(path)!r}: not UTF-8 text ({error.reason} at byte {error.start})"
                           ) from None
-    mqtt = data.get("mqtt")
-    if isinstance(mqtt, Mapping) and "password" in mqtt:
-        raise ConfigError("mqtt.password: secrets are not read from the config file; "
-                          "set EARSHOT_MQTT_PASSWORD or mqtt.password_file")
+    for section, key, file_key in SECRETS:
+        table = data.get(section)
+        if isinstance(table, Mapping) and key in table:
+            raise ConfigError(f"{section}.{key}: secrets are not read from the config file; "
+                              f"set {ENV_PREFIX}{section.upper()}_{key.upper()} or {section}.{file_key}")
+    _reject_moved(data)
     return data
+
+
+def _reject_moved(data: Mapping[str, Any]) -> None:
+    """Settings that moved to another section: say where, rather than only 'unknown setting'."""
+    for (section, key), target in MOVED.items():
+        table = data.get(section)
+        if isinstance(table, Mapping) and key in table:
+            raise ConfigError(f"{section}.{key}: moved to {target} (the queue serves every network output)")
 
 
 def env_layer(environ: Mapping[str, str]) -> dict[str, dict[str, Any]]:
@@ -422,14 +487,17 @@ def _merge(*layers: Mapping[str, Any]) -> dict[str, Any]:
     return merged
 
 
-def _resolve_password(mqtt: dict[str, Any]) -> None:
-    """Fill ``password`` from ``password_file`` unless the environment already gave one."""
-    if mqtt.get("password") is None and mqtt.get("password_file"):
-        path = Path(str(mqtt["password_file"])).expanduser()
+def _resolve_secrets(merged: dict[str, Any]) -> None:
+    """Fill each secret from its file unless the environment already gave it."""
+    for section, key, file_key in SECRETS:
+        table = merged.get(section)
+        if not isinstance(table, dict) or table.get(key) is not None or not table.get(file_key):
+            continue
+        path = Path(str(table[file_key])).expanduser()
         try:
-            mqtt["password"] = path.read_text(encoding="utf-8").strip()
+            table[key] = path.read_text(encoding="utf-8").strip()
         except (OSError, UnicodeDecodeError) as error:
-            raise ConfigError(f"mqtt.password_file: cannot read {str(path)!r}: "
+            raise ConfigError(f"{section}.{file_key}: cannot read {str(path)!r}: "
                               f"{getattr(error, 'strerror', None) or error}") from None
 
 
@@ -450,6 +518,5 @@ def load_config(path: str | os.PathLike | None = None, environ: Mapping[str, str
     toml = read_toml(path) if path is not None else {}
     env = env_layer(os.environ if environ is None else environ)
     merged = _merge(toml, env, dict(overrides or {}))
-    if isinstance(merged.get("mqtt"), dict):
-        _resolve_password(merged["mqtt"])
+    _resolve_secrets(merged)
     return build_config(merged)

@@ -20,7 +20,7 @@ for _variable in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(_variable, "1")
 
 from edge_agent.agent_cli import UsageError, add_shared_flags, model_path, run_command  # noqa: E402
-from edge_agent.config import AgentConfig, load_config  # noqa: E402
+from edge_agent.config import AgentConfig, StdoutConfig, load_config  # noqa: E402
 from edge_agent.detector import rank  # noqa: E402
 
 logger = logging.getLogger(__name__)
@@ -107,7 +107,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def config_from_args(args: argparse.Namespace) -> AgentConfig:
-    """The agent's config (file, environment, flags) with MQTT and /metrics off: listening sends nothing."""
+    """The agent's config (file, environment, flags) with network outputs, stdout events and /metrics off:
+    listening sends nothing (clip capture keeps working when configured)."""
     overrides: dict[str, Any] = {
         "audio": {"source": args.source, "fast": args.fast, "hop_seconds": args.hop,
                   "stdin_rate": getattr(args, "stdin_rate", None),
@@ -117,7 +118,7 @@ def config_from_args(args: argparse.Namespace) -> AgentConfig:
     }
     config = load_config(args.config, overrides=overrides)
     return AgentConfig(device_id=config.device_id, audio=config.audio, model=config.model,
-                       detector=config.detector, capture=config.capture)  # metrics server off
+                       detector=config.detector, capture=config.capture, stdout=StdoutConfig(enabled=False))
 
 
 def run_offline(config: AgentConfig, on_window: Callable[[Any], Callable[[Any], None]]) -> Any:
@@ -126,22 +127,25 @@ def run_offline(config: AgentConfig, on_window: Callable[[Any], Callable[[Any], 
     ``on_window(pipeline)`` returns the callback, so it can read the pipeline's detector (thresholds,
     open episodes). Returns the finished ``Pipeline``; SIGINT/SIGTERM stop it cleanly.
     """
+    from edge_agent.metrics import AgentMetrics
     from edge_agent.onnx_model import OnnxModel
     from edge_agent.pipeline import Pipeline
+    from edge_agent.publishers import make_publishers
     from edge_agent.sources import open_source
 
     model = OnnxModel.load(model_path(config), config.model.threads, config.model.allow_ungated)
     source = open_source(config.audio, model.frontend.sample_rate)
-    with open(os.devnull, "w", encoding="utf-8") as events_sink:  # listen/calibrate show no JSON events
-        pipeline = Pipeline(config, model, source, out=events_sink)
-        pipeline.on_window = on_window(pipeline)
-        previous = {signum: signal.signal(signum, lambda *_: pipeline.stop())
-                    for signum in (signal.SIGINT, signal.SIGTERM)}
-        try:
-            pipeline.run()
-        finally:
-            for signum, handler in previous.items():
-                signal.signal(signum, handler)
+    identity = {"name": model.metadata.name, "version": model.metadata.version, "sha256": model.sha256}
+    publishers = make_publishers(config, model.frontend.sample_rate, identity, AgentMetrics())
+    pipeline = Pipeline(config, model, source, publishers=publishers)
+    pipeline.on_window = on_window(pipeline)
+    previous = {signum: signal.signal(signum, lambda *_: pipeline.stop())
+                for signum in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        pipeline.run()
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
     return pipeline
 
 

@@ -9,7 +9,7 @@ disable_created_metrics()
 
 # Per-window inference on a Pi takes a few ms; the tail past 100 ms means the model cannot keep up.
 INFERENCE_BUCKETS_S = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0)
-# Publish latency is event creation -> PUBACK; minutes-long outages are drained from the disk queue.
+# Delivery latency is event creation -> PUBACK or HTTP 2xx; minutes-long outages drain from the disk queue.
 PUBLISH_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
 
 
@@ -42,22 +42,32 @@ class AgentMetrics:
         self.last_detection_ts = Gauge(
             "earshot_last_detection_timestamp_seconds", "Unix time of the last detection start per label",
             ["label"], registry=r)
-        self._define_mqtt(r)
+        self._define_delivery(r)
         self._define_model(r)
 
-    def _define_mqtt(self, r: CollectorRegistry) -> None:
-        """MQTT connection, latency and the on-disk queue."""
+    def _define_delivery(self, r: CollectorRegistry) -> None:
+        """Per output (``output`` label: mqtt, webhook): the durable queue, deliveries and their latency."""
         self.mqtt_connected = Gauge(
             "earshot_mqtt_connected", "1 while connected to the MQTT broker", registry=r)
-        self.mqtt_publish_latency = Histogram(
-            "earshot_mqtt_publish_latency_seconds", "Event creation to broker acknowledgement",
+        self.delivery_latency = Histogram(
+            "earshot_delivery_latency_seconds", "Event creation to the output's acknowledgement", ["output"],
             buckets=PUBLISH_BUCKETS_S, registry=r)
-        self.mqtt_queue_depth = Gauge(
-            "earshot_mqtt_queue_depth", "Events waiting in the on-disk queue", registry=r)
-        self.mqtt_queue_dropped = Counter(
-            "earshot_mqtt_queue_dropped_total", "Events dropped (queue full or disk full)", registry=r)
-        self.mqtt_events_published = Counter(
-            "earshot_mqtt_events_published_total", "Events acknowledged by the broker", registry=r)
+        self.queue_depth = Gauge(
+            "earshot_queue_depth", "Events waiting in the output's on-disk queue", ["output"], registry=r)
+        self.queue_dropped = Counter(
+            "earshot_queue_dropped_total", "Events lost (queue full, disk full, or refused for good)",
+            ["output"], registry=r)
+        self.events_delivered = Counter(
+            "earshot_events_delivered_total", "Events acknowledged by the output", ["output"], registry=r)
+        self.delivery_failures = Counter(
+            "earshot_delivery_failures_total", "Delivery attempts that failed and will be retried",
+            ["output"], registry=r)
+
+    def init_output(self, output: str) -> None:
+        """Create an output's series at 0, so dashboards show 0 rather than no data before the first event."""
+        for metric in (self.queue_depth, self.queue_dropped, self.events_delivered, self.delivery_failures,
+                       self.delivery_latency):
+            metric.labels(output=output)
 
     def _define_model(self, r: CollectorRegistry) -> None:
         """Which model runs, whether it passed the gate, and reloads."""

@@ -1,29 +1,28 @@
-"""The agent's data path: source -> ring buffer -> one consumer thread (windows, log-mel, model, detector,
-outputs).
+"""The agent's data path: source -> ring buffer -> one consumer thread (windows, log-mel, model, detector)
+-> publishers.
 
 The source (PortAudio callback or a reader thread) only fills the ring buffer. One consumer thread does
-everything else, so the model, detector and publisher never run concurrently with each other.
+everything else, so the model, detector and outputs never run concurrently with each other. The pipeline
+produces windows, scores and detections; what happens to an event is each ``Publisher``'s business.
 """
 
 from __future__ import annotations
 
 import logging
-import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, TextIO
 
 import numpy as np
 
-from edge_agent.capture import ClipCapture
 from edge_agent.config import AgentConfig
 from edge_agent.detector import Detection, Detector, resolve_thresholds
-from edge_agent.events import ModelRef, make_event, to_json_line
+from edge_agent.events import ModelRef, make_event
 from edge_agent.frontend import StreamingLogMel
 from edge_agent.metrics import AgentMetrics
 from edge_agent.onnx_model import OnnxModel
+from edge_agent.publishers.base import Publisher
 from edge_agent.resample import StreamResampler, downmix
 from edge_agent.ring_buffer import RingBuffer
 from edge_agent.sources import AudioSource
@@ -52,14 +51,13 @@ class Pipeline:
     """Runs one source through one model until end of stream or ``stop()``; ``run()`` gives the exit code."""
 
     def __init__(self, config: AgentConfig, model: OnnxModel, source: AudioSource,
-                 metrics: AgentMetrics | None = None, publisher: Any = None, out: TextIO | None = None,
+                 metrics: AgentMetrics | None = None, publishers: Sequence[Publisher] = (),
                  on_window: Callable[[WindowResult], None] | None = None,
                  stall_after_s: float = STALL_AFTER_S) -> None:
         params = model.frontend
         self.config, self.model, self.source = config, model, source
         self.metrics = metrics if metrics is not None else AgentMetrics()
-        self.publisher, self.on_window = publisher, on_window
-        self.out: TextIO | None = out if out is not None else sys.stdout
+        self.publishers, self.on_window = list(publishers), on_window
         self.rate = params.sample_rate
         self.hop = hop_samples(config.audio.hop_seconds, params.sample_rate, params.hop_length)
         if abs(self.hop / self.rate - config.audio.hop_seconds) > 1e-9:
@@ -86,18 +84,26 @@ class Pipeline:
         # Children resolved once: a labels() lookup per class per window costs more than the model.
         self._score_gauges = [self.metrics.last_score.labels(label=label) for label in model.labels]
         self._offered: tuple[OnnxModel, float] | None = None  # a verified model waiting for the next window
-        self.capture = ClipCapture(config.capture, self.rate) if config.capture.enabled else None
-        self._clips: dict[str, str | None] = {}  # label -> clip of its open episode
         self._heard = 0  # model-rate samples heard when the current window completed
         self._consumer = threading.Thread(target=self._consume, name="earshot-consumer", daemon=True)
 
     # --- lifecycle (main thread) ---
 
     def run(self) -> int:
-        """Start source and consumer, wait for the end (or ``stop``), shut down; 0 ok, 1 failure."""
+        """Start outputs, source and consumer, wait for the end (or ``stop``), shut down; 0 ok, 1 failure."""
         self._set_model_metrics()
-        if self.capture is not None:
-            self.capture.start()
+        started: list[Publisher] = []
+        try:
+            for publisher in self.publishers:
+                publisher.start()
+                started.append(publisher)
+            return self._run_stream()
+        finally:
+            for publisher in started:  # in order: clip capture writes its clips before the network outputs
+                publisher.close()
+
+    def _run_stream(self) -> int:
+        """Source and consumer until the end of the stream or ``stop``."""
         self.clock_origin, self._started = time.time(), time.monotonic()
         self.source.start(self.ring)
         self._consumer.start()
@@ -105,8 +111,6 @@ class Pipeline:
             self._consumer.join(timeout=0.2)  # short joins keep the main thread responsive to signals
         self.source.stop()
         self._consumer.join(timeout=10.0)
-        if self.capture is not None:
-            self.capture.close()
         if self._consumer.is_alive():
             logger.error("consumer thread did not stop within 10 s")
             return 1
@@ -121,11 +125,15 @@ class Pipeline:
         self._offered = (model, time.perf_counter())
 
     def health(self) -> tuple[bool, str]:
-        """For /healthz: unhealthy when the model is not loaded or a live source stalled."""
+        """For /healthz: unhealthy when the model is not loaded, a live source stalled or an output broke."""
         if self.model is None or self.model.session is None:
             return False, "model not loaded"
         if self.error:
             return False, self.error
+        for publisher in self.publishers:
+            healthy, reason = publisher.health()
+            if not healthy:
+                return False, f"{publisher.name}: {reason}"
         last = self._last_audio or self._started
         silent_for = time.monotonic() - last
         if self.source.live and silent_for > self.stall_after_s:
@@ -182,9 +190,9 @@ class Pipeline:
             self._process_window(window)
 
     def _heard_audio(self, samples: np.ndarray) -> np.ndarray:
-        """Model-rate audio on its way to the windower; the clip capture keeps its pre-roll from it."""
-        if self.capture is not None:
-            self.capture.push(samples)
+        """Model-rate audio on its way to the windower; outputs that keep audio (clip capture) hear it too."""
+        for publisher in self.publishers:
+            publisher.hear(samples)
         return samples
 
     def _finite(self, samples: np.ndarray) -> np.ndarray:
@@ -247,36 +255,21 @@ class Pipeline:
         for gauge, score in zip(self._score_gauges, scores.tolist(), strict=True):
             gauge.set(score)
 
-    def _print(self, line: str) -> None:
-        """One event line on stdout; a reader that went away (``| head``) must not stop detection."""
-        if self.out is None:
-            return
-        try:
-            self.out.write(line + "\n")
-            self.out.flush()
-        except (BrokenPipeError, ValueError):  # ValueError: the stream was closed
-            logger.warning("stdout is closed; events go on to MQTT and the metrics only")
-            self.out = None
-
     def _emit(self, detections: list[Detection]) -> None:
-        """Print each event as a JSON line, publish it, and count starts."""
+        """Hand each event to every output in order, and count starts."""
         for detection in detections:
             event = make_event(detection, self.config.device_id, self.model_ref, self.clock_origin)
-            if self.capture is not None:
-                event["clip"] = self._clip_of(detection, event["event_id"])
-            self._print(to_json_line(event))
-            if self.publisher is not None:
-                self.publisher.publish_event(event)
+            for publisher in self.publishers:
+                self._publish(publisher, event)
             if detection.kind == "start":
                 self.metrics.detections.labels(label=detection.label).inc()
                 self.metrics.last_detection_ts.labels(label=detection.label).set(time.time())
             logger.info("%s %s score %.2f", detection.label, detection.kind, detection.score)
 
-    def _clip_of(self, detection: Detection, event_id: str) -> str | None:
-        """A start opens a clip (the name it will be written under); the end names the episode's clip."""
-        if detection.kind != "start":
-            return self._clips.pop(detection.label, None)
-        name = self.capture.start_clip(detection.label, event_id, self._heard,
-                                       self.clock_origin + detection.started_at)
-        self._clips[detection.label] = name
-        return name
+    def _publish(self, publisher: Publisher, event: dict) -> None:
+        """One output's failure must cost neither detection nor the other outputs their event."""
+        try:
+            publisher.publish_event(event, self._heard)
+        except Exception:
+            logger.exception("output %s failed on a %s %s event", publisher.name, event["label"],
+                             event["kind"])

@@ -53,16 +53,20 @@ def _device(device_id: str, model: dict, sw_version: str) -> dict:
 
 
 def _availability(topics: Topics) -> dict:
-    return {"availability_topic": topics.availability,
-            "payload_available": "online", "payload_not_available": "offline"}
+    return {
+        "availability_topic": topics.availability,
+        "payload_available": "online",
+        "payload_not_available": "offline",
+    }
 
 
 def _title(label: str) -> str:
     return label.replace("_", " ").capitalize()
 
 
-def discovery_messages(topics: Topics, discovery_prefix: str, labels: Sequence[str], model: dict,
-                       sw_version: str) -> list[tuple[str, str]]:
+def discovery_messages(
+    topics: Topics, discovery_prefix: str, labels: Sequence[str], model: dict, sw_version: str
+) -> list[tuple[str, str]]:
     """(topic, retained JSON payload) for every discovery config of this device."""
     node = node_id(topics.device_id)
     device = _device(topics.device_id, model, sw_version)
@@ -70,16 +74,27 @@ def discovery_messages(topics: Topics, discovery_prefix: str, labels: Sequence[s
     for label in labels:
         object_id = _UNSAFE_ID.sub("_", label)
         heard = {
-            "name": _title(label), "unique_id": f"{node}_{object_id}", "object_id": f"{node}_{object_id}",
-            "state_topic": topics.state(label), "payload_on": "ON", "payload_off": "OFF",
-            "device_class": "sound", "json_attributes_topic": topics.event(label),
-            "device": device, **_availability(topics),
+            "name": _title(label),
+            "unique_id": f"{node}_{object_id}",
+            "object_id": f"{node}_{object_id}",
+            "state_topic": topics.state(label),
+            "payload_on": "ON",
+            "payload_off": "OFF",
+            "device_class": "sound",
+            "json_attributes_topic": topics.event(label),
+            "device": device,
+            **_availability(topics),
         }
         score = {
-            "name": f"{_title(label)} score", "unique_id": f"{node}_{object_id}_score",
-            "object_id": f"{node}_{object_id}_score", "state_topic": topics.event(label),
-            "value_template": "{{ value_json.score }}", "state_class": "measurement",
-            "icon": "mdi:waveform", "device": device, **_availability(topics),
+            "name": f"{_title(label)} score",
+            "unique_id": f"{node}_{object_id}_score",
+            "object_id": f"{node}_{object_id}_score",
+            "state_topic": topics.event(label),
+            "value_template": "{{ value_json.score }}",
+            "state_class": "measurement",
+            "icon": "mdi:waveform",
+            "device": device,
+            **_availability(topics),
         }
         messages.append((f"{discovery_prefix}/binary_sensor/{node}/{object_id}/config", json.dumps(heard)))
         messages.append((f"{discovery_prefix}/sensor/{node}/{object_id}_score/config", json.dumps(score)))

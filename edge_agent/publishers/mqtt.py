@@ -1,4 +1,4 @@
-"""MQTT publisher: events at QoS 1 through the on-disk queue, retained state and availability, HA discovery.
+"""The MQTT output: events at QoS 1 through its on-disk queue, retained state and availability, HA discovery.
 
 Threads: the audio consumer calls ``publish_event`` (a fsync'd local write, never network I/O); paho's
 network thread connects, reconnects with exponential backoff and reports PUBACKs; our sender thread moves
@@ -13,16 +13,17 @@ import threading
 import time
 from collections import deque
 from collections.abc import Sequence
-from pathlib import Path
+from typing import Any
 
 import paho.mqtt.client as mqtt
 
 from edge_agent import __version__
-from edge_agent.config import MqttConfig
-from edge_agent.discovery import Topics, discovery_messages, node_id
-from edge_agent.disk_queue import DiskQueue, QueuedEvent
+from edge_agent.config import MqttConfig, QueueConfig
 from edge_agent.events import to_json_line
 from edge_agent.metrics import AgentMetrics
+from edge_agent.publishers.base import OutputSetupError, Publisher
+from edge_agent.publishers.disk_queue import DiskQueue, QueuedEvent, open_output_queue
+from edge_agent.publishers.ha_discovery import Topics, discovery_messages
 
 logger = logging.getLogger(__name__)
 
@@ -31,15 +32,21 @@ SEND_WINDOW = 32
 _POLL_S = 1.0  # the sender re-reads the queue at least this often even without a wake-up
 
 
-class MqttSetupError(ValueError):
-    """A configuration problem found while building the publisher (one line, names the key)."""
-
-
-class Publisher:
+class MqttPublisher(Publisher):
     """Publishes events reliably (disk queue + PUBACK) and keeps availability and state topics current."""
 
-    def __init__(self, config: MqttConfig, client: mqtt.Client, queue: DiskQueue, topics: Topics,
-                 labels: Sequence[str], model: dict, metrics: AgentMetrics) -> None:
+    name = "mqtt"
+
+    def __init__(
+        self,
+        config: MqttConfig,
+        client: mqtt.Client,
+        queue: DiskQueue,
+        topics: Topics,
+        labels: Sequence[str],
+        model: dict,
+        metrics: AgentMetrics,
+    ) -> None:
         self.config = config
         self.client = client
         self.queue = queue
@@ -62,6 +69,7 @@ class Publisher:
         client.on_connect_fail = self._on_connect_fail
         client.on_disconnect = self._on_disconnect
         client.on_publish = self._on_publish
+        metrics.init_output(self.name)
 
     def start(self) -> None:
         """Connect in the background (retrying with backoff) and start delivering queued events."""
@@ -71,7 +79,7 @@ class Publisher:
         self.client.loop_start()
         self._sender.start()
 
-    def publish_event(self, event: dict) -> None:
+    def publish_event(self, event: dict[str, Any], stream_sample: int) -> None:
         """Queue one event durably and wake the sender; never raises for broker or disk trouble."""
         label, kind = str(event["label"]), str(event["kind"])
         self.queue.put(self.topics.event(label), to_json_line(event))
@@ -105,8 +113,14 @@ class Publisher:
 
     # --- paho's network thread: keep these short and never touch the disk here ---
 
-    def _on_connect(self, client: mqtt.Client, userdata: object, flags: mqtt.ConnectFlags,
-                    reason_code: mqtt.ReasonCode, properties: object) -> None:
+    def _on_connect(
+        self,
+        client: mqtt.Client,
+        userdata: object,
+        flags: mqtt.ConnectFlags,
+        reason_code: mqtt.ReasonCode,
+        properties: object,
+    ) -> None:
         if reason_code.is_failure:
             logger.error("MQTT: broker refused the connection: %s (retrying)", reason_code)
             return
@@ -114,8 +128,9 @@ class Publisher:
         self._unreachable_logged = False
         self._publish_retained(self.topics.availability, "online")
         if self.config.discovery:
-            for topic, payload in discovery_messages(self.topics, self.config.discovery_prefix, self.labels,
-                                                     self.model, __version__):
+            for topic, payload in discovery_messages(
+                self.topics, self.config.discovery_prefix, self.labels, self.model, __version__
+            ):
                 self._publish_retained(topic, payload)
         with self._states_lock:
             states = dict(self._states)
@@ -128,22 +143,39 @@ class Publisher:
 
     def _on_connect_fail(self, client: mqtt.Client, userdata: object) -> None:
         if not self._unreachable_logged:
-            logger.warning("MQTT: cannot reach the broker at %s:%s; retrying with backoff up to %g s, "
-                           "events wait in the disk queue", self.config.host, self.config.port,
-                           self.config.reconnect_max_s)
+            logger.warning(
+                "MQTT: cannot reach the broker at %s:%s; retrying with backoff up to %g s, "
+                "events wait in the disk queue",
+                self.config.host,
+                self.config.port,
+                self.config.reconnect_max_s,
+            )
             self._unreachable_logged = True
 
-    def _on_disconnect(self, client: mqtt.Client, userdata: object, flags: object,
-                       reason_code: mqtt.ReasonCode, properties: object) -> None:
+    def _on_disconnect(
+        self,
+        client: mqtt.Client,
+        userdata: object,
+        flags: object,
+        reason_code: mqtt.ReasonCode,
+        properties: object,
+    ) -> None:
         was_connected = self._connected.is_set()
         self._connected.clear()
         self.metrics.mqtt_connected.set(0)
         if was_connected and not self._stop.is_set():
-            logger.warning("MQTT: disconnected (%s); events are kept in the disk queue until it returns",
-                           reason_code)
+            logger.warning(
+                "MQTT: disconnected (%s); events are kept in the disk queue until it returns", reason_code
+            )
 
-    def _on_publish(self, client: mqtt.Client, userdata: object, mid: int, reason_code: mqtt.ReasonCode,
-                    properties: object) -> None:
+    def _on_publish(
+        self,
+        client: mqtt.Client,
+        userdata: object,
+        mid: int,
+        reason_code: mqtt.ReasonCode,
+        properties: object,
+    ) -> None:
         self._acks.append((mid, reason_code.is_failure))
         self._wake.set()
 
@@ -172,13 +204,10 @@ class Publisher:
             event = self._inflight.pop(mid, None)
             if event is None:
                 continue  # a retained availability/state/discovery message
-            self.queue.ack(event.seq)
             if refused:
-                logger.error("MQTT: broker refused event seq %d on %s; dropped", event.seq, event.topic)
-                self.metrics.mqtt_queue_dropped.inc()
-                continue
-            self.metrics.mqtt_events_published.inc()
-            self.metrics.mqtt_publish_latency.observe(max(0.0, time.time() - event.created))
+                self.queue.refused(event, "the broker refused it")
+            else:
+                self.queue.delivered(event)
 
     def _hand_off(self) -> None:
         """Publish the next queued events, oldest first, keeping at most SEND_WINDOW unacknowledged."""
@@ -195,19 +224,19 @@ class Publisher:
             self._last_handed = event.seq
 
 
-def make_publisher(config: MqttConfig, device_id: str, labels: Sequence[str], model: dict,
-                   metrics: AgentMetrics) -> Publisher | None:
-    """Build (not start) the publisher for ``config``; None when MQTT is off; MqttSetupError on bad setup."""
-    if not config.enabled:
-        return None
+def make_mqtt_publisher(
+    config: MqttConfig,
+    queue: QueueConfig,
+    device_id: str,
+    labels: Sequence[str],
+    model: dict,
+    metrics: AgentMetrics,
+) -> MqttPublisher:
+    """Build (not start) the MQTT output for an enabled ``config``; OutputSetupError on bad setup."""
     topics = Topics(config.topic_prefix, device_id)
     client = _make_client(config, device_id, topics)
-    queue_path = Path(config.queue_dir).expanduser() / f"{node_id(device_id)}.sqlite3"
-    try:
-        queue = DiskQueue(queue_path, config.queue_max_events, metrics)
-    except (OSError, ValueError) as error:
-        raise MqttSetupError(f"mqtt.queue_dir: cannot use {queue_path}: {error}") from None
-    return Publisher(config, client, queue, topics, labels, model, metrics)
+    disk_queue = open_output_queue(queue, "mqtt", device_id, metrics)
+    return MqttPublisher(config, client, disk_queue, topics, labels, model, metrics)
 
 
 def _make_client(config: MqttConfig, device_id: str, topics: Topics) -> mqtt.Client:
@@ -225,10 +254,14 @@ def _make_client(config: MqttConfig, device_id: str, topics: Topics) -> mqtt.Cli
         client.username_pw_set(config.username, config.password)
     if config.tls:
         try:
-            client.tls_set(ca_certs=config.tls_ca, certfile=config.tls_cert, keyfile=config.tls_key,
-                           tls_version=ssl.PROTOCOL_TLS_CLIENT)
+            client.tls_set(
+                ca_certs=config.tls_ca,
+                certfile=config.tls_cert,
+                keyfile=config.tls_key,
+                tls_version=ssl.PROTOCOL_TLS_CLIENT,
+            )
         except (OSError, ssl.SSLError, ValueError) as error:
             key = "mqtt.tls_cert" if config.tls_cert else "mqtt.tls_ca"
             # The error names the file, never the key material or a password.
-            raise MqttSetupError(f"{key}: cannot load TLS files: {error}") from None
+            raise OutputSetupError(f"{key}: cannot load TLS files: {error}") from None
     return client

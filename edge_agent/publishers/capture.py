@@ -1,11 +1,12 @@
 """Optional clip capture: a short local FLAC around each alert start, with size and age retention.
 
-Off by default; when ``capture.enabled`` is false the pipeline builds no ``ClipCapture`` and nothing is
-written. The consumer thread feeds model-rate audio into a bounded pre-roll buffer (``push``); an alert
-start opens a clip from ``pre_roll_s`` before the detection to ``post_roll_s`` after it. The event is
-published at alert time naming the file that *will* be written; the file appears (atomically, via a
-temporary name and ``os.replace``) once the post-roll has arrived. Encoding and retention run on a small
-writer thread, so the consumer only copies samples.
+Off by default; when ``capture.enabled`` is false ``make_publishers`` builds no ``ClipCapture`` and nothing
+is written. It is an output like the others: the consumer thread feeds it model-rate audio (``hear``) for a
+bounded pre-roll buffer, and an alert start (``publish_event``) opens a clip from ``pre_roll_s`` before the
+detection to ``post_roll_s`` after it. It comes first among the outputs because it adds the name of the
+file that *will* be written to the event (``clip``), which the other outputs then carry; the file
+appears (atomically, via a temporary name and ``os.replace``) once the post-roll has arrived. Encoding
+and retention run on a small writer thread, so the consumer only copies samples.
 """
 
 from __future__ import annotations
@@ -19,10 +20,12 @@ import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from edge_agent.config import CaptureConfig
+from edge_agent.publishers.base import OutputSetupError, Publisher
 
 logger = logging.getLogger(__name__)
 
@@ -34,7 +37,7 @@ WRITE_QUEUE = 32  # clips waiting for the writer; beyond this a clip is dropped 
 RETENTION_EVERY_S = 3600.0  # the age limit also applies when no alert comes for a long time
 
 
-class CaptureError(ValueError):
+class CaptureError(OutputSetupError):
     """The capture directory cannot be used; one-line message."""
 
 
@@ -46,8 +49,9 @@ def clip_name(timestamp: float, label: str, event_id: str) -> str:
     return f"{stamp}_{_UNSAFE.sub('-', label)}_{prefix}{CLIP_SUFFIX}"
 
 
-def apply_retention(directory: Path, max_bytes: float, max_age_s: float,
-                    now: float | None = None) -> list[str]:
+def apply_retention(
+    directory: Path, max_bytes: float, max_age_s: float, now: float | None = None
+) -> list[str]:
     """Delete the agent's clips older than ``max_age_s``, then the oldest until the total fits."""
     now = time.time() if now is None else now
     clips = []
@@ -84,7 +88,7 @@ class _PendingClip:
         """Append the part of ``samples`` (absolute index of samples[0] = ``first``) inside the clip."""
         lo, hi = max(self.collected_to, self.start, first), min(self.end, first + len(samples))
         if hi > lo:
-            self.parts.append(samples[lo - first:hi - first].copy())
+            self.parts.append(samples[lo - first : hi - first].copy())
             self.collected_to = hi
 
     @property
@@ -93,8 +97,10 @@ class _PendingClip:
         return self.collected_to >= self.end
 
 
-class ClipCapture:
-    """Pre-roll buffer, open clips, and the writer thread; ``push`` and ``start_clip`` run on the consumer."""
+class ClipCapture(Publisher):
+    """Pre-roll buffer, open clips, writer thread; ``hear`` and ``publish_event`` run on the consumer."""
+
+    name = "capture"
 
     def __init__(self, config: CaptureConfig, sample_rate: int) -> None:
         self.config, self.rate = config, sample_rate
@@ -108,6 +114,7 @@ class ClipCapture:
         self._writer = threading.Thread(target=self._write_loop, name="earshot-capture", daemon=True)
         self.written: list[str] = []  # names written, for logs and tests
         self.dropped = 0
+        self._open_clips: dict[str, str | None] = {}  # label -> clip of its open episode
 
     def start(self) -> None:
         """Create the directory (owner-only) and start the writer; retention runs once now."""
@@ -119,7 +126,18 @@ class ClipCapture:
             raise CaptureError(f"capture.dir: cannot use {self.directory}: {detail}") from None
         self._writer.start()
 
-    def push(self, samples: np.ndarray) -> None:
+    def publish_event(self, event: dict[str, Any], stream_sample: int) -> None:
+        """A start opens a clip around ``stream_sample``; every event gets its episode's clip name."""
+        label = str(event["label"])
+        if event["kind"] != "start":
+            event["clip"] = self._open_clips.pop(label, None)
+            return
+        started = datetime.fromisoformat(str(event["started_at"]).replace("Z", "+00:00")).timestamp()
+        event["clip"] = self._open_clips[label] = self._start_clip(
+            label, str(event["event_id"]), stream_sample, started
+        )
+
+    def hear(self, samples: np.ndarray) -> None:
         """Model-rate mono audio, in stream order: keep the pre-roll, feed open clips."""
         first = self._end
         self._end += len(samples)
@@ -129,7 +147,7 @@ class ClipCapture:
         keep = self.pre_samples + len(samples)
         self._buffer = np.concatenate([self._buffer, samples])[-keep:] if keep else self._buffer[:0]
 
-    def start_clip(self, label: str, event_id: str, at_sample: int, timestamp: float) -> str:
+    def _start_clip(self, label: str, event_id: str, at_sample: int, timestamp: float) -> str:
         """Open a clip around absolute sample ``at_sample`` (the alert); returns its future file name."""
         name = clip_name(timestamp, label, event_id)
         clip = _PendingClip(name, max(0, at_sample - self.pre_samples), at_sample + self.post_samples)
@@ -159,8 +177,7 @@ class ClipCapture:
                 self._queue.put_nowait((clip.name, samples))
             except queue.Full:  # the SD card stalls: never block the consumer for a clip
                 self.dropped += 1
-                logger.warning("clip %s dropped: %d clips already wait to be written", clip.name,
-                               WRITE_QUEUE)
+                logger.warning("clip %s dropped: %d clips already wait to be written", clip.name, WRITE_QUEUE)
         self._pending = keep
 
     def _write_loop(self) -> None:
