@@ -45,6 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--source", help="mic, mic:NAME_OR_INDEX, an audio file, or - for raw s16le stdin")
     parser.add_argument("--config", help="TOML config file")
     parser.add_argument("--mqtt", metavar="URL|none", help="mqtt://host:port, mqtts://host:port, or none")
+    parser.add_argument("--webhook", metavar="URL|none", help="POST each event as JSON to http(s)://host/path")
     parser.add_argument("--metrics-port", type=int, help="serve /metrics and /healthz on this port")
     parser.add_argument("--fast", action="store_true", default=None, help="read files as fast as possible")
     parser.add_argument("--hop", type=float, help="seconds between windows (default 0.25)")
@@ -64,6 +65,7 @@ def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
                   "stdin_channels": args.stdin_channels, "hop_seconds": args.hop},
         "model": {"path": args.model, "allow_ungated": args.allow_ungated, "threads": args.threads},
         "mqtt": {"url": args.mqtt},
+        "webhook": {"url": args.webhook},
         "metrics": {"port": args.metrics_port},
     }
 
