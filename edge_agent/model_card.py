@@ -74,13 +74,19 @@ def gate_problem(card: dict[str, Any] | None, sha256: str) -> str:
     return ""
 
 
-def check_card(model_path: str | Path, sha256: str, allow_ungated: bool) -> CardCheck:
-    """Refuse a tampered model always, and an ungated one unless allowed (then warn)."""
+def verified_card(model_path: str | Path, sha256: str) -> dict[str, Any] | None:
+    """The card (None when there is none), refused when it was written for other bytes than ``sha256``."""
     card = read_card(model_path)
     if card is not None and card.get("sha256") != sha256:
         raise ModelCardError(
             f"model {model_path} does not match its card {card_path(model_path).name}: file sha256 "
             f"{sha256[:12]}..., card says {str(card.get('sha256'))[:12]}...; refusing a modified model")
+    return card
+
+
+def check_card(model_path: str | Path, sha256: str, allow_ungated: bool) -> CardCheck:
+    """Refuse a tampered model always, and an ungated one unless allowed (then warn)."""
+    card = verified_card(model_path, sha256)
     problem = gate_problem(card, sha256)
     if problem and not allow_ungated:
         raise ModelCardError(f"model {model_path} is not cleared to run: {problem}; "

@@ -8,7 +8,7 @@ import shlex
 import sys
 from pathlib import Path
 
-from export.card import card_path
+from edge_agent.model_card import card_path
 from export.parity import ParityPolicy
 from export.pipeline import SHIP_CHOICES, ExportConfig, ParityError, run_export
 

@@ -7,12 +7,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import onnxruntime as ort
 import torch
 from torch import nn
 
-from edge_agent.model_metadata import INPUT_NAME
-from edge_agent.onnx_model import SESSION_CONFIG, softmax
+from edge_agent.onnx_model import OnnxModel, softmax
 from training.metrics import aggregate_windows
 
 
@@ -33,23 +31,15 @@ class ParityPolicy:
             raise ValueError(f"max_logit_diff must be positive, got {self.max_logit_diff}")
 
 
-def session(path: Path, threads: int = 1) -> ort.InferenceSession:
-    """CPU session with pinned thread counts (the Pi setting: one intra-op thread)."""
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.log_severity_level = 3
-    for (
-        key,
-        value,
-    ) in SESSION_CONFIG.items():  # as the agent runs it, so the speed measured is the speed shipped
-        options.add_session_config_entry(key, value)
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+def load_model(path: Path, threads: int = 1) -> OnnxModel:
+    """The file as the agent loads it (same session settings, so the speed measured is the speed shipped);
+    it has no card yet, so the card check is export's to skip."""
+    return OnnxModel.load(path, threads, verify_card=False)
 
 
-def onnx_logits(sess: ort.InferenceSession, logmel: np.ndarray, batch: int = 64) -> np.ndarray:
+def onnx_logits(model: OnnxModel, logmel: np.ndarray, batch: int = 64) -> np.ndarray:
     """(windows, 1, n_mels, frames) -> (windows, classes) logits, in batches."""
-    parts = [sess.run(None, {INPUT_NAME: logmel[i : i + batch]})[0] for i in range(0, len(logmel), batch)]
+    parts = [model.logits(logmel[i : i + batch]) for i in range(0, len(logmel), batch)]
     return np.concatenate(parts)
 
 
@@ -91,16 +81,16 @@ def parity_failures(figures: dict, policy: ParityPolicy) -> list[str]:
 def latency_ms(paths: dict[str, Path], windows: np.ndarray, rounds: int = 7, per_round: int = 50) -> dict:
     """Median per-window latency (batch 1, one intra-op thread) of each model, interleaved round by round
     so that load from other processes on this shared CPU hits every model alike."""
-    sessions = {name: session(path, threads=1) for name, path in paths.items()}
+    models = {name: load_model(path, threads=1) for name, path in paths.items()}
     samples: dict[str, list[float]] = {name: [] for name in paths}
     feeds = [windows[i % len(windows)][None] for i in range(per_round)]  # (1, 1, n_mels, frames) each
-    for sess in sessions.values():  # warm-up: first runs allocate and pick kernels
+    for model in models.values():  # warm-up: first runs allocate and pick kernels
         for feed in feeds[:10]:
-            sess.run(None, {INPUT_NAME: feed})
+            model.logits(feed)
     for _ in range(rounds):
-        for name, sess in sessions.items():
+        for name, model in models.items():
             start = time.perf_counter()
             for feed in feeds:
-                sess.run(None, {INPUT_NAME: feed})
+                model.logits(feed)
             samples[name].append((time.perf_counter() - start) / per_round * 1000.0)
     return {name: float(np.median(values)) for name, values in samples.items()}

@@ -13,8 +13,9 @@ from pathlib import Path
 import numpy as np
 
 from edge_agent.frontend import LogMel
+from edge_agent.model_card import file_sha256
 from edge_agent.model_metadata import ModelMetadata
-from export.card import file_facts, file_sha256, write_card
+from export.card import file_facts, write_card
 from export.clips import WindowSet, logmel_windows, sample_clips, split_for_checkpoint
 from export.onnx_export import assert_self_contained, attach_metadata, export_fp32
 from export.parity import (
@@ -22,9 +23,9 @@ from export.parity import (
     accuracy,
     clip_predictions,
     latency_ms,
+    load_model,
     onnx_logits,
     parity_failures,
-    session,
     torch_logits,
 )
 from export.quantize import quantize_int8
@@ -142,7 +143,7 @@ def metadata_for(config: ExportConfig, checkpoint: Checkpoint, checkpoint_sha: s
 def _measure(config: ExportConfig, checkpoint: Checkpoint, windows: Windows, paths: dict[str, Path]) -> dict:
     """Parity and speed figures of the FP32 (and INT8) files against the PyTorch model."""
     model = checkpoint.build()
-    fp32 = session(paths["fp32"], threads=2)
+    fp32 = load_model(paths["fp32"], threads=2)
     figures: dict = {
         "max_abs_logit_diff": float(
             np.abs(torch_logits(model, windows.parity) - onnx_logits(fp32, windows.parity)).max()
@@ -154,7 +155,7 @@ def _measure(config: ExportConfig, checkpoint: Checkpoint, windows: Windows, pat
         fp32_pred = clip_predictions(onnx_logits(fp32, held.logmel), held.clip_index, len(held.labels))
         figures["fp32_accuracy"] = accuracy(fp32_pred, held.labels)
         if "int8" in paths:
-            int8_logits = onnx_logits(session(paths["int8"], threads=2), held.logmel)
+            int8_logits = onnx_logits(load_model(paths["int8"], threads=2), held.logmel)
             int8_pred = clip_predictions(int8_logits, held.clip_index, len(held.labels))
             figures["int8_accuracy"] = accuracy(int8_pred, held.labels)
             figures["int8_agreement"] = float((int8_pred == fp32_pred).mean())

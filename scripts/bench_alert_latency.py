@@ -25,7 +25,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import onnxruntime as ort
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "tests")]
@@ -33,7 +32,7 @@ sys.path[:0] = [str(REPO), str(REPO / "tests")]
 from support.mosquitto import Mosquitto, Subscriber  # noqa: E402
 from support.onnx_models import band_energy_model, noise, siren_sweep, to_s16le, write_card  # noqa: E402
 
-from edge_agent.model_metadata import ModelMetadata  # noqa: E402
+from edge_agent.onnx_model import OnnxModel  # noqa: E402
 
 logger = logging.getLogger("bench_alert_latency")
 
@@ -72,9 +71,8 @@ def load_sound(args: argparse.Namespace, sample_rate: int) -> np.ndarray:
 
 def model_window(model: Path) -> tuple[float, int]:
     """(window seconds, sample rate) declared by the model's metadata."""
-    session = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
-    meta = ModelMetadata.from_props(session.get_modelmeta().custom_metadata_map)
-    return meta.frontend.window_seconds, meta.frontend.sample_rate
+    frontend = OnnxModel.load(model, verify_card=False).frontend  # metadata only; the agent checks the card
+    return frontend.window_seconds, frontend.sample_rate
 
 
 class PacedWriter:

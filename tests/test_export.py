@@ -16,9 +16,9 @@ import torch
 
 from edge_agent.frontend import FrontendParams, LogMel
 from edge_agent.labels import URBANSOUND8K_LABELS
+from edge_agent.model_card import card_path, file_sha256
 from edge_agent.model_metadata import INPUT_NAME, OUTPUT_NAME, ModelMetadata
 from edge_agent.onnx_model import ModelError, OnnxModel
-from export.card import card_path, file_sha256
 from export.cli import main as export_main
 from export.parity import ParityPolicy, parity_failures
 from export.pipeline import ExportConfig, choose_precision, portable_path

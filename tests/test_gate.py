@@ -13,8 +13,7 @@ from support.gate_fixtures import export_with_card, train_tiny_checkpoint, write
 
 from deploy.gate.cli import DEFAULT_POLICY, main
 from deploy.gate.policy import FIGURE_BOUNDS, POLICY_KEYS, load_policy
-from edge_agent.model_card import gate_problem
-from export.card import file_sha256
+from edge_agent.model_card import file_sha256, gate_problem
 
 FAST_ATTACK = "[attack]\npgd_steps = 5\n"  # DeepFool keeps its 50 steps: it stops early per clip
 PLOTS = ("accuracy_vs_snr.png", "deepfool_snr_hist.png", "corruption_accuracy.png", "spectrogram_pair.png")

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from deploy.gate.cli import DEFAULT_POLICY, main
-from export.card import card_path
+from edge_agent.model_card import card_path
 
 ROOT = Path(__file__).resolve().parents[1]
 CI_CLIPS = "150"  # ~85 attacked clips at 58 % accuracy: above the policy's min_attacked_clips (60)

@@ -27,7 +27,7 @@ from tqdm import tqdm
 
 from deploy.gate.attacks import BOUNDS, PerClipL2PGD, PerClipLinfPGD, epsilons_for, per_clip_pgd
 from edge_agent.frontend import FrontendParams
-from export.card import file_sha256
+from edge_agent.model_card import file_sha256
 from training.checkpoint import Checkpoint, load_checkpoint
 from training.data import folds_present, load_features, load_waveform, read_urbansound8k
 from training.frontend import TorchLogMel, WaveformClassifier

@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 
 from edge_agent.frontend import LogMel
-from edge_agent.model_metadata import INPUT_NAME, ModelMetadata
-from export.card import card_path, file_sha256
+from edge_agent.model_card import card_path, file_sha256, verified_card
+from edge_agent.onnx_model import OnnxModel
 from training.checkpoint import Checkpoint, load_checkpoint
 
 logger = logging.getLogger(__name__)
@@ -22,25 +20,18 @@ QUANTISED_OPS = {"QLinearConv", "QLinearMatMul", "ConvInteger", "MatMulInteger",
 
 
 class OnnxClassifier:
-    """The shipped model as the agent runs it: numpy log-mel, then onnxruntime on pinned threads."""
+    """The shipped model as the agent runs it: numpy log-mel, then the agent's own ``OnnxModel``."""
 
     def __init__(self, path: Path, threads: int = 1) -> None:
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-        try:
-            self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-        except Exception as error:  # onnxruntime raises its own types for a corrupt or foreign file
-            raise ValueError(f"{path} is not a loadable ONNX model: {error}") from error
-        self.metadata = ModelMetadata.from_props(self.session.get_modelmeta().custom_metadata_map)
+        self.model = OnnxModel.load(path, threads, verify_card=False)  # resolve_target checks the card
+        self.metadata = self.model.metadata
         self.frontend = LogMel(self.metadata.frontend)
         ops = {node.op_type for node in onnx.load(str(path), load_external_data=False).graph.node}
         self.quantised = bool(ops & QUANTISED_OPS)
 
     def logits(self, windows: np.ndarray, batch: int = 64) -> np.ndarray:
         """(n, samples) float32 -> (n, classes) logits."""
-        out = [self.session.run(None, {INPUT_NAME: self.frontend(windows[i: i + batch])})[0]
-               for i in range(0, len(windows), batch)]
+        out = [self.model.logits(self.frontend(windows[i: i + batch])) for i in range(0, len(windows), batch)]
         return np.concatenate(out) if out else np.zeros((0, len(self.metadata.labels)), np.float32)
 
 
@@ -60,17 +51,12 @@ class Target:
 
 
 def _read_card(model_path: Path, model_sha: str) -> tuple[Path, dict]:
-    path = card_path(model_path)
-    if not path.is_file():
-        raise ValueError(f"{model_path} has no model card (expected {path}); export it with 'earshot export'")
-    try:
-        card = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as error:
-        raise ValueError(f"model card {path} is not readable JSON: {error}") from error
-    if card.get("sha256") != model_sha:
-        raise ValueError(f"{model_path} does not match its card: file sha256 {model_sha[:12]}..., card says "
-                         f"{str(card.get('sha256'))[:12]}... (tampered or re-exported without a new card)")
-    return path, card
+    """The card beside the model, which must exist and match the file (the agent's own tamper check)."""
+    card = verified_card(model_path, model_sha)
+    if card is None:
+        raise ValueError(f"{model_path} has no model card (expected {card_path(model_path)}); "
+                         "export it with 'earshot export'")
+    return card_path(model_path), card
 
 
 def _source_checkpoint(card: dict, card_file: Path, override: Path | None) -> Path:

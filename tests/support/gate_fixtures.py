@@ -11,8 +11,8 @@ import torch
 
 from edge_agent.frontend import FrontendParams
 from edge_agent.labels import URBANSOUND8K_LABELS
+from edge_agent.model_card import file_sha256
 from edge_agent.model_metadata import INPUT_NAME, OUTPUT_NAME, ModelMetadata
-from export.card import file_sha256
 from training.checkpoint import Checkpoint
 from training.data import load_waveform, read_urbansound8k
 from training.frontend import TorchLogMel
