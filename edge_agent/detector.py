@@ -14,6 +14,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from edge_agent.config import ConfigError, DetectorConfig
+from edge_agent.strict import reject_unknown
 
 logger = logging.getLogger(__name__)
 
@@ -54,10 +55,8 @@ def rank(labels: Sequence[str], scores: Sequence[float], k: int) -> tuple[tuple[
 def resolve_thresholds(labels: Sequence[str], configured: Mapping[str, float],
                        suggested: Mapping[str, float]) -> dict[str, float]:
     """Per label: the config's threshold, else the model's suggestion, else 0.5."""
-    unknown = sorted(set(configured) - set(labels))
-    if unknown:
-        raise ConfigError(f"detector.thresholds.{unknown[0]}: not a label of this model "
-                          f"(labels: {', '.join(labels)})")
+    reject_unknown(configured, labels, lambda keys: f"detector.thresholds.{keys[0]}: not a label of this "
+                   f"model (labels: {', '.join(labels)})", ConfigError)
     return {label: float(configured.get(label, suggested.get(label, DEFAULT_THRESHOLD))) for label in labels}
 
 

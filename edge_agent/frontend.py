@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass, fields
 
 import numpy as np
 
+from edge_agent.strict import reject_unknown
 from edge_agent.windowing import Window
 
 
@@ -59,10 +60,8 @@ class FrontendParams:
     @classmethod
     def from_dict(cls, data: dict) -> FrontendParams:
         """Build from a dict, rejecting unknown keys so a newer model fails loudly on an older agent."""
-        known = {f.name for f in fields(cls)}
-        unknown = set(data) - known
-        if unknown:
-            raise ValueError(f"unknown front-end parameters: {sorted(unknown)}")
+        known = [f.name for f in fields(cls)]
+        reject_unknown(data, known, lambda keys: f"unknown front-end parameters: {keys}")
         return cls(**data)
 
     @classmethod

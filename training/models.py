@@ -11,6 +11,8 @@ from dataclasses import asdict, dataclass, fields, replace
 import torch
 from torch import nn
 
+from edge_agent.strict import reject_unknown
+
 
 @dataclass(frozen=True)
 class ModelConfig:
@@ -52,10 +54,8 @@ class ModelConfig:
     @classmethod
     def from_dict(cls, data: dict) -> ModelConfig:
         """Inverse of ``to_dict``; unknown keys are an error, not silently dropped."""
-        known = {f.name for f in fields(cls)}
-        unknown = set(data) - known
-        if unknown:
-            raise ValueError(f"unknown model config keys: {sorted(unknown)}")
+        known = [f.name for f in fields(cls)]
+        reject_unknown(data, known, lambda keys: f"unknown model config keys: {keys}")
         values = dict(data)
         values["conv_channels"] = tuple(values.get("conv_channels", ()))
         return cls(**values)

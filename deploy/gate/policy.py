@@ -12,6 +12,8 @@ if sys.version_info >= (3, 11):
 else:  # Python 3.10: the same parser, published as tomli
     import tomli as tomllib
 
+from edge_agent.strict import reject_unknown
+
 ATTACKS = ("linf", "l2")
 BUDGETS_DB = (40, 30)
 CORRUPTIONS = ("noise_20db", "noise_10db", "noise_0db", "gain_plus12db", "gain_minus12db", "time_shift",
@@ -96,23 +98,19 @@ def parse_policy(text: str, sha256: str = "") -> Policy:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as error:
         raise ValueError(f"policy is not valid TOML: {error}") from error
-    extra = sorted(set(data) - {"thresholds", "attack"})
-    if extra:
-        raise ValueError(f"unknown policy key: {extra[0]!r} (allowed: [thresholds] and [attack] tables)")
+    tables = ("thresholds", "attack")
+    reject_unknown(data, tables, lambda keys: f"unknown policy key: {keys[0]!r} (allowed: [thresholds] and "
+                   "[attack] tables)")
     return Policy(_thresholds(data.get("thresholds", {})), sha256, _attack(data.get("attack", {})))
 
 
 def _attack(table: dict) -> AttackConfig:
-    unknown = sorted(set(table) - set(ATTACK_KEYS))
-    if unknown:
-        raise ValueError(f"unknown policy key: attack.{unknown[0]}")
+    reject_unknown(table, ATTACK_KEYS, lambda keys: f"unknown policy key: attack.{keys[0]}")
     return AttackConfig(**table)
 
 
 def _thresholds(table: dict) -> dict[str, float]:
-    unknown = sorted(set(table) - set(POLICY_KEYS))
-    if unknown:
-        raise ValueError(f"unknown policy key: thresholds.{unknown[0]}")
+    reject_unknown(table, POLICY_KEYS, lambda keys: f"unknown policy key: thresholds.{keys[0]}")
     missing = [key for key in POLICY_KEYS if key not in table]
     if missing:
         raise ValueError(f"policy lacks a threshold for thresholds.{missing[0]}")
