@@ -6,19 +6,14 @@ import argparse
 import dataclasses
 import json
 import logging
-import os
 import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-# One BLAS thread, set before numpy loads: the front-end's small matmuls lose more to OpenBLAS thread
-# hand-offs than they gain (measured 0.19 vs 0.05 ms per window), and the agent must stay on its core.
-for _variable in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
-    os.environ.setdefault(_variable, "1")
-
-from edge_agent.config import AgentConfig, ConfigError, load_config  # noqa: E402
+import edge_agent.one_blas_thread  # noqa: F401 (first: one BLAS thread, set before numpy loads)
+from edge_agent.config import AgentConfig, ConfigError, load_config
 
 logger = logging.getLogger("edge_agent.agent")
 

@@ -9,19 +9,15 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import signal
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TextIO
 
-# One BLAS thread before numpy loads, as in the agent: the front-end's small matmuls run faster on one.
-for _variable in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
-    os.environ.setdefault(_variable, "1")
-
-from edge_agent.agent_cli import UsageError, add_shared_flags, model_path, run_command  # noqa: E402
-from edge_agent.config import AgentConfig, StdoutConfig, load_config  # noqa: E402
-from edge_agent.detector import rank  # noqa: E402
+import edge_agent.one_blas_thread  # noqa: F401 (first: one BLAS thread, set before numpy loads)
+from edge_agent.agent_cli import UsageError, add_shared_flags, model_path, run_command
+from edge_agent.config import AgentConfig, StdoutConfig, load_config
+from edge_agent.detector import rank
 
 logger = logging.getLogger(__name__)
 
