@@ -129,11 +129,16 @@ def run_worker(spec: dict[str, Any]) -> dict[str, Any]:
 
 def spawn_worker(spec: dict[str, Any]) -> dict[str, Any]:
     """Run ``run_worker`` in a fresh interpreter; its last stdout line is the JSON result."""
-    result = subprocess.run([sys.executable, "-m", "edge_agent.bench", "--worker", json.dumps(spec)],
-                            capture_output=True, text=True)
+    return run_program("edge_agent.bench", ["--worker", json.dumps(spec)], "benchmark run failed: ")
+
+
+def run_program(module: str, args: list[str], failure: str = "") -> dict[str, Any]:
+    """``python -m module args`` in a fresh interpreter: its last stdout line as JSON, or BenchError with
+    ``failure`` and its last line of output."""
+    result = subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True)
     if result.returncode != 0:
         lines = (result.stderr.strip() or result.stdout.strip() or "no output").splitlines()
-        raise BenchError(f"benchmark run failed: {lines[-1]}")
+        raise BenchError(f"{failure}{lines[-1]}")
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
@@ -154,25 +159,27 @@ def synthetic_street(path: Path, seconds: float, rate: int) -> Path:
     return path
 
 
-def naive_twin(model_path: str, checkpoint: str | None) -> tuple[Any, str]:
-    """Check the training extras and find the PyTorch twin before any run starts."""
-    try:
-        from training import naive_baseline
-    except ModuleNotFoundError as error:
-        raise BenchError(f"--naive needs the training extras ({error.name} is missing): "
-                         "pip install 'earshot[train]'") from None
-    try:
-        return naive_baseline.torch_twin(model_path, checkpoint)
-    except ValueError as error:
-        raise BenchError(str(error)) from None
+# The baseline lives with training (it needs torch and librosa) and runs as its own program: the agent
+# never imports training, and the loop gets a fresh process pinned to one core, like each pipeline run.
+NAIVE_PROGRAM = "training.naive_baseline"
 
 
-def run_naive(model_path: str, twin: tuple[Any, str], audio_path: str, hop_seconds: float) -> dict[str, Any]:
-    """The study's per-window librosa + PyTorch loop, on one core (lives with training: it needs torch)."""
-    from training.naive_baseline import run_naive as naive_loop
+def naive_twin(model_path: str, checkpoint: str | None) -> list[str]:
+    """Check the training extras and find the PyTorch twin before any run starts; the twin's flags."""
+    import importlib.util
 
-    pin_cores(1)
-    return naive_loop(model_path, twin, audio_path, hop_seconds)
+    missing = [name for name in ("torch", "librosa") if importlib.util.find_spec(name) is None]
+    if missing:
+        raise BenchError(f"--naive needs the training extras ({missing[0]} is missing): "
+                         "pip install 'earshot[train]'")
+    twin = ["--checkpoint", checkpoint] if checkpoint else []
+    run_program(NAIVE_PROGRAM, [model_path, *twin, "--check"])
+    return twin
+
+
+def run_naive(model_path: str, twin: list[str], audio_path: str, hop_seconds: float) -> dict[str, Any]:
+    """The study's per-window librosa + PyTorch loop on the same audio, timed on one core."""
+    return run_program(NAIVE_PROGRAM, [model_path, *twin, "--audio", audio_path, "--hop", str(hop_seconds)])
 
 
 # --- alert latency: onset -> MQTT message, in real time ------------------------------------------

@@ -1,4 +1,5 @@
-"""Real clips for export: calibration from the checkpoint's training folds, parity on its held-out clips.
+"""Real clips for export: calibration from the checkpoint's training folds, parity on its held-out clips
+(which clips are which: training/splits.py).
 
 Windows are cut and turned into log-mel exactly as the agent does it: 1-s waveform windows through
 the numpy ``LogMel`` of edge_agent/frontend.py, so INT8 ranges are calibrated on the agent's own input.
@@ -8,25 +9,14 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
 
 from edge_agent.frontend import FrontendParams, LogMel
-from training.checkpoint import Checkpoint
-from training.data import ClipRecord, load_waveform, read_urbansound8k, split_by_group
+from training.data import ClipRecord, load_waveform
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class ClipSplit:
-    """Which clips calibrate INT8 and which judge parity, and why."""
-
-    calibration: list[ClipRecord]
-    heldout: list[ClipRecord]
-    heldout_name: str  # e.g. "fold 10" or "validation split of folds 1,2,3,10"
 
 
 @dataclass(frozen=True)
@@ -36,38 +26,6 @@ class WindowSet:
     logmel: np.ndarray  # (windows, 1, n_mels, frames) float32
     clip_index: np.ndarray  # (windows,) int64
     labels: np.ndarray  # (clips,) int64
-
-
-def split_for_checkpoint(root: Path, checkpoint: Checkpoint, eval_fold: int | None = None) -> ClipSplit:
-    """Held-out = the checkpoint's test fold (or ``eval_fold``); calibration = its training folds only."""
-    records = read_urbansound8k(root)
-    fold = eval_fold if eval_fold is not None else checkpoint.fold
-    if fold is not None:
-        heldout = [r for r in records if r.fold == fold]
-        if not heldout:
-            raise ValueError(f"held-out fold {fold} has no clips under {root}")
-        return ClipSplit([r for r in records if r.fold != fold], heldout, f"fold {fold}")
-    return _validation_split(records, checkpoint)
-
-
-def _validation_split(records: list[ClipRecord], checkpoint: Checkpoint) -> ClipSplit:
-    """A checkpoint trained on every fold: rebuild its validation split from its training config."""
-    config = checkpoint.train_config
-    fraction, seed = config.get("val_fraction"), config.get("seed")
-    if fraction is None or seed is None:
-        raise ValueError(
-            "the checkpoint has no test fold and no val_fraction/seed in its train_config; "
-            "pass --eval-fold N to name the held-out fold"
-        )
-    train_folds = config.get("train_folds") or sorted({r.fold for r in records})
-    pool = [r for r in records if r.fold in set(train_folds)]
-    train_idx, val_idx = split_by_group(pool, float(fraction), int(seed))
-    folds = ",".join(str(f) for f in sorted(set(train_folds)))
-    return ClipSplit(
-        [pool[i] for i in train_idx],
-        [pool[i] for i in val_idx],
-        f"validation split ({fraction}) of folds {folds}",
-    )
 
 
 def sample_clips(records: list[ClipRecord], limit: int | None, seed: int) -> list[ClipRecord]:

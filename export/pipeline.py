@@ -16,7 +16,7 @@ from edge_agent.frontend import LogMel
 from edge_agent.model_card import file_sha256
 from edge_agent.model_metadata import ModelMetadata
 from export.card import file_facts, write_card
-from export.clips import WindowSet, logmel_windows, sample_clips, split_for_checkpoint
+from export.clips import WindowSet, logmel_windows, sample_clips
 from export.onnx_export import assert_self_contained, attach_metadata, export_fp32
 from export.parity import (
     ParityPolicy,
@@ -31,6 +31,7 @@ from export.parity import (
 from export.quantize import quantize_int8
 from training.checkpoint import Checkpoint, load_checkpoint
 from training.complexity import count_macs, count_params
+from training.splits import split_for_checkpoint
 
 logger = logging.getLogger(__name__)
 

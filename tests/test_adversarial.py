@@ -9,15 +9,9 @@ import torch
 from support.gate_fixtures import train_tiny_checkpoint, write_datasets
 
 from deploy.gate import corruptions as c
-from deploy.gate.attacks import (
-    PerClipL2PGD,
-    PerClipLinfPGD,
-    epsilon_for,
-    per_clip_pgd,
-    snr_db,
-    waveform_model,
-)
+from deploy.gate.attacks import snr_db, waveform_model
 from training.adversarial import main
+from training.attacks import PerClipL2PGD, PerClipLinfPGD, epsilon_for, per_clip_pgd
 from training.checkpoint import load_checkpoint
 from training.cli import main as train_main
 

@@ -1,6 +1,6 @@
 """Adversarial fine-tuning: PGD on the waveform at an SNR budget, starting from a trained checkpoint.
 
-Each step attacks the batch with the release gate's own foolbox PGD (deploy/gate/attacks.py: per-clip
+Each step attacks the batch with the PGD the release gate attacks with too (training/attacks.py: per-clip
 epsilon from the clip's norm, bounds (-1, 1)), with the model in eval mode and frozen, then trains on
 a mix of clean and adversarial windows so clean accuracy is not simply traded away (Madry et al. 2018
 train on adversarials only; the mix is the usual cheaper compromise). Data: the checkpoint's training
@@ -25,9 +25,9 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from deploy.gate.attacks import BOUNDS, PerClipL2PGD, PerClipLinfPGD, epsilons_for, per_clip_pgd
 from edge_agent.frontend import FrontendParams
 from edge_agent.model_card import file_sha256
+from training.attacks import BOUNDS, PGD_KINDS, PerClipL2PGD, PerClipLinfPGD, epsilons_for, per_clip_pgd
 from training.checkpoint import Checkpoint, load_checkpoint
 from training.data import folds_present, load_features, load_waveform, read_urbansound8k
 from training.frontend import TorchLogMel, WaveformClassifier
@@ -35,8 +35,6 @@ from training.metrics import classification_metrics
 from training.train import predict_clips
 
 logger = logging.getLogger(__name__)
-
-PGD_KINDS = {"linf": PerClipLinfPGD, "l2": PerClipL2PGD}
 
 
 @dataclass(frozen=True)

@@ -1,11 +1,21 @@
 """The naive baseline ``earshot bench --naive`` compares against: the original study's way of scoring.
 
 Per window: ``librosa.feature.melspectrogram`` on the raw samples, log, then a PyTorch forward pass. It
-lives with training because it needs torch and librosa, which the agent never imports.
+lives with training because it needs torch and librosa, which the agent never imports; the bench runs
+it as a program and reads its one JSON line:
+
+    python -m training.naive_baseline MODEL [--checkpoint CKPT] --check            # the twin exists
+    python -m training.naive_baseline MODEL [--checkpoint CKPT] --audio F --hop S  # time the loop
 """
 
 from __future__ import annotations
 
+import edge_agent.one_blas_thread  # noqa: F401 (first: one BLAS thread, as the agent's pipeline runs)
+
+# isort: split
+import argparse
+import json
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -14,6 +24,7 @@ import librosa
 import numpy as np
 import torch
 
+from edge_agent.bench import pin_cores
 from edge_agent.model_card import read_card
 from edge_agent.onnx_model import OnnxModel
 from edge_agent.windowing import hop_samples
@@ -66,3 +77,32 @@ def run_naive(model_path: str, twin: tuple[Any, str], audio_path: str, hop_secon
     count = loop(None)
     wall = time.perf_counter() - started
     return {"wall_s": wall, "windows": count, "ms_per_window": wall / max(count, 1) * 1e3, "model": source}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Check the twin (``--check``) or time the loop on one core; one JSON line, or exit 2 with one line."""
+    parser = argparse.ArgumentParser(prog="python -m training.naive_baseline",
+                                     description=__doc__.splitlines()[0])
+    parser.add_argument("model", help="the ONNX model whose PyTorch twin is timed")
+    parser.add_argument("--checkpoint", help="its checkpoint (default: the card's, else its architecture)")
+    parser.add_argument("--check", action="store_true", help="only find the twin")
+    parser.add_argument("--audio", help="audio file to score")
+    parser.add_argument("--hop", type=float, help="seconds between windows")
+    args = parser.parse_args(argv)
+    if not args.check and (args.audio is None or args.hop is None):
+        parser.error("--audio and --hop are needed unless --check is given")
+    try:
+        twin = torch_twin(args.model, args.checkpoint)
+    except ValueError as error:
+        print(error, file=sys.stderr)
+        return 2
+    if args.check:
+        print(json.dumps({"model": twin[1]}))
+        return 0
+    pin_cores(1)
+    print(json.dumps(run_naive(args.model, twin, args.audio, args.hop)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

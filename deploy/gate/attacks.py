@@ -1,11 +1,7 @@
-"""foolbox attacks on the waveform, with the log-mel front-end inside the differentiable model.
+"""The gate's attacks: DeepFool and PGD on the waveform, the log-mel front-end inside the model.
 
-Budgets are SNRs, turned into a per-clip epsilon from the clip's own norm, so a quiet clip and a loud
-one get the same relative perturbation. foolbox's PGD takes one scalar epsilon per call; running it
-clip by clip costs seconds a clip, so ``PerClipLinfPGD``/``PerClipL2PGD`` let foolbox's own attack loop
-(``run``: random start, gradient steps, projection, bound clipping) take a (batch,) epsilon, and the
-result is clipped to each clip's epsilon as foolbox's ``__call__`` does. A test proves they match the
-stock attacks clip by clip.
+PGD is training/attacks.py's per-clip-epsilon PGD, the one adversarial fine-tuning trains against, so
+the gate measures robustness with the attack the model was hardened on (at 40 steps instead of 7).
 """
 
 from __future__ import annotations
@@ -13,21 +9,17 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-import eagerpy as ep
 import foolbox as fb
 import numpy as np
 import torch
-from foolbox.attacks.gradient_descent_base import GDOptimizer, clip_lp_norms
-from foolbox.devutils import atleast_kd
 from tqdm import tqdm
 
 from deploy.gate.policy import ATTACKS, BUDGETS_DB, AttackConfig
+from training.attacks import BOUNDS, PGD_KINDS, epsilons_for, per_clip_pgd
 from training.checkpoint import Checkpoint
 from training.frontend import TorchLogMel, WaveformClassifier
 
 logger = logging.getLogger(__name__)
-
-BOUNDS = (-1.0, 1.0)
 
 
 @dataclass
@@ -62,18 +54,6 @@ def snr_db(clean: np.ndarray, perturbed: np.ndarray) -> np.ndarray:
         return 20 * np.log10(signal / delta)
 
 
-def epsilon_for(clean: np.ndarray, budget_db: float, attack: str) -> float:
-    """Per-clip epsilon whose worst-case perturbation has exactly ``budget_db`` SNR.
-
-    L2: ||delta||_2 = ||x||_2 / 10^(snr/20). Linf: a full-sign perturbation of size eps has L2 norm
-    eps * sqrt(n), so eps = rms(x) / 10^(snr/20).
-    """
-    norm = float(np.linalg.norm(clean.astype(np.float64)))
-    if attack == "linf":
-        norm /= np.sqrt(clean.size)
-    return norm / 10 ** (budget_db / 20)
-
-
 def run_deepfool(fmodel: fb.PyTorchModel, windows: np.ndarray, labels: np.ndarray,
                  config: AttackConfig) -> tuple[np.ndarray, np.ndarray]:
     """L2 DeepFool over every class: (clipped adversarials (n, samples), minimal SNR dB (n,))."""
@@ -91,53 +71,10 @@ def run_deepfool(fmodel: fb.PyTorchModel, windows: np.ndarray, labels: np.ndarra
     return np.concatenate(adversarials), np.concatenate(snrs)
 
 
-class _PerClipStep:
-    """Mixin: the step size follows each clip's epsilon, broadcast over its samples."""
-
-    def get_optimizer(self, x: ep.Tensor, stepsize: ep.Tensor) -> GDOptimizer:
-        return GDOptimizer(x, atleast_kd(stepsize, x.ndim))
-
-
-class PerClipLinfPGD(_PerClipStep, fb.attacks.LinfPGD):
-    """foolbox LinfPGD with a (batch,) epsilon."""
-
-    def get_random_start(self, x0: ep.Tensor, epsilon: ep.Tensor) -> ep.Tensor:
-        return x0 + ep.uniform(x0, x0.shape, -1.0, 1.0) * atleast_kd(epsilon, x0.ndim)
-
-    def project(self, x: ep.Tensor, x0: ep.Tensor, epsilon: ep.Tensor) -> ep.Tensor:
-        bound = atleast_kd(epsilon, x.ndim)
-        return x0 + ep.minimum(ep.maximum(x - x0, -bound), bound)
-
-
-class PerClipL2PGD(_PerClipStep, fb.attacks.L2PGD):
-    """foolbox L2PGD with a (batch,) epsilon."""
-
-    def get_random_start(self, x0: ep.Tensor, epsilon: ep.Tensor) -> ep.Tensor:
-        return super().get_random_start(x0, atleast_kd(epsilon, x0.ndim))
-
-    def project(self, x: ep.Tensor, x0: ep.Tensor, epsilon: ep.Tensor) -> ep.Tensor:
-        return x0 + clip_lp_norms(x - x0, norm=epsilon, p=2)
-
-
-def per_clip_pgd(attack: PerClipLinfPGD | PerClipL2PGD, fmodel: fb.PyTorchModel, x: torch.Tensor,
-                 y: torch.Tensor, epsilon: torch.Tensor) -> torch.Tensor:
-    """Run PGD on (batch, samples) with (batch,) epsilons; the adversarials clipped to each epsilon."""
-    x_ep, eps_ep = ep.astensor(x), ep.astensor(epsilon.to(x.dtype))
-    raw = ep.astensor(attack.run(fmodel, x, fb.criteria.Misclassification(y), epsilon=eps_ep))
-    clipped = attack.project(raw, x_ep, eps_ep)  # foolbox's clip_perturbation, per clip
-    return clipped.clip(*BOUNDS).raw
-
-
-def epsilons_for(clean: np.ndarray, budget_db: float, attack: str) -> np.ndarray:
-    """``epsilon_for`` of every row of (n, samples): (n,) float32."""
-    return np.array([epsilon_for(row, budget_db, attack) for row in clean], dtype=np.float32)
-
-
 def run_pgd(fmodel: fb.PyTorchModel, windows: np.ndarray, labels: np.ndarray,
             config: AttackConfig) -> dict[str, np.ndarray]:
     """LinfPGD and L2PGD at every SNR budget; returns the clipped adversarials per run."""
-    kinds = {"linf": PerClipLinfPGD, "l2": PerClipL2PGD}
-    attacks = {name: kinds[name](steps=config.pgd_steps, rel_stepsize=config.pgd_rel_stepsize,
+    attacks = {name: PGD_KINDS[name](steps=config.pgd_steps, rel_stepsize=config.pgd_rel_stepsize,
                                  random_start=True) for name in ATTACKS}
     out = {f"{a}_{b}db": np.empty_like(windows) for a in ATTACKS for b in BUDGETS_DB}
     for i in tqdm(range(0, len(windows), config.batch), desc="PGD", unit="batch"):

@@ -16,9 +16,9 @@ from tqdm import tqdm
 from deploy.gate.corruptions import Window, loudest_start
 from edge_agent.frontend import FrontendParams
 from edge_agent.labels import URBANSOUND8K_LABELS
-from export.clips import split_for_checkpoint
 from training.checkpoint import Checkpoint
 from training.data import ClipRecord, folds_present, load_waveform, read_esc10_negatives, read_urbansound8k
+from training.splits import split_for_checkpoint
 
 logger = logging.getLogger(__name__)
 
