@@ -17,6 +17,8 @@ SUBCOMMANDS: dict[str, tuple[str, str, bool]] = {
 }
 TRAINING_ONLY_MODULES = {"torch", "torchaudio", "librosa", "foolbox", "eagerpy", "onnx", "onnxscript",
                          "matplotlib", "tqdm"}
+# Not in the wheel (it is the agent alone): they import from a checkout installed with -e.
+CHECKOUT_ONLY_PACKAGES = {"training", "export", "deploy"}
 
 
 def _usage() -> str:
@@ -46,9 +48,11 @@ def main(argv: list[str] | None = None) -> int:
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as error:
         missing = (error.name or "").split(".")[0]
-        if needs_train and missing in TRAINING_ONLY_MODULES:
-            print(f"earshot {name} needs the training extras ({missing} is missing): "
-                  "pip install 'earshot[train]'", file=sys.stderr)
+        # `training` absent: a wheel install; `training.x` absent from a checkout is a bug (traceback).
+        absent = missing in TRAINING_ONLY_MODULES or error.name in CHECKOUT_ONLY_PACKAGES
+        if needs_train and absent:
+            print(f"earshot {name} needs a source checkout with the training extras ({missing} is missing): "
+                  "pip install -e '.[train]' in the checkout", file=sys.stderr)
             return 2
         raise
     return int(module.main(rest) or 0)
