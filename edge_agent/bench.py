@@ -42,6 +42,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--hop", type=float, default=0.25, help="seconds between windows (default 0.25)")
     parser.add_argument("--seconds", type=float, default=60.0, help="seconds of audio per run (default 60)")
     parser.add_argument("--source", help="audio file to use (default: synthetic street noise with sirens)")
+    parser.add_argument("--input-rate", type=int, metavar="HZ",
+                        help="write the synthetic audio at this rate, e.g. 48000, so runs include resampling "
+                             "(default: the model's rate)")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     parser.add_argument("--naive", action="store_true",
                         help="also time per-window librosa + PyTorch (needs the [train] extras)")
@@ -107,6 +110,7 @@ def run_worker(spec: dict[str, Any]) -> dict[str, Any]:
     with open(os.devnull, "w") as sink:
         pipeline = Pipeline(config, model, open_source(audio, model.frontend.sample_rate), out=sink,
                             on_window=lambda w: timings.append((w.frontend_s, w.model_s)))
+        resample_s = time_calls(pipeline.resampler, ("process", "flush"))
         cpu_started, started = time.process_time(), time.perf_counter()
         code = pipeline.run()
         wall, cpu = time.perf_counter() - started, time.process_time() - cpu_started
@@ -121,10 +125,31 @@ def run_worker(spec: dict[str, Any]) -> dict[str, Any]:
         "rtf": wall / audio_s, "cpu_rtf": cpu / audio_s,
         "latency_ms": {f"p{q}": float(np.percentile(latency, q)) for q in (50, 95, 99)},
         "frontend_ms": float(split[:, 0].mean()), "model_ms": float(split[:, 1].mean()),
+        "input_rate": pipeline.source.sample_rate, "resample_rtf": resample_s[0] / audio_s,
+        "resample_share": resample_s[0] / wall,
         "peak_rss_mb": peak_rss_mb(),
         "model": {"name": model.metadata.name, "version": model.metadata.version, "sha256": model.sha256,
                   "gated": bool(model.check and model.check.gated)},
     }
+
+
+def time_calls(obj: Any, names: tuple[str, ...]) -> list[float]:
+    """Wrap these methods of ``obj`` (this instance only) to add their wall time to the returned cell."""
+    spent = [0.0]
+    for name in names:
+        setattr(obj, name, _timed(getattr(obj, name), spent))
+    return spent
+
+
+def _timed(call: Any, spent: list[float]) -> Any:
+    """``call``, adding the wall time of each call to ``spent[0]``."""
+    def timed(*args: Any) -> Any:
+        started = time.perf_counter()
+        try:
+            return call(*args)
+        finally:
+            spent[0] += time.perf_counter() - started
+    return timed
 
 
 def spawn_worker(spec: dict[str, Any]) -> dict[str, Any]:
@@ -287,7 +312,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         raise BenchError("--seconds must be >= 2 and --hop > 0")
     twin = naive_twin(model, args.checkpoint) if args.naive else None
     with tempfile.TemporaryDirectory(prefix="earshot-bench-") as work:
-        rate = _model_rate(model)
+        rate = _input_rate(args, model)
         audio = args.source or str(synthetic_street(Path(work) / "street.wav", args.seconds, rate))
         if not Path(audio).is_file():
             raise BenchError(f"--source: not found: {audio}")
@@ -301,6 +326,17 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     if args.alert_latency:
         result.update(alert_latency(model, args.alert_latency, args.bursts, args.hop))
     return result
+
+
+def _input_rate(args: argparse.Namespace, model: str) -> int:
+    """The synthetic audio's rate: ``--input-rate``, else the model's (then nothing is resampled)."""
+    if args.input_rate is None:
+        return _model_rate(model)
+    if args.source:
+        raise BenchError("--input-rate sets the synthetic audio's rate; a --source file keeps its own")
+    if not 8000 <= args.input_rate <= 384000:
+        raise BenchError(f"--input-rate: expected 8000..384000 Hz, got {args.input_rate}")
+    return args.input_rate
 
 
 def _model_rate(model: str) -> int:
@@ -327,7 +363,7 @@ def summarise(runs: list[dict], compare: list[dict], naive: dict | None) -> dict
     main = runs[0]
     out: dict[str, Any] = {key: main[key] for key in (
         "rtf", "cpu_rtf", "latency_ms", "peak_rss_mb", "frontend_ms", "model_ms", "windows", "audio_seconds",
-        "hop_seconds", "threads", "cores", "model")}
+        "hop_seconds", "threads", "cores", "model", "input_rate", "resample_rtf", "resample_share")}
     out["per_thread_rtf"] = {str(r["threads"]): r["rtf"] for r in runs}
     out["per_thread"] = {str(r["threads"]): {k: r[k] for k in ("rtf", "latency_ms", "model_ms", "cores")}
                          for r in runs}
@@ -378,6 +414,8 @@ def table(result: dict[str, Any]) -> str:
         f"RTF          {r['rtf']:.5f}  (target <= {TARGET_RTF}; CPU {r['cpu_rtf']:.5f}, 1 thread, 1 core)",
         f"latency      p50 {lat['p50']:.3f} ms  p95 {lat['p95']:.3f} ms  p99 {lat['p99']:.3f} ms per window",
         f"split        front-end {r['frontend_ms']:.3f} ms + model {r['model_ms']:.3f} ms per window",
+        f"resampler    {r['input_rate']} Hz in: RTF {r['resample_rtf']:.5f}, "
+        f"{100 * r['resample_share']:.1f}% of the run's wall time",
         f"peak RSS     {result['peak_rss_mb']:.1f} MB (target <= {TARGET_RSS_MB:.0f})",
     ]
     lines += [f"threads {n:<4} RTF {rtf:.5f}" for n, rtf in result["per_thread_rtf"].items()]

@@ -37,12 +37,24 @@ def test_json_report_has_the_documented_keys(siren_model: Path, tmp_path: Path) 
     assert 0 < report["rtf"] < 1 and 20 < report["peak_rss_mb"] < 1000
     assert report["model"]["sha256"] != report["compare"]["model"]["sha256"]
     assert report["int8_vs_fp32_speedup"] > 0
+    assert report["input_rate"] == 16000 and 0 <= report["resample_share"] < 1  # passthrough at 16 kHz
+
+
+@pytest.mark.parametrize("rate", [44100, 48000])
+def test_input_rate_makes_the_resampler_work_and_reports_its_share(siren_model: Path, rate: int) -> None:
+    result = bench("--model", str(siren_model), "--threads", "1", "--seconds", "3", "--input-rate", str(rate),
+                   "--json")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["input_rate"] == rate and report["audio_seconds"] == pytest.approx(3.0, abs=1e-3)
+    assert 0 < report["resample_rtf"] <= report["rtf"] and 0 < report["resample_share"] < 1
 
 
 def test_table_output_is_readable(siren_model: Path) -> None:
-    result = bench("--model", str(siren_model), "--threads", "1", "--seconds", "3")
+    result = bench("--model", str(siren_model), "--threads", "1", "--seconds", "3", "--input-rate", "48000")
     assert result.returncode == 0, result.stderr
     assert "RTF" in result.stdout and "peak RSS" in result.stdout and "p95" in result.stdout
+    assert "resampler    48000 Hz in: RTF" in result.stdout
 
 
 @pytest.mark.slow
@@ -61,6 +73,9 @@ def test_naive_baseline_uses_the_cards_architecture(tmp_path: Path) -> None:
 @pytest.mark.parametrize(("args", "message"), [
     (["--threads", "one"], "earshot bench: --threads: expected comma-separated integers, got 'one'"),
     (["--model", "/nonexistent.onnx"], "earshot bench: model not found: /nonexistent.onnx"),
+    (["--input-rate", "1000"], "earshot bench: --input-rate: expected 8000..384000 Hz, got 1000"),
+    (["--input-rate", "48000", "--source", "x.wav"],
+     "earshot bench: --input-rate sets the synthetic audio's rate; a --source file keeps its own"),
     (["--naive"], "earshot bench: --naive needs the model's PyTorch twin: pass --checkpoint PATH"),
 ])
 def test_bad_input_is_one_line(siren_model: Path, args: list[str], message: str) -> None:
