@@ -23,6 +23,8 @@ from edge_agent.agent_cli import DEFAULT_MODEL  # first: it pins BLAS to one thr
 # isort: split
 import numpy as np
 
+from edge_agent.windowing import DEFAULT_HOP_SECONDS
+
 TARGET_RTF = 0.003
 TARGET_RSS_MB = 120.0
 TARGET_INT8_SPEEDUP = 2.0  # INT8 model time vs its FP32 twin
@@ -39,7 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--model", help="ONNX model (default: the packaged default model)")
     parser.add_argument("--compare-model", help="a second model, e.g. the FP32 twin of an INT8 --model")
     parser.add_argument("--threads", default="1,2", help="onnxruntime thread counts to measure (default 1,2)")
-    parser.add_argument("--hop", type=float, default=0.25, help="seconds between windows (default 0.25)")
+    parser.add_argument("--hop", type=float, default=DEFAULT_HOP_SECONDS,
+                        help=f"seconds between windows (default {DEFAULT_HOP_SECONDS})")
     parser.add_argument("--seconds", type=float, default=60.0, help="seconds of audio per run (default 60)")
     parser.add_argument("--source", help="audio file to use (default: synthetic street noise with sirens)")
     parser.add_argument("--input-rate", type=int, metavar="HZ",
@@ -96,10 +99,12 @@ def peak_rss_mb() -> float:
 
 def run_worker(spec: dict[str, Any]) -> dict[str, Any]:
     """Run the pipeline once over ``spec['audio']``; timings per window, wall/CPU time, peak RSS."""
-    import edge_agent.mqtt  # noqa: F401 (imported for RSS realism: the agent loads it when MQTT is on)
+    # Imported for RSS realism: the agent loads it when MQTT is on.
+    import edge_agent.publishers.mqtt  # noqa: F401
     from edge_agent.config import AgentConfig, AudioConfig, ModelConfig
     from edge_agent.onnx_model import OnnxModel
     from edge_agent.pipeline import Pipeline
+    from edge_agent.publishers.stdout import StdoutPublisher
     from edge_agent.sources import open_source
 
     cores = pin_cores(spec["cores"])
@@ -108,7 +113,8 @@ def run_worker(spec: dict[str, Any]) -> dict[str, Any]:
     model = OnnxModel.load(spec["model"], spec["threads"], allow_ungated=True)
     timings: list[tuple[float, float]] = []  # (front-end s, model s) per window; no audio kept
     with open(os.devnull, "w") as sink:
-        pipeline = Pipeline(config, model, open_source(audio, model.frontend.sample_rate), out=sink,
+        pipeline = Pipeline(config, model, open_source(audio, model.frontend.sample_rate),
+                            publishers=[StdoutPublisher(sink)],
                             on_window=lambda w: timings.append((w.frontend_s, w.model_s)))
         resample_s = time_calls(pipeline.resampler, ("process", "flush"))
         cpu_started, started = time.process_time(), time.perf_counter()
@@ -256,35 +262,42 @@ def alert_latency(model_path: str, url: str, bursts: int, hop: float) -> dict[st
     timestamps each start: latency = arrival - (stream start + onset), all on the wall clock."""
     from datetime import datetime
 
-    from edge_agent.config import AgentConfig, AudioConfig, ConfigError, DetectorConfig, MqttConfig
+    from edge_agent.config import (
+        AgentConfig,
+        AudioConfig,
+        ConfigError,
+        DetectorConfig,
+        MqttConfig,
+        QueueConfig,
+        StdoutConfig,
+    )
     from edge_agent.metrics import AgentMetrics
-    from edge_agent.mqtt import make_publisher
     from edge_agent.onnx_model import OnnxModel
     from edge_agent.pipeline import Pipeline
+    from edge_agent.publishers import make_publishers
     from edge_agent.sources import open_source
 
     model = OnnxModel.load(model_path, allow_ungated=True)
     onsets = [1.0 + 5.0 * i for i in range(bursts)]
     with tempfile.TemporaryDirectory(prefix="earshot-latency-") as work:
         try:
-            mqtt = MqttConfig(url=url, queue_dir=str(Path(work) / "queue"), discovery=False)
+            mqtt = MqttConfig(url=url, discovery=False)
         except ConfigError as error:
             raise BenchError(f"--alert-latency: {error}") from None
         audio = siren_bursts(Path(work) / "bursts.wav", onsets, onsets[-1] + 4.0, model.frontend.sample_rate)
         # No cooldown and a short end, so every burst starts an event; N-of-M stays at its default.
         detector = DetectorConfig(listen=("siren",), cooldown_s=0.0, end_after_s=0.5)
         config = AgentConfig(device_id=f"bench-{os.getpid()}", detector=detector, mqtt=mqtt,
+                             queue=QueueConfig(dir=str(Path(work) / "queue")),
+                             stdout=StdoutConfig(enabled=False),
                              audio=AudioConfig(source=str(audio), fast=False, hop_seconds=hop))
         subscriber = _Arrivals(str(mqtt.host), int(mqtt.port or 0),
                                f"{mqtt.topic_prefix}/{config.device_id}/event/siren")
         identity = {"name": model.metadata.name, "version": model.metadata.version, "sha256": model.sha256}
-        publisher = make_publisher(mqtt, config.device_id, ("siren",), identity, AgentMetrics())
-        publisher.start()
+        publishers = make_publishers(config, model.frontend.sample_rate, identity, AgentMetrics())
         source = open_source(config.audio, model.frontend.sample_rate)
-        with open(os.devnull, "w") as sink:
-            pipeline = Pipeline(config, model, source, publisher=publisher, out=sink)
-            pipeline.run()
-        publisher.close(timeout=10.0)
+        pipeline = Pipeline(config, model, source, publishers=publishers)
+        pipeline.run()  # closing the MQTT output waits (up to 5 s) for the last events' PUBACKs
         subscriber.close()
     latencies = []
     for arrived, event in subscriber.received:

@@ -10,6 +10,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
+# The agent's default hop, written once: the config default, the commands' help, export's windows and
+# training's test-time hop_frames all come from it. A quarter second: four 1 s windows per second of audio.
+DEFAULT_HOP_SECONDS = 0.25
+
 
 @dataclass(frozen=True)
 class Window:
