@@ -120,7 +120,7 @@ write_env_file() {
     [ -e "$ETC/earshot.env" ] && { echo "    keeping existing $ETC/earshot.env"; return 0; }
     mkdir -p "$ETC"
     (umask 077 && printf '%s\n' "# Secrets for earshot-agent.service (mode 0640, root:earshot). Example:" \
-        "# EARSHOT_MQTT_PASSWORD=change-me" > "$ETC/earshot.env")
+        "# EARSHOT_MQTT_PASSWORD=change-me" "# EARSHOT_WEBHOOK_TOKEN=change-me" > "$ETC/earshot.env")
     chmod 0640 "$ETC/earshot.env"
 }
 

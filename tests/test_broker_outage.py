@@ -51,7 +51,7 @@ def test_thirty_second_broker_outage_loses_nothing_in_order_exactly_once(tmp_pat
     subscriber = Subscriber(broker.port, f"earshot/{DEVICE}/event/#", client_id="outage-subscriber")
     printed: list[tuple[float, dict]] = []  # (wall time the agent printed it, event)
     env = {**os.environ, "PYTHONPATH": str(ROOT), "EARSHOT_DEVICE_ID": DEVICE,
-           "EARSHOT_MQTT_QUEUE_DIR": str(tmp_path / "queue"), "EARSHOT_MQTT_RECONNECT_MIN_S": "0.1",
+           "EARSHOT_QUEUE_DIR": str(tmp_path / "queue"), "EARSHOT_MQTT_RECONNECT_MIN_S": "0.1",
            "EARSHOT_MQTT_RECONNECT_MAX_S": "0.5", "EARSHOT_DETECTOR_COOLDOWN_S": "1",
            "EARSHOT_DETECTOR_END_AFTER_S": "0.5"}
     log = (tmp_path / "agent.log").open("w")

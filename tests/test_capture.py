@@ -18,10 +18,12 @@ import pytest
 import soundfile as sf
 from support.onnx_models import noise, siren_sweep, write_audio
 
-from edge_agent.capture import CLIP_NAME, apply_retention, clip_name
 from edge_agent.config import AgentConfig, AudioConfig, CaptureConfig, DetectorConfig
+from edge_agent.metrics import AgentMetrics
 from edge_agent.onnx_model import OnnxModel
 from edge_agent.pipeline import Pipeline, WindowResult
+from edge_agent.publishers import make_publishers
+from edge_agent.publishers.capture import CLIP_NAME, ClipCapture, apply_retention, clip_name
 from edge_agent.sources import open_source
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -53,7 +55,11 @@ def run_pipeline(model: Path, tmp_path: Path, signal: np.ndarray, pre_roll_s: fl
     config = AgentConfig(device_id="test-pole", audio=AudioConfig(source=str(audio), fast=True),
                          detector=DetectorConfig(end_after_s=1.0, cooldown_s=5.0), capture=capture)
     out, windows = io.StringIO(), []
-    pipeline = Pipeline(config, OnnxModel.load(model), open_source(config.audio, RATE), out=out,
+    loaded = OnnxModel.load(model)
+    identity = {"name": loaded.metadata.name, "version": loaded.metadata.version, "sha256": loaded.sha256}
+    publishers = make_publishers(config, RATE, identity, AgentMetrics(), out=out)
+    assert [p.name for p in publishers] == ["capture", "stdout"]  # capture first: it names the clip
+    pipeline = Pipeline(config, loaded, open_source(config.audio, RATE), publishers=publishers,
                         on_window=windows.append)
     assert pipeline.run() == 0
     events = [json.loads(line) for line in out.getvalue().splitlines()]
@@ -80,7 +86,8 @@ def test_an_alert_saves_pre_and_post_roll_and_the_event_names_the_clip(tmp_path:
     assert rate == RATE and len(clip) == 3 * RATE
     at = alert_sample(windows)
     np.testing.assert_allclose(clip, signal[at - 2 * RATE:at + RATE], atol=1e-4)  # 16-bit FLAC
-    assert pipeline.capture.written == [start["clip"]]
+    capture = pipeline.publishers[0]
+    assert isinstance(capture, ClipCapture) and capture.written == [start["clip"]]
 
 
 def test_a_stream_that_ends_during_the_post_roll_keeps_what_was_heard(tmp_path: Path,

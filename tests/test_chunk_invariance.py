@@ -23,7 +23,7 @@ def scores_for(model_path: Path, audio: AudioConfig, stdin: bytes | None = None)
     model = OnnxModel.load(model_path)
     source = open_source(audio, model.frontend.sample_rate, io.BytesIO(stdin) if stdin is not None else None)
     results: list[WindowResult] = []
-    pipeline = Pipeline(AgentConfig(audio=audio), model, source, out=io.StringIO(), on_window=results.append)
+    pipeline = Pipeline(AgentConfig(audio=audio), model, source, on_window=results.append)
     assert pipeline.run() == 0
     return np.stack([r.scores for r in results])
 

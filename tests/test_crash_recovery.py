@@ -1,11 +1,12 @@
 """Agent crash with the broker down: the real ``earshot agent`` queues events on disk, is SIGKILLed, and
 on restart delivers the queue to a real mosquitto in order, exactly once. A full queue drops the oldest
-and counts them in earshot_mqtt_queue_dropped_total."""
+and counts them in earshot_queue_dropped_total{output="mqtt"}."""
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -25,6 +26,7 @@ from support.onnx_models import noise, siren_sweep, to_s16le, write_audio
 ROOT = Path(__file__).resolve().parents[1]
 DEVICE = "crash-test"
 SIRENS = 5  # each gives a start and an end event
+DEPTH, DROPPED = 'earshot_queue_depth{output="mqtt"}', 'earshot_queue_dropped_total{output="mqtt"}'
 
 pytestmark = pytest.mark.skipif(mosquitto_binary() is None, reason="mosquitto is not installed")
 
@@ -47,7 +49,7 @@ class Agent:
         self.log = (tmp_path / f"{name}.log").open("w")
         self.events: list[dict] = []
         env = {**os.environ, "PYTHONPATH": str(ROOT), "EARSHOT_DEVICE_ID": DEVICE,
-               "EARSHOT_MQTT_QUEUE_DIR": str(tmp_path / "queue"), "EARSHOT_MQTT_RECONNECT_MIN_S": "0.1",
+               "EARSHOT_QUEUE_DIR": str(tmp_path / "queue"), "EARSHOT_MQTT_RECONNECT_MIN_S": "0.1",
                "EARSHOT_MQTT_RECONNECT_MAX_S": "0.5", **(extra_env or {})}
         source = str(audio) if isinstance(audio, Path) else "-"
         self.process = subprocess.Popen(
@@ -69,15 +71,18 @@ class Agent:
         for line in self.process.stdout:
             self.events.append(json.loads(line))
 
-    def metric(self, name: str) -> float | None:
-        """One unlabelled sample from the live /metrics; None while it is not serving."""
+    def metric(self, selector: str) -> float | None:
+        """One sample from the live /metrics, ``name`` or ``name{label="value",...}`` with exactly those
+        labels, as in the exposition; None while it is not serving."""
+        name, _, rest = selector.partition("{")
+        labels = dict(re.findall(r'(\w+)="([^"]*)"', rest))
         try:
             with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=2) as reply:
                 text = reply.read().decode()
         except OSError:
             return None
         return next((s.value for f in text_string_to_metric_families(text) for s in f.samples
-                     if s.name == name and not s.labels), None)
+                     if s.name == name and s.labels == labels), None)
 
     def wait_metric(self, name: str, value: float, timeout: float = 60) -> None:
         deadline = time.monotonic() + timeout
@@ -140,7 +145,7 @@ def deliver_after_restart(tmp_path: Path, broker: Mosquitto, expected: int) -> l
     second = Agent(tmp_path, broker.port, quiet, name="second")
     try:
         subscriber.wait_for(lambda ms: len(ms) >= expected, timeout=30)
-        second.wait_metric("earshot_mqtt_queue_depth", 0)
+        second.wait_metric(DEPTH, 0)
         time.sleep(1.0)  # a duplicate would arrive now
         received = [json.loads(m.payload)["event_id"] for m in subscriber.messages]
     finally:
@@ -151,7 +156,7 @@ def deliver_after_restart(tmp_path: Path, broker: Mosquitto, expected: int) -> l
 
 def test_sigkill_with_a_queue_then_restart_delivers_it_in_order_exactly_once(
         tmp_path: Path, down_broker: Mosquitto) -> None:
-    sent = kill_with_queue(tmp_path, down_broker, {"earshot_mqtt_queue_depth": 2 * SIRENS})
+    sent = kill_with_queue(tmp_path, down_broker, {DEPTH: 2 * SIRENS})
     received = deliver_after_restart(tmp_path, down_broker, expected=len(sent))
     duplicates = {event_id: n for event_id, n in Counter(received).items() if n > 1}
     print(f"\ncrash recovery: queued {len(sent)}, delivered {len(received)}, duplicates {len(duplicates)}, "
@@ -161,9 +166,8 @@ def test_sigkill_with_a_queue_then_restart_delivers_it_in_order_exactly_once(
 
 def test_a_full_queue_drops_the_oldest_and_counts_them(tmp_path: Path, down_broker: Mosquitto) -> None:
     limit = 4
-    sent = kill_with_queue(tmp_path, down_broker, {"earshot_mqtt_queue_dropped_total": 2 * SIRENS - limit,
-                                                   "earshot_mqtt_queue_depth": limit},
-                           {"EARSHOT_MQTT_QUEUE_MAX_EVENTS": str(limit)})
+    sent = kill_with_queue(tmp_path, down_broker, {DROPPED: 2 * SIRENS - limit, DEPTH: limit},
+                           {"EARSHOT_QUEUE_MAX_EVENTS": str(limit)})
     received = deliver_after_restart(tmp_path, down_broker, expected=limit)
     print(f"\nqueue limit {limit}: classified {len(sent)}, dropped {len(sent) - limit}, "
           f"delivered {len(received)}")
@@ -174,6 +178,6 @@ def test_a_full_queue_drops_the_oldest_and_counts_them(tmp_path: Path, down_brok
 
 def test_sigterm_stops_a_stdin_agent_cleanly(tmp_path: Path, down_broker: Mosquitto) -> None:
     agent = Agent(tmp_path, down_broker.port, sirens_s16le(1), name="stdin")
-    agent.wait_metric("earshot_mqtt_queue_depth", 2)
+    agent.wait_metric(DEPTH, 2)
     code = agent.stop()
     assert code == 0, (tmp_path / "stdin.log").read_text()[-1500:]

@@ -24,7 +24,7 @@ UNIT = DEPLOY / "systemd" / "earshot-agent.service"
 INSTALL = DEPLOY / "install.sh"
 EXAMPLE = DEPLOY / "config.example.toml"
 # Keys that must never appear in the example: secrets come from the environment or a file.
-SECRET_KEYS = {"mqtt.password"}
+SECRET_KEYS = {"mqtt.password", "webhook.token"}
 
 
 def unit_settings(text: str) -> dict[str, list[str]]:
@@ -98,9 +98,10 @@ def test_example_config_documents_every_key() -> None:
 def test_example_config_loads_with_the_agents_loader() -> None:
     config = load_config(EXAMPLE, environ={})
     assert config.device_id == "earshot-pi"
-    assert config.mqtt.tls and config.mqtt.queue_dir.startswith("/var/lib/earshot")
+    assert config.mqtt.tls and config.queue.dir.startswith("/var/lib/earshot/")  # the unit can write there
     assert config.metrics.host == "127.0.0.1"
-    assert config.capture.enabled is False
+    assert config.capture.enabled is False and config.capture.dir.startswith("/var/lib/earshot/")
+    assert not config.webhook.enabled and config.stdout.enabled  # the webhook is an example, commented out
 
 
 def test_example_config_passes_the_agents_check_config_command() -> None:
@@ -108,7 +109,7 @@ def test_example_config_passes_the_agents_check_config_command() -> None:
     result = subprocess.run([sys.executable, "-m", "edge_agent.cli", "agent", "--check-config", str(EXAMPLE)],
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
-    assert json.loads(result.stdout)["mqtt"]["queue_dir"] == "/var/lib/earshot/mqtt-queue"
+    assert json.loads(result.stdout)["queue"]["dir"] == "/var/lib/earshot/queue"
 
 
 def test_example_config_with_every_commented_key_enabled_still_loads(tmp_path: Path) -> None:
@@ -117,11 +118,14 @@ def test_example_config_with_every_commented_key_enabled_still_loads(tmp_path: P
     uncommented = tmp_path / "all.toml"
     uncommented.write_text("\n".join(lines) + "\n")
     (tmp_path / "pw").write_text("s3cret\n")
+    (tmp_path / "token").write_text("tok-s3cret\n")
     text = uncommented.read_text().replace('"/etc/earshot/mqtt-password"', f'"{tmp_path / "pw"}"')
+    text = text.replace('"/etc/earshot/webhook-token"', f'"{tmp_path / "token"}"')
     uncommented.write_text(text)
     config = load_config(uncommented, environ={})
     assert config.mqtt.tls_cert and config.mqtt.tls_key and config.model.path
     assert config.mqtt.password == "s3cret"
+    assert config.webhook.enabled and config.webhook.token == "tok-s3cret" and config.webhook.tls_ca
 
 
 def run_install(root: Path, *args: str) -> subprocess.CompletedProcess:
@@ -182,6 +186,7 @@ def test_install_into_a_root_writes_unit_config_venv(tmp_path: Path, earshot_whe
     assert (site / "edge_agent").is_dir() and not (site / "torch").exists()
     env_file = root / "etc/earshot/earshot.env"
     assert env_file.stat().st_mode & 0o777 == 0o640 and "EARSHOT_MQTT_PASSWORD" in env_file.read_text()
+    assert "EARSHOT_WEBHOOK_TOKEN" in env_file.read_text()
     assert (root / "var/lib/earshot").is_dir()
     # A second run keeps the operator's edited config unless --force-config.
     (root / "etc/earshot/config.toml").write_text('device_id = "edited"\n')
@@ -301,7 +306,8 @@ def test_dashboard_covers_the_operators_questions() -> None:
     text = " ".join(dashboard_exprs())
     for needed in ("earshot_realtime_factor", "histogram_quantile(0.95, sum by (le, instance) "
                    "(rate(earshot_inference_latency_seconds_bucket", "earshot_detections_total",
-                   "earshot_mqtt_connected", "earshot_mqtt_queue_depth", "earshot_ring_buffer_overruns_total",
+                   "earshot_mqtt_connected", "earshot_queue_depth", "earshot_delivery_latency_seconds_bucket",
+                   "earshot_queue_dropped_total", "earshot_ring_buffer_overruns_total",
                    "earshot_last_detection_timestamp_seconds"):
         assert needed in text, needed
     board = json.loads(DASHBOARD.read_text())
@@ -325,7 +331,7 @@ def test_alert_rules_pass_promtool_check() -> None:
     result = subprocess.run(["promtool", "check", "rules", str(PROMETHEUS / "alerts.yml")],
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "SUCCESS: 9 rules found" in result.stdout
+    assert "SUCCESS: 10 rules found" in result.stdout
 
 
 @needs_promtool
@@ -341,7 +347,8 @@ def test_every_alert_has_a_promtool_test_that_fires_it() -> None:
     tests = (PROMETHEUS / "alerts_test.yml").read_text()
     fired = set(re.findall(r"alertname: (\w+)\n\s+exp_alerts:", tests))
     assert {"EarshotAgentDown", "EarshotAudioStalled", "EarshotRealtimeFactorHigh", "EarshotMqttDisconnected",
-            "EarshotMqttQueueGrowing", "EarshotModelUngated"} <= names
+            "EarshotDeliveryFailing", "EarshotQueueGrowing", "EarshotEventsDropped",
+            "EarshotModelUngated"} <= names
     assert names == fired
 
 

@@ -1,4 +1,5 @@
-"""The on-disk MQTT event queue: order, bounds, durability across SIGKILL, disk full, corruption."""
+"""The on-disk event queue of the network outputs: order, bounds, durability across SIGKILL, disk full,
+corruption, delivery accounting per output, and one file per output under queue.dir."""
 
 from __future__ import annotations
 
@@ -13,10 +14,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
 
-from edge_agent.disk_queue import DiskQueue
+from edge_agent.config import QueueConfig
 from edge_agent.metrics import AgentMetrics
+from edge_agent.publishers.disk_queue import DiskQueue, open_output_queue
 
 REPO = Path(__file__).resolve().parents[1]
+MQTT, WEBHOOK = {"output": "mqtt"}, {"output": "webhook"}
 
 
 def _payloads(queue: DiskQueue) -> list[str]:
@@ -31,7 +34,7 @@ def test_fifo_ack_and_depth_gauge(tmp_path: Path) -> None:
     assert _payloads(queue) == [f"e{i}" for i in range(5)]
     assert [e.payload for e in queue.read_after(seqs[1], 2)] == ["e2", "e3"]
     assert queue.ack(seqs[0]) and not queue.ack(seqs[0])
-    assert queue.depth() == 4 and metrics.registry.get_sample_value("earshot_mqtt_queue_depth") == 4
+    assert queue.depth() == 4 and metrics.registry.get_sample_value("earshot_queue_depth", MQTT) == 4
     queue.close()
 
 
@@ -41,8 +44,8 @@ def test_overflow_drops_the_oldest_and_counts_it(tmp_path: Path) -> None:
     for i in range(7):
         queue.put("t", str(i))
     assert _payloads(queue) == ["4", "5", "6"]
-    assert metrics.registry.get_sample_value("earshot_mqtt_queue_dropped_total") == 4
-    assert metrics.registry.get_sample_value("earshot_mqtt_queue_depth") == 3
+    assert metrics.registry.get_sample_value("earshot_queue_dropped_total", MQTT) == 4
+    assert metrics.registry.get_sample_value("earshot_queue_depth", MQTT) == 3
     queue.close()
 
 
@@ -62,7 +65,7 @@ def test_every_committed_put_survives_sigkill(tmp_path: Path) -> None:
     path = tmp_path / "q.sqlite3"
     writer = textwrap.dedent(f"""
         import sys
-        from edge_agent.disk_queue import DiskQueue
+        from edge_agent.publishers.disk_queue import DiskQueue
         queue = DiskQueue({str(path)!r}, 100000)
         i = 0
         while True:
@@ -88,7 +91,7 @@ def test_disk_full_drops_the_new_event_counted_and_the_queue_keeps_working(tmp_p
     script = textwrap.dedent(f"""
         import resource, signal
         from prometheus_client import CollectorRegistry
-        from edge_agent.disk_queue import DiskQueue
+        from edge_agent.publishers.disk_queue import DiskQueue
         from edge_agent.metrics import AgentMetrics
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
         metrics = AgentMetrics(CollectorRegistry())
@@ -96,7 +99,7 @@ def test_disk_full_drops_the_new_event_counted_and_the_queue_keeps_working(tmp_p
         resource.setrlimit(resource.RLIMIT_FSIZE, (64 * 1024, 64 * 1024))
         results = [queue.put("t", "x" * 2000) for _ in range(200)]
         stored = sum(r is not None for r in results)
-        dropped = metrics.registry.get_sample_value("earshot_mqtt_queue_dropped_total")
+        dropped = metrics.registry.get_sample_value("earshot_queue_dropped_total", {{"output": "mqtt"}})
         print(stored, queue.depth(), int(dropped))
     """)
     result = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True,
@@ -135,3 +138,51 @@ def test_behaves_like_a_bounded_deque(tmp_path_factory, operations: list, capaci
     assert [(e.seq, e.payload) for e in queue.read_after(0, 100)] == list(model)
     assert queue.depth() == len(model)
     queue.close()
+
+
+def test_delivered_and_refused_are_counted_for_their_own_output(tmp_path: Path) -> None:
+    metrics = AgentMetrics(CollectorRegistry())
+    webhook = DiskQueue(tmp_path / "webhook.sqlite3", 10, metrics, output="webhook")
+    for i in range(3):
+        webhook.put("siren/start", f"e{i}", created=0.0)
+    first, second, third = webhook.read_after(0, 3)
+    webhook.delivered(first)
+    webhook.refused(second, "HTTP 400 Bad Request")
+    sample = metrics.registry.get_sample_value
+    assert _payloads(webhook) == ["e2"] and webhook.depth() == 1
+    assert sample("earshot_events_delivered_total", WEBHOOK) == 1
+    assert sample("earshot_delivery_latency_seconds_count", WEBHOOK) == 1
+    assert sample("earshot_delivery_latency_seconds_sum", WEBHOOK) > 1e9  # created at the epoch
+    assert sample("earshot_queue_dropped_total", WEBHOOK) == 1  # a refusal is a loss, never silent
+    assert sample("earshot_queue_depth", WEBHOOK) == 1
+    assert sample("earshot_queue_depth", MQTT) is None  # the MQTT output's series are its own
+    webhook.close()
+
+
+def test_each_output_has_its_own_file_under_queue_dir(tmp_path: Path) -> None:
+    metrics, config = AgentMetrics(CollectorRegistry()), QueueConfig(dir=str(tmp_path / "q"), max_events=7)
+    mqtt = open_output_queue(config, "mqtt", "pole 1", metrics)
+    webhook = open_output_queue(config, "webhook", "pole 1", metrics)
+    assert mqtt.path == tmp_path / "q" / "earshot_pole_1.mqtt.sqlite3" and mqtt.max_events == 7
+    assert webhook.path == tmp_path / "q" / "earshot_pole_1.webhook.sqlite3" and webhook.output == "webhook"
+    mqtt.put("t", "for the broker")
+    assert _payloads(webhook) == [] and metrics.registry.get_sample_value("earshot_queue_depth", MQTT) == 1
+    mqtt.close()
+    webhook.close()
+
+
+def test_the_mqtt_output_adopts_a_queue_file_from_before_the_queue_section(tmp_path: Path) -> None:
+    """Events left in ``<node>.sqlite3`` (the MQTT queue before [queue]) are delivered, not forgotten."""
+    legacy = DiskQueue(tmp_path / "earshot_pole.sqlite3", 100)
+    for i in range(3):
+        legacy.put("earshot/pole/event/siren", f"old{i}")
+    legacy.close()
+    config = QueueConfig(dir=str(tmp_path))
+    webhook = open_output_queue(config, "webhook", "pole", AgentMetrics(CollectorRegistry()))
+    assert webhook.depth() == 0  # not the webhook's events
+    mqtt = open_output_queue(config, "mqtt", "pole", AgentMetrics(CollectorRegistry()))
+    assert _payloads(mqtt) == ["old0", "old1", "old2"]
+    assert not (tmp_path / "earshot_pole.sqlite3").exists()
+    mqtt.close()
+    webhook.close()
+

@@ -257,7 +257,7 @@ def credential_run(broker: Mosquitto, tmp_path: Path, siren_model: Path, clip: P
     password_file.write_text(password)
     config = tmp_path / "agent.toml"
     config.write_text(f'[mqtt]\nurl = "{broker.url}"\nusername = {json.dumps(username)}\n'
-                      f'password_file = "{password_file}"\nqueue_dir = "{tmp_path / "queue"}"\n')
+                      f'password_file = "{password_file}"\n[queue]\ndir = "{tmp_path / "queue"}"\n')
     return agent("--source", str(clip), "--model", str(siren_model), "--config", str(config), "--fast",
                  env={"EARSHOT_MQTT_RECONNECT_MIN_S": "0.1", "EARSHOT_MQTT_RECONNECT_MAX_S": "0.5"})
 

@@ -24,10 +24,11 @@ CONTRACT_METRICS = {
     "earshot_last_score": "gauge",
     "earshot_last_detection_timestamp_seconds": "gauge",
     "earshot_mqtt_connected": "gauge",
-    "earshot_mqtt_publish_latency_seconds": "histogram",
-    "earshot_mqtt_queue_depth": "gauge",
-    "earshot_mqtt_queue_dropped": "counter",
-    "earshot_mqtt_events_published": "counter",
+    "earshot_delivery_latency_seconds": "histogram",
+    "earshot_queue_depth": "gauge",
+    "earshot_queue_dropped": "counter",
+    "earshot_events_delivered": "counter",
+    "earshot_delivery_failures": "counter",
     "earshot_model": "info",
     "earshot_model_ungated": "gauge",
     "earshot_model_reloads": "counter",
@@ -74,6 +75,18 @@ def test_scrape_over_http_reports_values(metrics: AgentMetrics) -> None:
     assert samples[("earshot_inference_latency_seconds_count", ())] == 1.0
     assert samples[("earshot_model_info", (("name", "tiny"), ("sha256", "ab" * 32), ("version", "1")))] == 1.0
     assert not any(name.endswith("_created") for name, _ in samples)
+
+
+def test_an_output_s_delivery_series_exist_at_zero_once_it_is_set_up(metrics: AgentMetrics) -> None:
+    """Dashboards show 0, not "no data", for an output that has not delivered anything yet."""
+    metrics.init_output("webhook")
+    metrics.events_delivered.labels(output="mqtt").inc()
+    value = metrics.registry.get_sample_value
+    webhook = {"output": "webhook"}
+    for name in ("earshot_queue_depth", "earshot_queue_dropped_total", "earshot_events_delivered_total",
+                 "earshot_delivery_failures_total", "earshot_delivery_latency_seconds_count"):
+        assert value(name, webhook) == 0, name
+    assert value("earshot_events_delivered_total", {"output": "mqtt"}) == 1
 
 
 def test_healthz_follows_the_health_check(metrics: AgentMetrics) -> None:

@@ -8,7 +8,6 @@ pipeline, is the real code.
 
 from __future__ import annotations
 
-import io
 import threading
 import time
 from pathlib import Path
@@ -101,8 +100,7 @@ def test_a_lost_mic_is_reported_retried_and_resumed(fake_mic: FakeSounddevice, s
     metrics = AgentMetrics()
     source = sources.MicSource("usb mic", BLOCK, RATE)
     config = AgentConfig(device_id="pole", audio=AudioConfig(source="mic:usb mic"))
-    pipeline = Pipeline(config, OnnxModel.load(siren_model), source, metrics=metrics, out=io.StringIO(),
-                        stall_after_s=0.3)
+    pipeline = Pipeline(config, OnnxModel.load(siren_model), source, metrics=metrics, stall_after_s=0.3)
     runner = threading.Thread(target=pipeline.run)
     runner.start()
     try:

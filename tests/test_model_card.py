@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import logging
 from pathlib import Path
 
@@ -73,7 +72,7 @@ def test_ungated_runs_set_the_metric(tmp_path: Path, model: Path) -> None:
     metrics = AgentMetrics()
     loaded = OnnxModel.load(model, allow_ungated=True)
     config = AgentConfig(audio=AudioConfig(source=str(audio), fast=True))
-    Pipeline(config, loaded, open_source(config.audio, 16000), metrics=metrics, out=io.StringIO()).run()
+    Pipeline(config, loaded, open_source(config.audio, 16000), metrics=metrics).run()
     assert metrics.registry.get_sample_value("earshot_model_ungated") == 1.0
     assert metrics.registry.get_sample_value(
         "earshot_model_info", {"name": "band-energy", "version": "test-1", "sha256": loaded.sha256}) == 1.0

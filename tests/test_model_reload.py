@@ -27,6 +27,7 @@ from edge_agent.model_card import card_path
 from edge_agent.model_reload import ModelReloader
 from edge_agent.onnx_model import OnnxModel
 from edge_agent.pipeline import Pipeline, WindowResult
+from edge_agent.publishers.stdout import StdoutPublisher
 from edge_agent.sources import StdinSource
 from edge_agent.windowing import Windower
 
@@ -103,8 +104,8 @@ def streaming_pipeline(live: Path, metrics: AgentMetrics, windows: list[WindowRe
     source = StdinSource(RATE, 1, 512, stream=os.fdopen(read_fd, "rb", buffering=0))
     config = AgentConfig(device_id="test-pole", audio=AudioConfig(source="-"), detector=DETECTOR)
     out = io.StringIO()
-    pipeline = Pipeline(config, OnnxModel.load(live), source, metrics=metrics, out=out,
-                        on_window=windows.append)
+    pipeline = Pipeline(config, OnnxModel.load(live), source, metrics=metrics,
+                        publishers=[StdoutPublisher(out)], on_window=windows.append)
     return pipeline, Feeder(write_fd), out
 
 

@@ -55,7 +55,7 @@ def _agent_command(*args: str) -> list[str]:
 
 def _agent_env(tmp_path: Path) -> dict[str, str]:
     """Keep the agent's queue in the test's directory, and its device id fixed."""
-    return {**os.environ, "EARSHOT_DEVICE_ID": DEVICE, "EARSHOT_MQTT_QUEUE_DIR": str(tmp_path / "queue"),
+    return {**os.environ, "EARSHOT_DEVICE_ID": DEVICE, "EARSHOT_QUEUE_DIR": str(tmp_path / "queue"),
             "EARSHOT_MQTT_RECONNECT_MIN_S": "0.1", "EARSHOT_MQTT_RECONNECT_MAX_S": "0.5"}
 
 
@@ -131,10 +131,11 @@ def test_running_agent_serves_metrics_and_health_and_its_last_will_fires_on_sigk
         assert samples[("earshot_inference_latency_seconds_count", ())] > 0
         assert any(name == "earshot_model_info" and dict(labels)["name"] == "band-energy"
                    for name, labels in samples)
-        time.sleep(0.3)  # let the PUBACK come back, then the published counter is exact
+        time.sleep(0.3)  # let the PUBACK come back, then the delivered counter is exact
         _, body = _scrape(f"http://127.0.0.1:{port}/metrics")
-        assert "earshot_mqtt_events_published_total 1.0" in body
-        assert "earshot_mqtt_queue_depth 0.0" in body
+        assert 'earshot_events_delivered_total{output="mqtt"} 1.0' in body
+        assert 'earshot_queue_depth{output="mqtt"} 0.0' in body
+        assert 'earshot_queue_dropped_total{output="mqtt"} 0.0' in body
         agent.send_signal(signal.SIGKILL)
         agent.wait(timeout=10)
         subscriber.wait_for(lambda ms: [m.payload for m in ms if m.topic.endswith("/availability")][-1:]

@@ -18,29 +18,35 @@ from prometheus_client import CollectorRegistry
 from support import mosquitto as broker_support
 from support.mosquitto import Mosquitto, Subscriber, contract_event
 
-from edge_agent.config import MqttConfig
+from edge_agent.config import AgentConfig, MqttConfig, QueueConfig
 from edge_agent.metrics import AgentMetrics
-from edge_agent.mqtt import MqttSetupError, Publisher, make_publisher
+from edge_agent.publishers import OutputSetupError, make_publishers
+from edge_agent.publishers.mqtt import MqttPublisher, make_mqtt_publisher
 
 REPO = Path(__file__).resolve().parents[1]
 SCHEMA = json.loads((REPO / "edge_agent/schemas/event.schema.json").read_text())
 DEVICE = "test-device"
 MODEL = {"name": "tiny", "version": "1", "sha256": "0" * 64}
+MQTT = {"output": "mqtt"}  # the labels of the MQTT output's delivery metrics
 mosquitto_broker = broker_support.mosquitto_broker  # the fixture: a real broker per test
 
 
 def _config(broker: Mosquitto, tmp_path: Path, **overrides: object) -> MqttConfig:
     """Fast reconnects so outage tests stay short."""
-    values = {"url": broker.url, "queue_dir": str(tmp_path / "queue"), "reconnect_min_s": 0.1,
-              "reconnect_max_s": 0.5, "keepalive_s": 5, **overrides}
+    values = {"url": broker.url, "reconnect_min_s": 0.1, "reconnect_max_s": 0.5, "keepalive_s": 5,
+              **overrides}
     return MqttConfig(**values)  # type: ignore[arg-type]
 
 
-def _publisher(config: MqttConfig, metrics: AgentMetrics | None = None) -> Publisher:
-    publisher = make_publisher(config, DEVICE, ["siren", "gun_shot"], MODEL,
-                               metrics or AgentMetrics(CollectorRegistry()))
-    assert publisher is not None
-    return publisher
+def _publisher(config: MqttConfig, queue_dir: Path, metrics: AgentMetrics | None = None,
+               max_events: int = 10000) -> MqttPublisher:
+    """The MQTT output as the agent builds it, its disk queue under ``queue_dir``."""
+    return make_mqtt_publisher(config, QueueConfig(dir=str(queue_dir), max_events=max_events), DEVICE,
+                               ["siren", "gun_shot"], MODEL, metrics or AgentMetrics(CollectorRegistry()))
+
+
+def _sample(publisher: MqttPublisher, name: str, labels: dict[str, str] | None = None) -> float | None:
+    return publisher.metrics.registry.get_sample_value(name, labels)
 
 
 def _last_siren_state_is_off(messages: list) -> bool:
@@ -51,19 +57,28 @@ def _events(subscriber: Subscriber) -> list[dict]:
     return [json.loads(m.payload) for m in subscriber.on("") if "/event/" in m.topic]
 
 
-def test_url_none_means_no_publisher(tmp_path: Path) -> None:
-    metrics = AgentMetrics(CollectorRegistry())
-    assert make_publisher(MqttConfig(url="none"), DEVICE, ["siren"], MODEL, metrics) is None
+def test_url_none_means_no_mqtt_output(tmp_path: Path) -> None:
+    def outputs(url: str) -> list[str]:
+        config = AgentConfig(device_id=DEVICE, mqtt=MqttConfig(url=url), queue=QueueConfig(dir=str(queue)))
+        return [p.name for p in make_publishers(config, 16000, MODEL, AgentMetrics(CollectorRegistry()))]
+
+    queue = tmp_path / "queue"
+    assert outputs("none") == ["stdout"]
+    assert not queue.exists()  # no queue file for an output that is off
+    assert outputs("mqtt://127.0.0.1:1883") == ["stdout", "mqtt"]
+    assert (queue / "earshot_test-device.mqtt.sqlite3").is_file()
 
 
 def test_events_state_availability_and_discovery(mosquitto_broker: Mosquitto, tmp_path: Path) -> None:
     subscriber = Subscriber(mosquitto_broker.port, ["earshot/#", "homeassistant/#"])
     metrics = AgentMetrics(CollectorRegistry())
-    publisher = _publisher(_config(mosquitto_broker, tmp_path), metrics)
+    publisher = _publisher(_config(mosquitto_broker, tmp_path), tmp_path / "queue", metrics)
     publisher.start()
+    # Connected first: a start and end queued before the connection leave only the newest state (OFF).
+    _wait(lambda: metrics.registry.get_sample_value("earshot_mqtt_connected") == 1)
     start, end = contract_event(kind="start"), contract_event(kind="end", score=0.95)
-    publisher.publish_event(start)
-    publisher.publish_event(end)
+    publisher.publish_event(start, 0)
+    publisher.publish_event(end, 16000)
     subscriber.wait_for(lambda ms: sum("/event/" in m.topic for m in ms) == 2)
     assert _events(subscriber) == [start, end]
     for event in _events(subscriber):
@@ -78,10 +93,11 @@ def test_events_state_availability_and_discovery(mosquitto_broker: Mosquitto, tm
     assert binary["availability_topic"] == f"earshot/{DEVICE}/availability"
     assert binary["unique_id"] == "earshot_test-device_siren" and binary["device"]["identifiers"]
     assert "homeassistant/sensor/earshot_test-device/gun_shot_score/config" in configs
-    _wait(lambda: metrics.registry.get_sample_value("earshot_mqtt_events_published_total") == 2)
+    _wait(lambda: metrics.registry.get_sample_value("earshot_events_delivered_total", MQTT) == 2)
     assert metrics.registry.get_sample_value("earshot_mqtt_connected") == 1
-    assert metrics.registry.get_sample_value("earshot_mqtt_queue_depth") == 0
-    assert metrics.registry.get_sample_value("earshot_mqtt_publish_latency_seconds_count") == 2
+    assert metrics.registry.get_sample_value("earshot_queue_depth", MQTT) == 0
+    assert metrics.registry.get_sample_value("earshot_delivery_latency_seconds_count", MQTT) == 2
+    assert metrics.registry.get_sample_value("earshot_delivery_failures_total", MQTT) == 0
     publisher.close(5)
     subscriber.wait_for(lambda ms: ms[-1].topic.endswith("/availability") and ms[-1].payload == b"offline")
     subscriber.close()
@@ -89,9 +105,9 @@ def test_events_state_availability_and_discovery(mosquitto_broker: Mosquitto, tm
 
 def test_retained_topics_reach_a_late_subscriber_and_discovery_can_be_off(
         mosquitto_broker: Mosquitto, tmp_path: Path) -> None:
-    publisher = _publisher(_config(mosquitto_broker, tmp_path, discovery=False))
+    publisher = _publisher(_config(mosquitto_broker, tmp_path, discovery=False), tmp_path / "queue")
     publisher.start()
-    publisher.publish_event(contract_event(kind="start"))
+    publisher.publish_event(contract_event(kind="start"), 0)
     _wait(lambda: publisher.queue.depth() == 0)
     late = Subscriber(mosquitto_broker.port, ["earshot/#", "homeassistant/#"], client_id="late")
     expected = {f"earshot/{DEVICE}/{topic}" for topic in ("state/siren", "state/gun_shot", "availability")}
@@ -110,7 +126,7 @@ def test_broker_restart_mid_stream_loses_nothing_in_order_exactly_once(
         mosquitto_broker: Mosquitto, tmp_path: Path, stop_signal: int) -> None:
     subscriber = Subscriber(mosquitto_broker.port, "earshot/+/event/#")
     metrics = AgentMetrics(CollectorRegistry())
-    publisher = _publisher(_config(mosquitto_broker, tmp_path), metrics)
+    publisher = _publisher(_config(mosquitto_broker, tmp_path), tmp_path / "queue", metrics)
     publisher.start()
     sent = []
     for n in range(60):
@@ -119,7 +135,7 @@ def test_broker_restart_mid_stream_loses_nothing_in_order_exactly_once(
         if n == 40:
             mosquitto_broker.start()
         sent.append(contract_event(kind="start" if n % 2 == 0 else "end", n=n))
-        publisher.publish_event(sent[-1])
+        publisher.publish_event(sent[-1], n)
         time.sleep(0.03)
     subscriber.wait_for(lambda ms: len(ms) >= len(sent), timeout=15)
     time.sleep(0.5)  # a duplicate would arrive now
@@ -132,8 +148,8 @@ def test_broker_restart_mid_stream_loses_nothing_in_order_exactly_once(
         assert len(received) == len(sent), arrivals  # exactly once
     # A SIGKILLed broker may die between forwarding a message and recording its acknowledgement; QoS 1
     # then redelivers it (rarely, ~1 run in 50 here), and consumers de-duplicate on event_id.
-    assert metrics.registry.get_sample_value("earshot_mqtt_events_published_total") == len(sent)
-    assert metrics.registry.get_sample_value("earshot_mqtt_queue_dropped_total") == 0
+    assert metrics.registry.get_sample_value("earshot_events_delivered_total", MQTT) == len(sent)
+    assert metrics.registry.get_sample_value("earshot_queue_dropped_total", MQTT) == 0
     publisher.close(5)
     subscriber.close()
 
@@ -141,16 +157,17 @@ def test_broker_restart_mid_stream_loses_nothing_in_order_exactly_once(
 PUBLISHER_PROCESS = textwrap.dedent("""
     import json, sys, time
     from prometheus_client import CollectorRegistry
-    from edge_agent.config import MqttConfig
+    from edge_agent.config import MqttConfig, QueueConfig
     from edge_agent.metrics import AgentMetrics
-    from edge_agent.mqtt import make_publisher
+    from edge_agent.publishers.mqtt import make_mqtt_publisher
     url, queue_dir, events_file = sys.argv[1:4]
-    config = MqttConfig(url=url, queue_dir=queue_dir, reconnect_min_s=0.1, reconnect_max_s=0.5, keepalive_s=5)
-    publisher = make_publisher(config, "test-device", ["siren"], {"name": "tiny", "version": "1",
-                               "sha256": "0" * 64}, AgentMetrics(CollectorRegistry()))
+    config = MqttConfig(url=url, reconnect_min_s=0.1, reconnect_max_s=0.5, keepalive_s=5)
+    publisher = make_mqtt_publisher(config, QueueConfig(dir=queue_dir), "test-device", ["siren"],
+                                    {"name": "tiny", "version": "1", "sha256": "0" * 64},
+                                    AgentMetrics(CollectorRegistry()))
     publisher.start()
-    for line in open(events_file):
-        publisher.publish_event(json.loads(line))
+    for n, line in enumerate(open(events_file)):
+        publisher.publish_event(json.loads(line), n)
     print("queued", publisher.queue.depth(), flush=True)
     time.sleep(3600)  # until the test kills it
 """)
@@ -200,10 +217,9 @@ def test_queue_survives_a_sigkilled_publisher_while_the_broker_is_down(
 
 
 def test_missing_tls_file_is_a_one_line_setup_error(tmp_path: Path) -> None:
-    config = MqttConfig(url="mqtts://127.0.0.1:8883", tls_ca=str(tmp_path / "missing-ca.pem"),
-                        queue_dir=str(tmp_path / "queue"))
-    with pytest.raises(MqttSetupError, match=r"^mqtt\.tls_ca: cannot load TLS files") as error:
-        make_publisher(config, DEVICE, ["siren"], MODEL, AgentMetrics(CollectorRegistry()))
+    config = MqttConfig(url="mqtts://127.0.0.1:8883", tls_ca=str(tmp_path / "missing-ca.pem"))
+    with pytest.raises(OutputSetupError, match=r"^mqtt\.tls_ca: cannot load TLS files") as error:
+        _publisher(config, tmp_path / "queue")
     assert "\n" not in str(error.value)
 
 
@@ -228,15 +244,15 @@ def test_username_password_auth_and_the_password_never_logged(
     broker.start()
     caplog.set_level("DEBUG")
     try:
-        wrong = _publisher(_config(broker, tmp_path / "wrong", username="sensor", password="nope"))
+        wrong = _publisher(_config(broker, tmp_path, username="sensor", password="nope"), tmp_path / "wrong")
         wrong.start()
         _wait(lambda: "refused" in caplog.text)
-        assert wrong.metrics.registry.get_sample_value("earshot_mqtt_connected") == 0
+        assert _sample(wrong, "earshot_mqtt_connected") == 0
         wrong.close(0.5)
-        good = _publisher(_config(broker, tmp_path / "good", username="sensor", password=secret))
+        good = _publisher(_config(broker, tmp_path, username="sensor", password=secret), tmp_path / "good")
         good.start()
-        good.publish_event(contract_event())
-        _wait(lambda: good.metrics.registry.get_sample_value("earshot_mqtt_events_published_total") == 1)
+        good.publish_event(contract_event(), 0)
+        _wait(lambda: _sample(good, "earshot_events_delivered_total", MQTT) == 1)
         good.close(2)
     finally:
         broker.stop()
@@ -279,17 +295,17 @@ def test_tls_with_a_client_certificate(tmp_path: Path) -> None:
     try:
         config = _config(broker, tmp_path, url=f"mqtts://127.0.0.1:{port}", tls_ca=str(pki["ca"]),
                          tls_cert=str(pki["client"]), tls_key=str(pki["client-key"]))
-        publisher = _publisher(config)
+        publisher = _publisher(config, tmp_path / "queue")
         publisher.start()
-        publisher.publish_event(contract_event())
-        _wait(lambda: publisher.metrics.registry.get_sample_value("earshot_mqtt_events_published_total") == 1)
+        publisher.publish_event(contract_event(), 0)
+        _wait(lambda: _sample(publisher, "earshot_events_delivered_total", MQTT) == 1)
         publisher.close(2)
         # The server certificate is verified: trusting another certificate as CA never connects.
-        untrusting = _publisher(dataclasses.replace(config, tls_ca=str(pki["client"]),
-                                                    queue_dir=str(tmp_path / "untrusting")))
+        untrusting = _publisher(dataclasses.replace(config, tls_ca=str(pki["client"])),
+                                tmp_path / "untrusting")
         untrusting.start()
         time.sleep(1.0)
-        assert untrusting.metrics.registry.get_sample_value("earshot_mqtt_connected") == 0
+        assert _sample(untrusting, "earshot_mqtt_connected") == 0
         untrusting.close(0.5)
     finally:
         broker.stop()
@@ -301,13 +317,13 @@ def test_overflow_during_an_outage_drops_the_oldest_counted_and_delivers_the_res
     subscriber = Subscriber(mosquitto_broker.port, "earshot/+/event/#")
     mosquitto_broker.stop()
     metrics = AgentMetrics(CollectorRegistry())
-    publisher = _publisher(_config(mosquitto_broker, tmp_path, queue_max_events=5), metrics)
+    publisher = _publisher(_config(mosquitto_broker, tmp_path), tmp_path / "queue", metrics, max_events=5)
     publisher.start()
     sent = [contract_event(n=n) for n in range(8)]
-    for event in sent:
-        publisher.publish_event(event)
-    assert metrics.registry.get_sample_value("earshot_mqtt_queue_dropped_total") == 3
-    assert metrics.registry.get_sample_value("earshot_mqtt_queue_depth") == 5
+    for n, event in enumerate(sent):
+        publisher.publish_event(event, n)
+    assert metrics.registry.get_sample_value("earshot_queue_dropped_total", MQTT) == 3
+    assert metrics.registry.get_sample_value("earshot_queue_depth", MQTT) == 5
     assert "dropped the 1 oldest" in caplog.text
     mosquitto_broker.start()
     subscriber.wait_for(lambda ms: len(ms) >= 5, timeout=10)

@@ -21,9 +21,9 @@ from prometheus_client import CollectorRegistry
 from support.mosquitto import Mosquitto, contract_event, free_port, mosquitto_binary, wait_for_port
 from support.tls import Pki, make_test_pki, openssl_binary
 
-from edge_agent.config import MqttConfig
+from edge_agent.config import MqttConfig, QueueConfig
 from edge_agent.metrics import AgentMetrics
-from edge_agent.mqtt import Publisher, make_publisher
+from edge_agent.publishers.mqtt import MqttPublisher, make_mqtt_publisher
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLE = REPO / "deploy" / "mosquitto"
@@ -137,21 +137,21 @@ def wait_until(predicate, timeout: float = 10.0) -> bool:  # noqa: ANN001
     return True
 
 
-def publisher(broker: Broker, tmp_path: Path, **overrides: object) -> Publisher:
-    """The agent's publisher for ``broker``'s TLS port, built exactly as the agent builds it."""
+def publisher(broker: Broker, tmp_path: Path, **overrides: object) -> MqttPublisher:
+    """The agent's MQTT output for ``broker``'s TLS port, built exactly as the agent builds it."""
     values: dict[str, object] = {
         "url": f"mqtts://127.0.0.1:{broker.tls_port}", "username": DEVICE, "password": SECRET,
-        "tls_ca": str(broker.pki.ca_cert), "queue_dir": str(tmp_path / "queue"), "reconnect_min_s": 0.1,
-        "reconnect_max_s": 0.5, "keepalive_s": 5, **overrides}
-    built = make_publisher(MqttConfig(**values), DEVICE, ["siren", "gun_shot"], MODEL,  # type: ignore[arg-type]
-                           AgentMetrics(CollectorRegistry()))
-    assert built is not None
-    return built
+        "tls_ca": str(broker.pki.ca_cert), "reconnect_min_s": 0.1, "reconnect_max_s": 0.5, "keepalive_s": 5,
+        **overrides}
+    config = MqttConfig(**values)  # type: ignore[arg-type]
+    queue = QueueConfig(dir=str(tmp_path / "queue"))
+    return make_mqtt_publisher(config, queue, DEVICE, ["siren", "gun_shot"], MODEL,
+                               AgentMetrics(CollectorRegistry()))
 
 
-def sample(pub: Publisher, name: str) -> float | None:
+def sample(pub: MqttPublisher, name: str, labels: dict[str, str] | None = None) -> float | None:
     """A metric value from the publisher's registry."""
-    return pub.metrics.registry.get_sample_value(name)
+    return pub.metrics.registry.get_sample_value(name, labels)
 
 
 def test_publisher_connects_with_tls_and_password_and_the_event_arrives(
@@ -161,10 +161,10 @@ def test_publisher_connects_with_tls_and_password_and_the_event_arrives(
     pub = publisher(broker, tmp_path)
     try:
         pub.start()
-        pub.publish_event(contract_event(device_id=DEVICE))
+        pub.publish_event(contract_event(device_id=DEVICE), 0)
         assert wait_until(lambda: f"earshot/{DEVICE}/event/siren" in consumer.topics()), consumer.topics()
         assert sample(pub, "earshot_mqtt_connected") == 1
-        assert wait_until(lambda: sample(pub, "earshot_mqtt_events_published_total") == 1)
+        assert wait_until(lambda: sample(pub, "earshot_events_delivered_total", {"output": "mqtt"}) == 1)
         # The ACL lets the sensor write its own discovery configs and state as well.
         assert wait_until(lambda: any(t.startswith("homeassistant/binary_sensor/earshot_lamp-7/")
                                       for t in consumer.topics())), consumer.topics()
@@ -228,7 +228,7 @@ def test_client_certificate_is_required_when_the_broker_demands_it(
     try:
         without.start()
         with_cert.start()
-        with_cert.publish_event(contract_event(device_id=DEVICE))
+        with_cert.publish_event(contract_event(device_id=DEVICE), 0)
         assert wait_until(lambda: f"earshot/{DEVICE}/event/siren" in consumer.topics()), consumer.topics()
         assert sample(with_cert, "earshot_mqtt_connected") == 1
         # The certificate-less client had the same time and several reconnect attempts, and never got in.

@@ -20,6 +20,8 @@ from edge_agent.config import AgentConfig, AudioConfig, DetectorConfig
 from edge_agent.metrics import AgentMetrics
 from edge_agent.onnx_model import OnnxModel
 from edge_agent.pipeline import Pipeline
+from edge_agent.publishers.base import Publisher
+from edge_agent.publishers.stdout import StdoutPublisher
 from edge_agent.ring_buffer import RingBuffer
 from edge_agent.sources import StdinSource, open_source
 
@@ -27,14 +29,23 @@ SCHEMA_PATH = Path(__file__).resolve().parents[1] / "edge_agent/schemas/event.sc
 SCHEMA = json.loads(SCHEMA_PATH.read_text())
 
 
-class RecordingPublisher:
+class RecordingPublisher(Publisher):
     """Stands in for MQTT here (the real broker path is tested in test_agent_cli and test_mqtt*)."""
+
+    name = "recording"
 
     def __init__(self) -> None:
         self.events: list[dict] = []
+        self.calls: list[str] = []
 
-    def publish_event(self, event: dict) -> None:
+    def start(self) -> None:
+        self.calls.append("start")
+
+    def publish_event(self, event: dict, stream_sample: int) -> None:
         self.events.append(event)
+
+    def close(self, timeout: float = 5.0) -> None:
+        self.calls.append("close")
 
 
 class SilentDevice:
@@ -56,12 +67,15 @@ def street(tmp_path: Path, siren_at: float = 2.0, siren_s: float = 3.0, total: f
     return write_audio(tmp_path / "street.wav", signal)
 
 
-def make_pipeline(model_path: Path, source_path: str, fast: bool = True, **kwargs):
+def make_pipeline(model_path: Path, source_path: str, fast: bool = True,
+                  publisher: Publisher | None = None, **kwargs):
+    """A pipeline whose stdout output writes to the returned buffer; ``publisher`` is a second output."""
     config = AgentConfig(device_id="test-pole", audio=AudioConfig(source=source_path, fast=fast),
                          detector=DetectorConfig(end_after_s=1.0, cooldown_s=5.0))
     model = OnnxModel.load(model_path)
     out = io.StringIO()
-    pipeline = Pipeline(config, model, open_source(config.audio, 16000), out=out, **kwargs)
+    publishers = [StdoutPublisher(out)] + ([publisher] if publisher is not None else [])
+    pipeline = Pipeline(config, model, open_source(config.audio, 16000), publishers=publishers, **kwargs)
     return pipeline, out
 
 
@@ -77,6 +91,7 @@ def test_a_siren_gives_schema_valid_start_and_end_on_stdout_and_to_the_publisher
         assert event["device_id"] == "test-pole" and event["model"]["sha256"] == pipeline.model.sha256
         assert event["top_k"][0]["label"] == "siren"
     assert publisher.events == events  # exactly what was printed, in order
+    assert publisher.calls == ["start", "close"]  # the pipeline started and closed its outputs
     start, end = events
     assert start["started_at"] == end["started_at"] and end["ended_at"] > end["started_at"]
     registry = metrics.registry
@@ -120,8 +135,7 @@ def test_stop_mid_stream_is_graceful(tmp_path: Path, siren_model: Path) -> None:
 
 def test_health_reports_a_stalled_live_source(siren_model: Path) -> None:
     config = AgentConfig(audio=AudioConfig(source="mic"))
-    pipeline = Pipeline(config, OnnxModel.load(siren_model), SilentDevice(), out=io.StringIO(),
-                        stall_after_s=0.2)
+    pipeline = Pipeline(config, OnnxModel.load(siren_model), SilentDevice(), stall_after_s=0.2)
     runner = threading.Thread(target=pipeline.run)
     runner.start()
     assert pipeline.health() == (True, "ok")
@@ -168,7 +182,7 @@ def test_a_stdin_pipe_that_stops_delivering_is_a_stall(siren_model: Path) -> Non
     os.write(write_end, np.zeros(1600, dtype="<i2").tobytes())  # 0.1 s, then nothing more
     source = StdinSource(16000, 1, 256, stream=os.fdopen(read_end, "rb", buffering=0))
     config = AgentConfig(device_id="test-pole", audio=AudioConfig(source="-"))
-    pipeline = Pipeline(config, OnnxModel.load(siren_model), source, out=io.StringIO(), stall_after_s=0.2)
+    pipeline = Pipeline(config, OnnxModel.load(siren_model), source, stall_after_s=0.2)
     runner = threading.Thread(target=pipeline.run)
     runner.start()
     time.sleep(0.5)
@@ -177,3 +191,27 @@ def test_a_stdin_pipe_that_stops_delivering_is_a_stall(siren_model: Path) -> Non
     os.close(write_end)  # EOF lets the reader thread finish
     runner.join(5.0)
     assert not healthy and reason.startswith("audio stalled: no samples for")
+
+
+class BrokenPublisher(Publisher):
+    """An output that fails on every event and reports itself unhealthy."""
+
+    name = "broken"
+
+    def publish_event(self, event: dict, stream_sample: int) -> None:
+        raise OSError("endpoint exploded")
+
+    def health(self) -> tuple[bool, str]:
+        return False, "cannot keep events"
+
+
+def test_a_failing_output_costs_neither_detection_nor_the_other_outputs(
+        tmp_path: Path, siren_model: Path) -> None:
+    config = AgentConfig(device_id="test-pole", audio=AudioConfig(source=str(street(tmp_path)), fast=True),
+                         detector=DetectorConfig(end_after_s=1.0, cooldown_s=5.0))
+    recording = RecordingPublisher()
+    pipeline = Pipeline(config, OnnxModel.load(siren_model), open_source(config.audio, 16000),
+                        publishers=[BrokenPublisher(), recording])
+    assert pipeline.run() == 0 and pipeline.error is None
+    assert [e["kind"] for e in recording.events] == ["start", "end"]
+    assert pipeline.health() == (False, "broken: cannot keep events")

@@ -1,5 +1,6 @@
 """A real Prometheus server scrapes a running ``earshot agent`` and answers queries about it, with the
-deploy kit's alert rules loaded and every Grafana dashboard expression evaluated."""
+deploy kit's alert rules loaded and every Grafana dashboard expression evaluated. The agent delivers its
+events to a webhook served by the test, so the per-output series carry real values."""
 
 from __future__ import annotations
 
@@ -8,10 +9,12 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
 import time
 import urllib.parse
 import urllib.request
 from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import numpy as np
@@ -38,9 +41,34 @@ def stop(process: subprocess.Popen) -> None:
             process.wait(timeout=10)
 
 
+class Accept(BaseHTTPRequestHandler):
+    """A webhook endpoint that takes every event (204)."""
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        self.send_response(204)
+        self.end_headers()
+
+    def log_message(self, format: str, *args: object) -> None:
+        """Quiet: the test reads the agent's metrics, not the server's log."""
+
+
 @pytest.fixture(scope="module")
-def agent(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
-    """``earshot agent`` paced in real time on noise, a 4 s siren, then noise; yields its /metrics port."""
+def webhook() -> Iterator[str]:
+    """A local HTTP endpoint for the agent's webhook output; yields its URL."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Accept)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/earshot"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.fixture(scope="module")
+def agent(tmp_path_factory: pytest.TempPathFactory, webhook: str) -> Iterator[int]:
+    """``earshot agent`` paced in real time on noise, a 4 s siren, then noise, posting its events to
+    ``webhook``; yields its /metrics port."""
     tmp_path = tmp_path_factory.mktemp("agent")
     model = band_energy_model(tmp_path / "tiny.onnx")
     write_card(model, gate=True)
@@ -50,7 +78,8 @@ def agent(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
     port = free_port()
     command = [sys.executable, "-m", "edge_agent.cli", "agent", "--source", str(recording),
                "--model", str(model), "--mqtt", "none", "--metrics-port", str(port)]
-    env = {**os.environ, "EARSHOT_DEVICE_ID": "scrape-test"}
+    env = {**os.environ, "EARSHOT_DEVICE_ID": "scrape-test", "EARSHOT_WEBHOOK_URL": webhook,
+           "EARSHOT_QUEUE_DIR": str(tmp_path / "queue")}
     # Logs go to files: an unread pipe could fill up and stall the process under test.
     with open(tmp_path / "agent.log", "w") as log:
         process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=log)
@@ -137,6 +166,9 @@ def test_prometheus_scrapes_the_running_agent(prometheus: str) -> None:
     info = query(prometheus, "earshot_model_info")
     assert info[0]["metric"]["name"] == "band-energy" and len(info[0]["metric"]["sha256"]) == 64
     assert query(prometheus, "earshot_model_ungated")[0]["value"][1] == "0"
+    # The start and end events reached the webhook; its series carry the output label.
+    assert wait_for_value(prometheus, 'earshot_events_delivered_total{output="webhook"}', 2.0) == 2.0
+    assert query(prometheus, 'earshot_queue_depth{output="webhook"}')[0]["value"][1] == "0"
 
 
 def dashboard_queries() -> list[str]:
@@ -154,6 +186,6 @@ def test_dashboard_and_alert_expressions_run_on_the_real_server(prometheus: str)
     empty = [expr for expr in dashboard_queries() if not query(prometheus, expr)]
     assert not empty, f"dashboard queries without data: {empty}"
     rules = api(prometheus, "/api/v1/rules")["groups"][0]["rules"]
-    assert len(rules) == 9 and all(rule["health"] == "ok" for rule in rules), rules
+    assert len(rules) == 10 and all(rule["health"] == "ok" for rule in rules), rules
     firing = {alert["labels"]["alertname"] for alert in api(prometheus, "/api/v1/alerts")["alerts"]}
     assert not firing & {"EarshotAgentDown", "EarshotAudioStalled", "EarshotModelUngated"}

@@ -24,10 +24,12 @@ def q(expr: str, legend: str = "{{instance}}") -> dict[str, str]:
     return {"expr": expr, "legend": legend}
 
 
-def quantiles(metric: str) -> list[dict[str, str]]:
-    """p50/p95/p99 of a histogram over 5 minutes, per instance."""
-    return [q(f"histogram_quantile({p}, sum by (le, instance) (rate({metric}_bucket{{{SEL}}}[5m])))",
-              f"p{int(p * 100)} {{{{instance}}}}") for p in (0.5, 0.95, 0.99)]
+def quantiles(metric: str, per: str = "") -> list[dict[str, str]]:
+    """p50/p95/p99 of a histogram over 5 minutes, per instance (and per label ``per``, e.g. output)."""
+    by = f"le, instance, {per}" if per else "le, instance"
+    legend = f"{{{{{per}}}}} {{{{instance}}}}" if per else "{{instance}}"
+    return [q(f"histogram_quantile({p}, sum by ({by}) (rate({metric}_bucket{{{SEL}}}[5m])))",
+              f"p{int(p * 100)} {legend}") for p in (0.5, 0.95, 0.99)]
 
 
 # (title, panel type, queries, unit, width, thresholds): rows are laid out left to right, top to bottom.
@@ -40,7 +42,7 @@ PANELS: list[tuple[str, str, list[dict[str, str]], str, int, list[tuple[float, s
      [(0, "green"), (10, "orange"), (60, "red")]),
     ("MQTT connected", "stat", [q(f"earshot_mqtt_connected{{{SEL}}}")], "none", 4,
      [(0, "red"), (1, "green")]),
-    ("MQTT queue depth", "stat", [q(f"earshot_mqtt_queue_depth{{{SEL}}}")], "short", 4,
+    ("Queue depth", "stat", [q(f"earshot_queue_depth{{{SEL}}}", "{{output}} {{instance}}")], "short", 4,
      [(0, "green"), (10, "orange"), (1000, "red")]),
     ("Model ungated", "stat", [q(f"earshot_model_ungated{{{SEL}}}")], "none", 4, [(0, "green"), (1, "red")]),
     ("Real-time factor over time", "timeseries", [q(f"earshot_realtime_factor{{{SEL}}}")], "percentunit", 12,
@@ -59,13 +61,17 @@ PANELS: list[tuple[str, str, list[dict[str, str]], str, int, list[tuple[float, s
      "short", 8, []),
     ("Audio processed (s/s)", "timeseries", [q(f"rate(earshot_audio_seconds_total{{{SEL}}}[5m])")], "none", 8,
      []),
-    ("MQTT publish latency", "timeseries", quantiles("earshot_mqtt_publish_latency_seconds"), "s", 8, []),
-    ("MQTT events published and dropped (per 5 min)", "timeseries",
-     [q(f"increase(earshot_mqtt_events_published_total{{{SEL}}}[5m])", "published {{instance}}"),
-      q(f"increase(earshot_mqtt_queue_dropped_total{{{SEL}}}[5m])", "dropped {{instance}}")], "short", 8, []),
-    ("MQTT connection and queue", "timeseries",
-     [q(f"earshot_mqtt_connected{{{SEL}}}", "connected {{instance}}"),
-      q(f"earshot_mqtt_queue_depth{{{SEL}}}", "queued {{instance}}")], "short", 8, []),
+    ("Delivery latency per output", "timeseries",
+     quantiles("earshot_delivery_latency_seconds", per="output"), "s", 8, []),
+    ("Events delivered, dropped and failed attempts per output (per 5 min)", "timeseries",
+     [q(f"increase(earshot_events_delivered_total{{{SEL}}}[5m])", "delivered {{output}} {{instance}}"),
+      q(f"increase(earshot_queue_dropped_total{{{SEL}}}[5m])", "dropped {{output}} {{instance}}"),
+      q(f"increase(earshot_delivery_failures_total{{{SEL}}}[5m])",
+        "failed attempts {{output}} {{instance}}")],
+     "short", 8, []),
+    ("MQTT connection and queue depth per output", "timeseries",
+     [q(f"earshot_mqtt_connected{{{SEL}}}", "mqtt connected {{instance}}"),
+      q(f"earshot_queue_depth{{{SEL}}}", "queued {{output}} {{instance}}")], "short", 8, []),
     ("Ring-buffer overruns and audio errors (per 5 min)", "timeseries",
      [q(f"increase(earshot_ring_buffer_overruns_total{{{SEL}}}[5m])", "overruns {{instance}}"),
       q(f"increase(earshot_audio_source_errors_total{{{SEL}}}[5m])", "source errors {{instance}}")],
