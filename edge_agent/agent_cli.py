@@ -14,6 +14,7 @@ from typing import Any
 
 import edge_agent.one_blas_thread  # noqa: F401 (first: one BLAS thread, set before numpy loads)
 from edge_agent.config import AgentConfig, ConfigError, load_config
+from edge_agent.windowing import DEFAULT_HOP_SECONDS
 
 logger = logging.getLogger("edge_agent.agent")
 
@@ -43,7 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--webhook", metavar="URL|none", help="POST each event as JSON to http(s)://host/path")
     parser.add_argument("--metrics-port", type=int, help="serve /metrics and /healthz on this port")
     parser.add_argument("--fast", action="store_true", default=None, help="read files as fast as possible")
-    parser.add_argument("--hop", type=float, help="seconds between windows (default 0.25)")
+    parser.add_argument("--hop", type=float, help=f"seconds between windows (default {DEFAULT_HOP_SECONDS})")
     parser.add_argument("--threads", type=int, help="onnxruntime threads (default 1)")
     parser.add_argument("--device-id", help="device id in topics and events (default: host name)")
     parser.add_argument("--list-devices", action="store_true", help="list audio input devices and exit")

@@ -21,6 +21,7 @@ from typing import Any
 
 from edge_agent.labels import DEFAULT_ALERT_LABELS
 from edge_agent.strict import reject_unknown
+from edge_agent.windowing import DEFAULT_HOP_SECONDS
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -75,7 +76,7 @@ class AudioConfig:
     block_size: int = 1024  # frames per capture callback / read
     ring_seconds: float = 10.0  # capacity of the buffer between capture and the consumer thread
     fast: bool = False  # files: as fast as possible instead of real-time pacing
-    hop_seconds: float = 0.25
+    hop_seconds: float = DEFAULT_HOP_SECONDS
 
     def __post_init__(self) -> None:
         _require("audio.source", bool(self.source.strip()), "must not be empty", self.source)

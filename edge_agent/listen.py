@@ -18,6 +18,7 @@ import edge_agent.one_blas_thread  # noqa: F401 (first: one BLAS thread, set bef
 from edge_agent.agent_cli import UsageError, add_shared_flags, model_path, run_command
 from edge_agent.config import AgentConfig, StdoutConfig, load_config
 from edge_agent.detector import rank
+from edge_agent.windowing import DEFAULT_HOP_SECONDS
 
 logger = logging.getLogger(__name__)
 
@@ -97,7 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--config", help="TOML config file (thresholds, detector timing, audio)")
     parser.add_argument("--top-k", type=int, default=5, help="classes shown per window (default 5)")
     parser.add_argument("--fast", action="store_true", default=None, help="read files as fast as possible")
-    parser.add_argument("--hop", type=float, help="seconds between windows (default 0.25)")
+    parser.add_argument("--hop", type=float, help=f"seconds between windows (default {DEFAULT_HOP_SECONDS})")
     add_shared_flags(parser, log_level="WARNING")
     return parser
 

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from edge_agent.model_card import card_path
+from edge_agent.windowing import DEFAULT_HOP_SECONDS
 from export.parity import ParityPolicy
 from export.pipeline import SHIP_CHOICES, ExportConfig, ParityError, run_export
 
@@ -42,7 +43,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--calibration-clips", type=int, default=64, help="training-fold clips to calibrate on")
     p.add_argument("--eval-clips", type=int, help="limit the held-out clips (default: all of them)")
-    p.add_argument("--hop-seconds", type=float, default=0.25, help="window hop over clips (the agent's hop)")
+    p.add_argument("--hop-seconds", type=float, default=DEFAULT_HOP_SECONDS,
+                   help=f"window hop over clips (default {DEFAULT_HOP_SECONDS}: the agent's hop)")
     p.add_argument("--seed", type=int, default=0, help="seed for choosing clips")
     p.add_argument(
         "--ship",

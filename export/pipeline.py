@@ -15,6 +15,7 @@ import numpy as np
 from edge_agent.frontend import LogMel
 from edge_agent.model_card import file_sha256
 from edge_agent.model_metadata import ModelMetadata
+from edge_agent.windowing import DEFAULT_HOP_SECONDS
 from export.card import file_facts, write_card
 from export.clips import WindowSet, logmel_windows, sample_clips
 from export.onnx_export import assert_self_contained, attach_metadata, export_fp32
@@ -56,7 +57,7 @@ class ExportConfig:
     eval_fold: int | None = None
     calibration_clips: int = 64
     eval_clips: int | None = None  # None: every held-out clip
-    hop_seconds: float = 0.25  # the agent's default hop
+    hop_seconds: float = DEFAULT_HOP_SECONDS  # the agent's default hop
     seed: int = 0
     ship: str = "faster"
     allow_parity_failure: bool = False

@@ -33,6 +33,7 @@ from support.mosquitto import Mosquitto, Subscriber  # noqa: E402
 from support.onnx_models import band_energy_model, noise, siren_sweep, to_s16le, write_card  # noqa: E402
 
 from edge_agent.onnx_model import OnnxModel  # noqa: E402
+from edge_agent.windowing import DEFAULT_HOP_SECONDS  # noqa: E402
 
 logger = logging.getLogger("bench_alert_latency")
 
@@ -49,7 +50,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--siren-clip", type=Path, help="audio file to use as the alert sound (16 kHz mono)")
     parser.add_argument("--label", default="siren", help="label whose start events are timed")
     parser.add_argument("--trials", type=int, default=15)
-    parser.add_argument("--hop", type=float, default=0.25, help="agent hop in seconds")
+    parser.add_argument("--hop", type=float, default=DEFAULT_HOP_SECONDS, help="agent hop in seconds")
     parser.add_argument("--sound-s", type=float, default=2.0, help="seconds of alert sound per trial")
     parser.add_argument("--gap-s", type=float, default=4.5, help="seconds of background after each sound")
     parser.add_argument("--mqtt", help="use this broker (mqtt://host:port) instead of starting mosquitto")

@@ -32,7 +32,7 @@ from training.checkpoint import Checkpoint, load_checkpoint
 from training.data import folds_present, load_features, load_waveform, read_urbansound8k
 from training.frontend import TorchLogMel, WaveformClassifier
 from training.metrics import classification_metrics
-from training.train import predict_clips
+from training.train import AGENT_HOP_FRAMES, predict_clips
 
 logger = logging.getLogger(__name__)
 
@@ -50,7 +50,7 @@ class AdversarialConfig:
     lr: float = 3e-4  # fine-tuning: a tenth of training's learning rate
     batch_size: int = 32
     max_clips: int | None = None  # training clips used (class-balanced order); None: all
-    hop_frames: int = 16  # the agent's hop, for the clip-level held-out metrics
+    hop_frames: int = AGENT_HOP_FRAMES  # the agent's hop, for the clip-level held-out metrics
     seed: int = 0
 
     def __post_init__(self) -> None:

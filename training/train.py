@@ -22,12 +22,21 @@ from torch.utils.data.distributed import DistributedSampler
 from tqdm import tqdm
 
 from edge_agent.frontend import FrontendParams
+from edge_agent.windowing import DEFAULT_HOP_SECONDS, hop_samples
 from training.augment import BackgroundNoise, BandLimit, Gain, PitchShift, SpecAugment, ToLogMel, mixup
 from training.data import ClipFeatures, RandomCropDataset, WindowDataset, check_crop_settings
 from training.metrics import aggregate_windows
 from training.models import AudioClassifier, ModelConfig, build_model
 
 logger = logging.getLogger(__name__)
+
+
+def agent_hop_frames(params: FrontendParams) -> int:
+    """The agent's default hop in STFT frames of ``params``: 16 at 16 kHz with a 256-sample STFT hop."""
+    return hop_samples(DEFAULT_HOP_SECONDS, params.sample_rate, params.hop_length) // params.hop_length
+
+
+AGENT_HOP_FRAMES = agent_hop_frames(FrontendParams())
 
 
 @dataclass(frozen=True)
@@ -42,7 +51,7 @@ class TrainConfig:
     val_fraction: float = 0.12  # of the TRAINING folds' recordings, never the test fold
     patience: int = 10  # epochs without a better validation accuracy before stopping
     seed: int = 0
-    hop_frames: int = 16  # the agent's 250 ms hop in frames (4000 samples / 256): test-time scoring
+    hop_frames: int = AGENT_HOP_FRAMES  # test-time scoring on the agent's own hop
     val_hop_frames: int = 60  # ~1 s apart: validation every epoch costs a quarter of the agent's hop
     # Random 1-s crops of each clip per epoch. 1 -> 4 -> 8 crops took the CNN's fold-1 accuracy from
     # 0.534 to 0.605 to 0.635 (training/results/README.md): these models were short of steps, not data.
