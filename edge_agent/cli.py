@@ -1,4 +1,8 @@
-"""The ``earshot`` command: one door, subcommands imported lazily so the agent never loads torch."""
+"""The ``earshot`` command: one door, subcommands imported lazily so the agent never loads torch.
+
+Each subcommand parses its own flags with the standard library's argparse, not click: one dependency
+less on the sensor, and the dispatch below stays lazy (a subcommand's module loads only when it runs).
+"""
 
 from __future__ import annotations
 

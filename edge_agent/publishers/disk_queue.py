@@ -1,7 +1,8 @@
 """A bounded, fsync'd on-disk FIFO of outgoing events (sqlite3), so no event is lost to an outage.
 
 Every output that delivers over a network (MQTT, webhook) has one, in its own file under ``queue.dir``.
-sqlite3 because it is in the standard library and survives SIGKILL and power loss with WAL + fsync.
+sqlite3 because it is in the standard library and survives SIGKILL and power loss with WAL + fsync, and
+a queue on the sensor does not depend on the broker's or the endpoint's own persistence.
 An event enters with ``put`` and leaves only with ``delivered``/``refused`` (after the broker's PUBACK or
 the endpoint's answer). Across a crash or
 SIGKILL the file keeps every unacknowledged event, and ``read_after(0, n)`` returns them in order.
