@@ -467,6 +467,7 @@ def env_layer(environ: Mapping[str, str]) -> dict[str, dict[str, Any]]:
         if not name.startswith(ENV_PREFIX) or section not in SECTIONS:
             continue  # other EARSHOT_* variables belong to other tools
         hints = typing.get_type_hints(SECTIONS[section])
+        _reject_moved({section: {key: text}})
         if key not in hints:
             raise ConfigError(f"{section}.{key}: unknown setting (from environment variable {name})")
         layer.setdefault(section, {})[key] = _coerce_text(f"{section}.{key}", text, hints[key])

@@ -161,6 +161,8 @@ def test_queue_settings_under_mqtt_say_where_they_moved(tmp_path: Path, key: str
     with pytest.raises(ConfigError, match=rf"^mqtt\.{key}: moved to {target} \(") as caught:
         load_config(path, environ={})
     assert "\n" not in str(caught.value)
+    with pytest.raises(ConfigError, match=rf"^mqtt\.{key}: moved to {target} \("):
+        load_config(environ={f"EARSHOT_MQTT_{key.upper()}": "5"})
 
 
 def test_queue_section_from_toml_and_env(tmp_path: Path) -> None:
