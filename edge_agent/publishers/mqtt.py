@@ -111,6 +111,10 @@ class MqttPublisher(Publisher):
         self.queue.close()
         logger.info("MQTT: closed with %d events left in the disk queue", self.queue.depth())
 
+    def health(self) -> tuple[bool, str]:
+        """Unhealthy while the disk queue cannot store events (read-only, disk full): they are being lost."""
+        return self.queue.health()
+
     # --- paho's network thread: keep these short and never touch the disk here ---
 
     def _on_connect(

@@ -100,6 +100,10 @@ class WebhookPublisher(Publisher):
         self.queue.close()
         logger.info("webhook: closed with %d events left in the disk queue", self.queue.depth())
 
+    def health(self) -> tuple[bool, str]:
+        """Unhealthy while the disk queue cannot store events (read-only, disk full): they are being lost."""
+        return self.queue.health()
+
     def _run_sender(self) -> None:
         """Loop: post the oldest queued event; wait after a failure; sleep when the queue is empty."""
         while not self._stop.is_set():
