@@ -161,12 +161,11 @@ class StreamingLogMel:
 
     def __call__(self, window: Window) -> np.ndarray:
         """One window -> (1, 1, n_mels, n_frames) float32 model input."""
-        p = self.params
-        reuse = (self._previous is not None and not window.padded and self.new_frames < p.n_frames
-                 and window.index == self._previous_index + 1)
-        if reuse:
+        p, previous = self.params, self._previous
+        if (previous is not None and not window.padded and self.new_frames < p.n_frames
+                and window.index == self._previous_index + 1):
             tail = window.samples[(p.n_frames - self.new_frames) * p.hop_length:]
-            kept = self._previous[self.new_frames:]  # (n_frames - new_frames, n_mels)
+            kept = previous[self.new_frames:]  # (n_frames - new_frames, n_mels)
             logmel = np.concatenate([kept, self.frames(tail)])  # (n_frames, n_mels)
         else:
             logmel = self.frames(window.samples)  # (n_frames, n_mels)
