@@ -54,9 +54,14 @@ def run_as_nobody(code: str, env: dict[str, str] | None = None, timeout: float =
     uid, gid = nobody()
     drop = f"import os\nos.setgroups([])\nos.setgid({gid})\nos.setuid({uid})\n"
     script = _PRELOAD + drop + textwrap.dedent(code)
-    full_env = {**os.environ, "PYTHONPATH": str(ROOT), "HOME": "/nonexistent", **(env or {})}
-    return subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=full_env, capture_output=True,
-                          text=True, timeout=timeout)
+    # A home of its own: the preloads run as root and onnxruntime writes under $HOME/.cache at import,
+    # which must not leave root-owned files in a shared place (it once created /nonexistent/.cache).
+    with tempfile.TemporaryDirectory(prefix="earshot-nobody-home-") as home:
+        os.chmod(home, 0o777)
+        full_env = {**os.environ, "PYTHONPATH": str(ROOT), "HOME": home, "XDG_CACHE_HOME": f"{home}/.cache",
+                    **(env or {})}
+        return subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=full_env, capture_output=True,
+                              text=True, timeout=timeout)
 
 
 def agent_as_nobody(argv: list[str], env: dict[str, str] | None = None, timeout: float = 120.0,
