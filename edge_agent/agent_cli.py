@@ -6,7 +6,6 @@ import argparse
 import dataclasses
 import json
 import logging
-import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -85,8 +84,20 @@ def model_path(config: AgentConfig) -> str:
 
 def run_agent(config: AgentConfig) -> int:
     """Open everything, run until end of stream or SIGINT/SIGTERM, close everything."""
+    from edge_agent.signals import SignalRouter
+
+    # First: a signal during start-up is kept for later, never fatal (a reload right after start).
+    router = SignalRouter().install()
+    try:
+        return _run_agent(config, router)
+    finally:
+        router.close(restore=False)  # the process is ending: late signals are ignored, not fatal
+
+
+def _run_agent(config: AgentConfig, router: Any) -> int:
+    """Load, build and run; ``router`` hands SIGINT/SIGTERM to the pipeline and SIGHUP to the reloader."""
     from edge_agent.metrics import AgentMetrics
-    from edge_agent.model_reload import ModelReloader, install_sighup
+    from edge_agent.model_reload import ModelReloader
     from edge_agent.onnx_model import OnnxModel
     from edge_agent.pipeline import Pipeline
     from edge_agent.publishers import make_publishers, names
@@ -103,12 +114,11 @@ def run_agent(config: AgentConfig) -> int:
                 model.metadata.version, model.sha256[:12], source.description, pipeline.hop / pipeline.rate,
                 names(pipeline.publishers))
     server = _start_metrics(config, metrics, pipeline)
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, lambda *_: pipeline.stop())
+    router.on_stop(pipeline.stop)
     reloader = ModelReloader(pipeline, path, config.model.threads, config.model.allow_ungated,
                              config.model.reload_poll_s)
-    install_sighup(reloader)
     reloader.start()
+    router.on_hup(reloader.request)
     try:
         code = pipeline.run()  # starts the outputs, and closes them (delivering what it can) at the end
     finally:

@@ -7,6 +7,7 @@ less on the sensor, and the dispatch below stays lazy (a subcommand's module loa
 from __future__ import annotations
 
 import importlib
+import signal
 import sys
 
 # subcommand -> (module with ``main(argv) -> int``, one-line help, needs the [train] extra)
@@ -32,6 +33,13 @@ def _usage() -> str:
     return "\n".join(lines)
 
 
+def _hold_sighup() -> None:
+    """Ignore SIGHUP while the agent imports: its default action kills, and a reload (SIGHUP) may come
+    right after start. The agent's signal router takes over before it loads the model (edge_agent.signals)."""
+    if hasattr(signal, "SIGHUP"):
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Dispatch to a subcommand; a missing optional dependency is one line naming the install command."""
     args = list(sys.argv[1:] if argv is None else argv)
@@ -48,6 +56,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"earshot: unknown command {name!r}\n\n{_usage()}", file=sys.stderr)
         return 2
     module_name, _, needs_train = SUBCOMMANDS[name]
+    if name == "agent":
+        _hold_sighup()
     try:
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as error:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import signal
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TextIO
@@ -128,6 +127,7 @@ def run_offline(config: AgentConfig, on_window: Callable[[Any], Callable[[Any], 
     from edge_agent.onnx_model import OnnxModel
     from edge_agent.pipeline import Pipeline
     from edge_agent.publishers import make_publishers
+    from edge_agent.signals import SignalRouter
     from edge_agent.sources import open_source
 
     model = OnnxModel.load(model_path(config), config.model.threads, config.model.allow_ungated)
@@ -136,13 +136,12 @@ def run_offline(config: AgentConfig, on_window: Callable[[Any], Callable[[Any], 
     publishers = make_publishers(config, model.frontend.sample_rate, identity, AgentMetrics())
     pipeline = Pipeline(config, model, source, publishers=publishers)
     pipeline.on_window = on_window(pipeline)
-    previous = {signum: signal.signal(signum, lambda *_: pipeline.stop())
-                for signum in (signal.SIGINT, signal.SIGTERM)}
+    router = SignalRouter(handle_hup=False).install()  # a closed terminal's SIGHUP still ends it
+    router.on_stop(pipeline.stop)
     try:
         pipeline.run()
     finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
+        router.close()
     return pipeline
 
 

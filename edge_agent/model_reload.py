@@ -11,7 +11,6 @@ On any failure the running model stays, and the failure is logged and counted.
 from __future__ import annotations
 
 import logging
-import signal
 import threading
 import time
 from pathlib import Path
@@ -85,7 +84,7 @@ class ModelReloader:
         self._thread.join(timeout=10.0)
 
     def request(self) -> None:
-        """Reload now (SIGHUP); safe to call from a signal handler."""
+        """Reload now (SIGHUP, from ``edge_agent.signals``' thread: never from a signal handler itself)."""
         self._forced = True
         self._wake.set()
 
@@ -136,9 +135,3 @@ class ModelReloader:
                      self.pipeline.model.sha256[:12], message)
         self.pipeline.metrics.model_reloads.labels(result="failed").inc()
         return False
-
-
-def install_sighup(reloader: ModelReloader) -> None:
-    """SIGHUP reloads the model (``systemctl reload``); a no-op where the platform has no SIGHUP."""
-    if hasattr(signal, "SIGHUP"):
-        signal.signal(signal.SIGHUP, lambda *_: reloader.request())

@@ -117,7 +117,7 @@ class Pipeline:
         return 1 if self.error else 0
 
     def stop(self) -> None:
-        """Request shutdown (signal handlers call this); open episodes are ended and published."""
+        """Request shutdown (any thread; SIGINT/SIGTERM via edge_agent.signals); open episodes end."""
         self.stop_event.set()
 
     def offer_model(self, model: OnnxModel) -> None:
