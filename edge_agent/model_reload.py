@@ -5,7 +5,9 @@ model file's and its card's stat signature. A change (or SIGHUP) loads the file 
 as start-up (``OnnxModel.load``: sha256 against the card, passing gate unless ``allow_ungated``) plus a
 compatibility check against the running model. A verified model is offered to the pipeline, whose consumer
 thread swaps it in between two windows; the ring buffer keeps filling meanwhile, so no audio is dropped.
-On any failure the running model stays, and the failure is logged and counted.
+On any failure the running model stays, and the failure is logged and counted. A file that cannot be the
+model (over ``MAX_MODEL_BYTES``, no card, a size other than its card's ``size_bytes``) is refused from its
+stat and card before a byte of it is read or hashed.
 """
 
 from __future__ import annotations
@@ -16,12 +18,19 @@ import time
 from pathlib import Path
 from typing import Any
 
-from edge_agent.model_card import card_path, file_sha256
+from edge_agent.model_card import ModelCardError, card_path, file_sha256, read_card
 from edge_agent.onnx_model import ModelError, OnnxModel
 
 logger = logging.getLogger(__name__)
 
 Signature = tuple[tuple[int, int, int] | None, tuple[int, int, int] | None]
+
+# Checked from stat alone, before a byte is read: the file is read whole and onnxruntime holds about two
+# more copies while it builds the session, next to the running model, under the unit's MemoryMax=400M.
+# earshot's largest model (FP32 CRNN) is under 5 MB, so 64 MiB leaves room for growth and none for a
+# wrong file (a 1 GiB file here OOM-killed the running agent).
+MAX_MODEL_BYTES = 64 << 20
+MAX_CARD_BYTES = 1 << 20  # a card is a few KB of JSON; it is read whole too
 
 
 def _stat(path: Path) -> tuple[int, int, int] | None:
@@ -44,6 +53,34 @@ def readable_sha256(path: str | Path) -> str | None:
         return file_sha256(path)
     except OSError:
         return None
+
+
+def unread_problem(model_path: str | Path, allow_ungated: bool) -> str:
+    """Why the file must not even be read, from stat and the small card ("" when it may be)."""
+    path, card = Path(model_path), card_path(model_path)
+    size, card_size = _stat(path), _stat(card)
+    if size is None:
+        return ""  # OnnxModel.load says it is missing
+    if size[1] > MAX_MODEL_BYTES:
+        return (f"model {path} is {size[1] / 2**20:.0f} MiB, over the {MAX_MODEL_BYTES >> 20} MiB a model "
+                "may be; not read")
+    if card_size is None:
+        return "" if allow_ungated else f"model {path} has no card {card.name}; not read"
+    if card_size[1] > MAX_CARD_BYTES:
+        return f"model card {card} is {card_size[1]:,} bytes, over {MAX_CARD_BYTES:,}; not read"
+    return _card_size_problem(path, size[1])
+
+
+def _card_size_problem(path: Path, size: int) -> str:
+    """A file whose size differs from its card's ``size_bytes`` is not the carded model (or half-copied)."""
+    try:
+        expected = read_card(path).get("size_bytes")  # type: ignore[union-attr]
+    except (ModelCardError, AttributeError):
+        return ""  # unreadable or gone meanwhile: OnnxModel.load gives the reason
+    if isinstance(expected, int) and not isinstance(expected, bool) and expected != size:
+        return (f"model {path} does not match its card {card_path(path).name}: {size:,} bytes, the card "
+                f"says {expected:,} (modified, or still being copied); not read")
+    return ""
 
 
 def compatibility_problem(running: OnnxModel, candidate: OnnxModel) -> str:
@@ -108,13 +145,22 @@ class ModelReloader:
         if not forced and signature == self._signature:
             return False
         self._signature = signature
-        if not forced and readable_sha256(self.path) == self.pipeline.model.sha256:
+        if not forced and self._is_running_model():
             return False  # touched, or only the card changed, and the running model is that file
         return self.reload("SIGHUP" if forced else "file changed")
+
+    def _is_running_model(self) -> bool:
+        """The file hashes to the running model; one that may not be read is not hashed either."""
+        if unread_problem(self.path, self.allow_ungated):
+            return False
+        return readable_sha256(self.path) == self.pipeline.model.sha256
 
     def reload(self, reason: str) -> bool:
         """Verify the model at ``path`` and offer it; on failure log, count, and keep the running one."""
         started = time.perf_counter()
+        unread = unread_problem(self.path, self.allow_ungated)
+        if unread:
+            return self._refuse(reason, unread)
         try:
             candidate = OnnxModel.load(self.path, self.threads, self.allow_ungated)
         except ModelError as error:
