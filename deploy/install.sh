@@ -66,8 +66,10 @@ if [ -n "$ROOT" ]; then
     case $ROOT in /*) ;; *) ROOT=$(pwd)/$ROOT ;; esac
     ROOT=${ROOT%/}
 fi
+DEVICE_ID_GIVEN=$DEVICE_ID
 if [ -z "$DEVICE_ID" ]; then
-    # Same rule as edge_agent.config.default_device_id: the host name, safe as an MQTT topic level.
+    # Same rule as edge_agent.config.default_device_id: the host name, safe as an MQTT topic level. Shown
+    # only: the config leaves device_id unset, so a cloned SD card takes its own host name at run time.
     DEVICE_ID=$(hostname | tr '/+# ' '----')
 fi
 case $DEVICE_ID in
@@ -110,7 +112,11 @@ write_config() {
         return 0
     fi
     mkdir -p "$ETC"
-    sed "s|^device_id = .*|device_id = \"$DEVICE_ID\"|" "$HERE/config.example.toml" > "$ETC/config.toml.new"
+    if [ -n "$DEVICE_ID_GIVEN" ]; then
+        sed "s|^# device_id = .*|device_id = \"$DEVICE_ID_GIVEN\"|" "$HERE/config.example.toml" > "$ETC/config.toml.new"
+    else
+        cp "$HERE/config.example.toml" "$ETC/config.toml.new"
+    fi
     chmod 0640 "$ETC/config.toml.new"
     mv "$ETC/config.toml.new" "$ETC/config.toml"
 }
@@ -144,7 +150,7 @@ live "install system packages (python3-venv, PortAudio, libsndfile)" \
 live "create system user earshot (group audio for the microphone)" \
     sh -c 'id earshot >/dev/null 2>&1 || useradd --system --user-group --groups audio --home-dir /var/lib/earshot --shell /usr/sbin/nologin earshot'
 step "create venv $ROOT$VENV and install $SOURCE" make_venv
-step "write $ETC/config.toml (device_id = $DEVICE_ID)" write_config
+step "write $ETC/config.toml (device_id = ${DEVICE_ID_GIVEN:-unset: the host name, now $DEVICE_ID})" write_config
 step "write $ETC/earshot.env (secrets placeholder)" write_env_file
 step "create state dir $STATE" mkdir -p "$STATE"
 step "install $UNIT" write_unit

@@ -127,6 +127,8 @@ class DetectorConfig:
         for label in self.listen:
             _require("detector.listen", isinstance(label, str) and bool(label.strip()),
                      "labels must be non-empty strings", label)
+            problem = topic_level_problem(label)  # <prefix>/<device_id>/event/<label>
+            _require("detector.listen", not problem, f"labels are MQTT topic levels and {problem}", label)
         for label, value in self.thresholds.items():
             _require(f"detector.thresholds.{label}", _finite(value) and 0.0 <= value <= 1.0,
                      "must be in 0..1", value)
@@ -142,6 +144,37 @@ class DetectorConfig:
 
 MQTT_STRING_MAX_BYTES = 65535  # the protocol's length prefix is two bytes
 _CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f]")
+# MQTT 3.1.1 §1.5.3: U+0000 is forbidden; C0/C1 controls and Unicode noncharacters "SHOULD NOT" appear,
+# and mosquitto drops a connection whose client id or topic holds one (the agent then retried forever).
+_MQTT_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _noncharacter(value: str) -> str | None:
+    """The first Unicode noncharacter (U+FDD0..U+FDEF, U+xxFFFE, U+xxFFFF) in ``value``, if any."""
+    return next((c for c in value if 0xFDD0 <= ord(c) <= 0xFDEF or ord(c) & 0xFFFE == 0xFFFE), None)
+
+
+def mqtt_text_problem(value: str) -> str:
+    """Why ``value`` cannot be an MQTT UTF-8 string (client id, topic), "" when it can."""
+    if match := _MQTT_CONTROL.search(value):
+        return f"must not contain control characters (U+{ord(match.group()):04X})"
+    if _SURROGATE.search(value):
+        return "must be valid Unicode (it holds a lone surrogate)"
+    if (odd := _noncharacter(value)) is not None:
+        return f"must not contain the Unicode noncharacter U+{ord(odd):04X} (MQTT forbids it)"
+    if len(value.encode("utf-8")) > MQTT_STRING_MAX_BYTES:
+        return f"must be at most {MQTT_STRING_MAX_BYTES} bytes of UTF-8"
+    return ""
+
+
+def topic_level_problem(value: str, first: bool = False) -> str:
+    """Why ``value`` cannot be one level of the agent's topics ("" when it can); ``first``: it starts one."""
+    if not value or _TOPIC_UNSAFE.search(value):
+        return "must be non-empty without '/', '+', '#' or spaces"
+    if first and value.startswith("$"):
+        return "must not start with '$' (brokers keep $-topics to themselves: no subscriber gets an event)"
+    return mqtt_text_problem(value)
 
 
 @dataclass(frozen=True)
@@ -173,8 +206,11 @@ class MqttConfig:
                  "tls_cert and tls_key must be set together", "<hidden>" if self.tls_key else None)
         for key in ("topic_prefix", "discovery_prefix"):
             value = getattr(self, key)
-            _require(f"mqtt.{key}", bool(value) and not _TOPIC_UNSAFE.search(value),
-                     "must be non-empty without '/', '+', '#' or spaces", value)
+            problem = topic_level_problem(value, first=True)
+            _require(f"mqtt.{key}", not problem, problem, value)
+        if self.client_id is not None:
+            problem = mqtt_text_problem(self.client_id) or ("" if self.client_id else "must not be empty")
+            _require("mqtt.client_id", not problem, problem, self.client_id)
         _require("mqtt.keepalive_s", 5 <= self.keepalive_s <= 3600, "must be in 5..3600", self.keepalive_s)
         _require("mqtt.reconnect_min_s", _finite(self.reconnect_min_s) and self.reconnect_min_s > 0,
                  "must be > 0", self.reconnect_min_s)
@@ -274,6 +310,31 @@ class StdoutConfig:
     enabled: bool = True
 
 
+_CLOCK_TIME = re.compile(r"^([01]\d|2[0-3]):[0-5]\d$")
+
+
+@dataclass(frozen=True)
+class LevelsConfig:
+    """Sound level metering beside the detections (edge_agent/levels.py), and the optional noise alert."""
+
+    enabled: bool = True
+    offset_db: float | None = None  # dB SPL = dBFS + offset: written by `earshot calibrate --spl 94`
+    alert_laeq_db: float | None = None  # a "noise_level" episode while LAeq,1min exceeds this (None: off)
+    alert_from: str = "22:00"  # local clock time the alert window opens (it may wrap past midnight)
+    alert_to: str = "07:00"
+
+    def __post_init__(self) -> None:
+        if self.offset_db is not None:
+            _require("levels.offset_db", _finite(self.offset_db) and 0 <= self.offset_db <= 200,
+                     "must be in 0..200 (a MEMS mic's dBFS-to-SPL offset is about 90-130)", self.offset_db)
+        if self.alert_laeq_db is not None:
+            _require("levels.alert_laeq_db", _finite(self.alert_laeq_db) and -200 <= self.alert_laeq_db <= 200,
+                     "must be in -200..200", self.alert_laeq_db)
+        for key in ("alert_from", "alert_to"):
+            value = getattr(self, key)
+            _require(f"levels.{key}", bool(_CLOCK_TIME.match(value)), 'must be a 24-hour "HH:MM"', value)
+
+
 @dataclass(frozen=True)
 class MetricsConfig:
     """The Prometheus /metrics and /healthz HTTP server; ``port = None`` turns it off."""
@@ -326,12 +387,13 @@ class AgentConfig:
     webhook: WebhookConfig = field(default_factory=WebhookConfig)
     stdout: StdoutConfig = field(default_factory=StdoutConfig)
     queue: QueueConfig = field(default_factory=QueueConfig)
+    levels: LevelsConfig = field(default_factory=LevelsConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     capture: CaptureConfig = field(default_factory=CaptureConfig)
 
     def __post_init__(self) -> None:
-        _require("device_id", bool(self.device_id) and not _TOPIC_UNSAFE.search(self.device_id),
-                 "must be non-empty without '/', '+', '#' or spaces", self.device_id)
+        problem = topic_level_problem(self.device_id)  # a topic level, and inside the MQTT client id
+        _require("device_id", not problem, problem, self.device_id)
 
 
 SECTIONS: dict[str, type] = {name: hint for name, hint in typing.get_type_hints(AgentConfig).items()

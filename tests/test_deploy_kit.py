@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from edge_agent.config import SECTIONS, AgentConfig, load_config
+from edge_agent.config import SECTIONS, AgentConfig, default_device_id, load_config
 
 REPO = Path(__file__).resolve().parent.parent
 DEPLOY = REPO / "deploy"
@@ -97,7 +97,7 @@ def test_example_config_documents_every_key() -> None:
 
 def test_example_config_loads_with_the_agents_loader() -> None:
     config = load_config(EXAMPLE, environ={})
-    assert config.device_id == "earshot-pi"
+    assert config.device_id == default_device_id()  # unset: each sensor takes its own host name
     assert config.mqtt.tls and config.queue.dir.startswith("/var/lib/earshot/")  # the unit can write there
     assert config.metrics.host == "127.0.0.1"
     assert config.capture.enabled is False and config.capture.dir.startswith("/var/lib/earshot/")
