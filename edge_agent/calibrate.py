@@ -211,7 +211,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="earshot calibrate",
                                      description="Suggest per-class thresholds from a recording of the site.")
     parser.add_argument("--source", required=True,
-                        help="a recording of the site's ordinary sound (file or -)")
+                        help="a recording of the site's ordinary sound (file or -); with --spl also mic")
     parser.add_argument("--config", help="TOML config (detector timing and listened classes)")
     parser.add_argument("--target-false-alarms-per-hour", type=float, default=1.0, metavar="RATE",
                         help="most alarms per hour per class on ambient sound (default 1)")
@@ -220,6 +220,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--min-threshold", type=float, default=0.1,
                         help="never suggest a threshold below this (default 0.1)")
     parser.add_argument("--out", help="write the TOML snippet here (default: print it)")
+    parser.add_argument("--spl", type=float, metavar="DB",
+                        help="instead: the mic's level calibration from an acoustic calibrator of this level "
+                             "(94 or 114 dB at 1 kHz) held to it; stored in --config as levels.offset_db")
+    parser.add_argument("--seconds", type=float, default=10.0,
+                        help="with --spl: seconds of the calibrator to record (default 10)")
     add_shared_flags(parser, log_level="WARNING")
     return parser
 
@@ -251,7 +256,11 @@ def _labels(spec: str | None, config: AgentConfig, model_labels: Sequence[str]) 
 
 
 def run(args: argparse.Namespace) -> int:
-    """Record scores, search thresholds, print the table, write the snippet."""
+    """Record scores, search thresholds, print the table, write the snippet (--spl: the mic level)."""
+    if args.spl is not None:
+        from edge_agent.spl_calibration import run_spl
+
+        return run_spl(args)
     _check_args(args)
     args.fast, args.hop = True, None
     config = config_from_args(args)

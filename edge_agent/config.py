@@ -66,6 +66,11 @@ def _finite(value: float) -> bool:
     return isinstance(value, (int, float)) and math.isfinite(value)
 
 
+# Sample rates the agent reads (stdin, files): 768 kHz is the fastest audio interfaces; below 1 kHz is no
+# sound the model hears, and a file claiming 1 Hz would be resampled 16000-fold into gigabytes.
+MIN_SAMPLE_RATE, MAX_SAMPLE_RATE = 1000, 768000
+
+
 @dataclass(frozen=True)
 class AudioConfig:
     """Where audio comes from and how it is cut into windows."""
@@ -80,8 +85,8 @@ class AudioConfig:
 
     def __post_init__(self) -> None:
         _require("audio.source", bool(self.source.strip()), "must not be empty", self.source)
-        _require("audio.stdin_rate", 1000 <= self.stdin_rate <= 768000, "must be in 1000..768000",
-                 self.stdin_rate)
+        _require("audio.stdin_rate", MIN_SAMPLE_RATE <= self.stdin_rate <= MAX_SAMPLE_RATE,
+                 f"must be in {MIN_SAMPLE_RATE}..{MAX_SAMPLE_RATE}", self.stdin_rate)
         _require("audio.stdin_channels", 1 <= self.stdin_channels <= 64, "must be in 1..64",
                  self.stdin_channels)
         _require("audio.block_size", 1 <= self.block_size <= 1 << 20, "must be in 1..1048576",
@@ -328,8 +333,8 @@ class LevelsConfig:
             _require("levels.offset_db", _finite(self.offset_db) and 0 <= self.offset_db <= 200,
                      "must be in 0..200 (a MEMS mic's dBFS-to-SPL offset is about 90-130)", self.offset_db)
         if self.alert_laeq_db is not None:
-            _require("levels.alert_laeq_db", _finite(self.alert_laeq_db) and -200 <= self.alert_laeq_db <= 200,
-                     "must be in -200..200", self.alert_laeq_db)
+            in_range = _finite(self.alert_laeq_db) and -200 <= self.alert_laeq_db <= 200
+            _require("levels.alert_laeq_db", in_range, "must be in -200..200", self.alert_laeq_db)
         for key in ("alert_from", "alert_to"):
             value = getattr(self, key)
             _require(f"levels.{key}", bool(_CLOCK_TIME.match(value)), 'must be a 24-hour "HH:MM"', value)

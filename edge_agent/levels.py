@@ -573,6 +573,48 @@ class LevelMeter:
         )
 
 
+@dataclass(frozen=True)
+class WindowLevels:
+    """LAeq and LAFmax of one stretch of audio (a detection's window), in dB SPL or dBFS."""
+
+    laeq: float
+    lafmax: float
+    calibrated: bool
+
+    def to_dict(self) -> dict[str, float | bool | str]:
+        """The ``level`` block of an event: levels to 0.01 dB, unit and calibrated flag."""
+        return {"laeq": round(self.laeq, 2), "lafmax": round(self.lafmax, 2),
+                "unit": "dB" if self.calibrated else "dBFS", "calibrated": self.calibrated}
+
+
+def window_levels(samples: np.ndarray, rate: int, offset_db: float | None = None) -> WindowLevels:
+    """LAeq and LAFmax of ``samples`` alone, filtered from silence (the few ms of filter settling and the
+    fast weighting starting at zero can only read low). Costs about one meter-second: for detections only.
+    """
+    weighted = filter_weighted(np.asarray(samples, dtype=np.float32), rate, "A")  # (n,) float64
+    squared = np.square(weighted)
+    offset = offset_db or 0.0
+    laeq = _db(float(np.mean(squared))) if len(squared) else SILENCE_DBFS
+    return WindowLevels(laeq + offset, _db(_fast_weighted_max(squared, rate)) + offset, offset_db is not None)
+
+
+def _fast_weighted_max(squared: np.ndarray, rate: int) -> float:
+    """Max of the fast (125 ms) exponential average of ``squared``, from zero, second by second.
+
+    e[n] = a e[n-1] + (1 - a) x[n] is, within a chunk, a^(n+1) e[-1] + (1 - a) a^n cumsum(a^-k x[k]);
+    chunks of one second keep a^-k below e^8, far from float64 overflow.
+    """
+    decay = math.exp(-1.0 / (TAU_FAST_S * rate))
+    carried, peak = 0.0, 0.0
+    for start in range(0, len(squared), rate):
+        chunk = squared[start : start + rate]
+        k = np.arange(len(chunk))
+        grown = np.cumsum(chunk * decay ** (-k))
+        laf = decay ** (k + 1) * carried + (1 - decay) * decay**k * grown
+        carried, peak = float(laf[-1]), max(peak, float(laf.max()))
+    return peak
+
+
 # ---------------------------------------------------------------------------------------------------
 # Calibration
 # ---------------------------------------------------------------------------------------------------

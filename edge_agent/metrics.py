@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, disable_created_metrics
 
 # The *_created series double the scrape size on a Pi and no dashboard or alert rule uses them.
@@ -11,6 +13,12 @@ disable_created_metrics()
 INFERENCE_BUCKETS_S = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0)
 # Delivery latency is event creation -> PUBACK or HTTP 2xx; minutes-long outages drain from the disk queue.
 PUBLISH_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
+# 1-s LAeq distribution: 5 dB steps over a street's range, in dB SPL when calibrated, else in dBFS.
+LEVEL_BUCKETS_SPL_DB = tuple(float(db) for db in range(30, 125, 5))
+LEVEL_BUCKETS_DBFS = tuple(float(db) for db in range(-100, 5, 5))
+# (weighting, stat) of every sound-level gauge: exported as NaN until the meter has measured it.
+LEVEL_STATS = (("A", "eq_1s"), ("A", "fmax_1s"), ("A", "eq_1min"), ("A", "max_1min"), ("A", "l10_1min"),
+               ("A", "l90_1min"), ("C", "eq_1min"))
 
 
 class AgentMetrics:
@@ -44,6 +52,7 @@ class AgentMetrics:
             ["label"], registry=r)
         self._define_delivery(r)
         self._define_model(r)
+        self._define_levels(r)
 
     def _define_delivery(self, r: CollectorRegistry) -> None:
         """Per output (``output`` label: mqtt, webhook): the durable queue, deliveries and their latency."""
@@ -63,6 +72,12 @@ class AgentMetrics:
             "earshot_delivery_failures_total", "Delivery attempts that failed and will be retried",
             ["output"], registry=r)
 
+    def init_labels(self, labels: Sequence[str]) -> None:
+        """Create every class's series at 0, so dashboards show 0 rather than no data before a detection."""
+        for label in labels:
+            for metric in (self.detections, self.last_score, self.last_detection_ts):
+                metric.labels(label=label)
+
     def init_output(self, output: str) -> None:
         """Create an output's series at 0, so dashboards show 0 rather than no data before the first event."""
         for metric in (self.queue_depth, self.queue_dropped, self.events_delivered, self.delivery_failures,
@@ -79,3 +94,26 @@ class AgentMetrics:
             "earshot_model_reloads_total", "Model reload attempts", ["result"], registry=r)
         for result in ("ok", "failed"):
             self.model_reloads.labels(result=result)
+
+    def _define_levels(self, r: CollectorRegistry) -> None:
+        """Sound levels (edge_agent/levels.py); ``define_level_histogram`` adds the 1-s LAeq histogram."""
+        self.sound_level = Gauge(
+            "earshot_sound_level_db", "Latest sound level: dB SPL when calibrated, else dBFS",
+            ["weighting", "stat"], registry=r)
+        for weighting, stat in LEVEL_STATS:
+            self.sound_level.labels(weighting=weighting, stat=stat).set(float("nan"))
+        self.sound_level_calibrated = Gauge(
+            "earshot_sound_level_calibrated", "1 when levels are dB SPL (calibrated), 0 when dBFS-relative",
+            registry=r)
+        self.level_histogram: Histogram | None = None
+
+    def define_level_histogram(self, calibrated: bool) -> Histogram:
+        """The 1-s LAeq histogram, with buckets for dB SPL or dBFS (known once the config is): once."""
+        if self.level_histogram is None:
+            buckets = LEVEL_BUCKETS_SPL_DB if calibrated else LEVEL_BUCKETS_DBFS
+            self.level_histogram = Histogram(
+                "earshot_sound_level_laeq_1s_db",
+                "Distribution of 1-s LAeq (dB SPL when calibrated, else dBFS)", buckets=buckets,
+                registry=self.registry)
+            self.sound_level_calibrated.set(1 if calibrated else 0)
+        return self.level_histogram

@@ -20,18 +20,20 @@ from edge_agent.config import AgentConfig
 from edge_agent.detector import Detection, Detector, resolve_thresholds
 from edge_agent.events import ModelRef, make_event
 from edge_agent.frontend import StreamingLogMel
+from edge_agent.level_reporting import LevelReport, SoundLevels
 from edge_agent.metrics import AgentMetrics
 from edge_agent.onnx_model import OnnxModel
 from edge_agent.publishers.base import Publisher
 from edge_agent.resample import StreamResampler, downmix
 from edge_agent.ring_buffer import RingBuffer
-from edge_agent.sources import AudioSource
+from edge_agent.sources import AudioSource, ring_frames
 from edge_agent.windowing import Window, Windower, hop_samples
 
 logger = logging.getLogger(__name__)
 
 READ_FRAMES = 4096  # consumer read size; any value gives the same scores (the frame contract)
 STALL_AFTER_S = 5.0  # /healthz turns 503 when a live source delivered nothing for this long
+STATUS_EVERY_S = 5.0  # how often outputs get the agent status (HA's diagnostic entities show it)
 RTF_SMOOTHING = 0.05  # weight of the newest window in the real-time-factor gauge
 
 
@@ -67,8 +69,7 @@ class Pipeline:
         self.features = StreamingLogMel(params, self.hop)
         self.resampler = StreamResampler(source.sample_rate, params.sample_rate)
         self.detector = Detector(model.labels, config.detector, model.metadata.thresholds)
-        capacity = max(int(config.audio.ring_seconds * source.sample_rate), 4 * config.audio.block_size)
-        self.ring = RingBuffer(capacity, source.channels, source.dtype)
+        self.ring = RingBuffer(ring_frames(config.audio, source.sample_rate), source.channels, source.dtype)
         self.model_ref = ModelRef(model.metadata.name, model.metadata.version, model.sha256)
         self.stall_after_s = stall_after_s
         self.stop_event = threading.Event()
@@ -82,9 +83,15 @@ class Pipeline:
         self.nonfinite_blocks = 0  # blocks that carried NaN/Inf samples (replaced by silence)
         self._source_failures_seen = 0
         # Children resolved once: a labels() lookup per class per window costs more than the model.
+        self.metrics.init_labels(model.labels)
         self._score_gauges = [self.metrics.last_score.labels(label=label) for label in model.labels]
+        self.status_every_s = STATUS_EVERY_S
+        self._next_status = 0.0  # monotonic time of the next status report (0: at once)
         self._offered: tuple[OnnxModel, float] | None = None  # a verified model waiting for the next window
         self._heard = 0  # model-rate samples heard when the current window completed
+        self.levels = (SoundLevels(config.levels, self.rate, config.device_id, self.metrics,
+                                   lambda stream_s: self.clock_origin + stream_s)
+                       if config.levels.enabled else None)
         self._consumer = threading.Thread(target=self._consume, name="earshot-consumer", daemon=True)
 
     # --- lifecycle (main thread) ---
@@ -134,11 +141,15 @@ class Pipeline:
             healthy, reason = publisher.health()
             if not healthy:
                 return False, f"{publisher.name}: {reason}"
-        last = self._last_audio or self._started
-        silent_for = time.monotonic() - last
-        if self.source.live and silent_for > self.stall_after_s:
+        silent_for = self._stalled_for()
+        if silent_for is not None:
             return False, f"audio stalled: no samples for {silent_for:.1f} s"
         return True, "ok"
+
+    def _stalled_for(self) -> float | None:
+        """Seconds a live source has delivered nothing, once that is past ``stall_after_s``; else None."""
+        silent_for = time.monotonic() - (self._last_audio or self._started)
+        return silent_for if self.source.live and silent_for > self.stall_after_s else None
 
     def _set_model_metrics(self) -> None:
         """Model info and the ungated flag."""
@@ -155,6 +166,7 @@ class Pipeline:
         try:
             while not self.stop_event.is_set():
                 block = self.ring.read(READ_FRAMES, timeout=0.25)
+                self._report_status()
                 self._count_source_failures()
                 if block is None:
                     break
@@ -167,6 +179,21 @@ class Pipeline:
         if self.ring.error and not self.error:
             self.error = self.ring.error
             self.metrics.audio_source_errors.inc()
+
+    def _report_status(self) -> None:
+        """Every ``status_every_s``: the agent status to every output (``publish_state("agent", ...)``)."""
+        if time.monotonic() < self._next_status:
+            return
+        self._next_status = time.monotonic() + self.status_every_s
+        healthy, reason = self.health()
+        meta = self.model.metadata
+        status = {"healthy": healthy, "reason": reason, "audio_stalled": self._stalled_for() is not None,
+                  "model": {"name": meta.name, "version": meta.version, "sha256": self.model.sha256}}
+        for publisher in self.publishers:
+            try:
+                publisher.publish_state("agent", status)
+            except Exception:  # a status report is never worth the audio thread
+                logger.exception("output %s failed on the agent status", publisher.name)
 
     def _count_source_failures(self) -> None:
         """A device that went away (and is being retried) is counted and logged once per loss."""
@@ -193,7 +220,24 @@ class Pipeline:
         """Model-rate audio on its way to the windower; outputs that keep audio (clip capture) hear it too."""
         for publisher in self.publishers:
             publisher.hear(samples)
+        if self.levels is not None:
+            self._report_levels(self.levels.hear(samples))
         return samples
+
+    def _report_levels(self, report: LevelReport) -> None:
+        """Minute summaries to every output; noise-alert episodes out as events."""
+        for summary in report.summaries:
+            self._publish_state("level", summary)
+        for detection, level in report.alerts:
+            self._emit([detection], level)
+
+    def _publish_state(self, kind: str, state: dict) -> None:
+        """A state report to every output; one output's failure costs the others nothing."""
+        for publisher in self.publishers:
+            try:
+                publisher.publish_state(kind, state)
+            except Exception:  # a state report is never worth the audio thread
+                logger.exception("output %s failed on a %s report", publisher.name, kind)
 
     def _finite(self, samples: np.ndarray) -> np.ndarray:
         """Replace NaN/Inf samples (a broken float source) by silence, so they cost only their own windows."""
@@ -212,6 +256,9 @@ class Pipeline:
                 self._process_window(window)
         now = self.windower.samples_received / self.rate + self.lost_seconds
         self._emit(self.detector.flush(now))
+        if self.levels is not None:
+            for detection, level in self.levels.flush(self.windower.samples_received / self.rate):
+                self._emit([detection], level)
 
     def _process_window(self, window: Window) -> None:
         """Features, model, metrics, detector and outputs for one window."""
@@ -227,7 +274,8 @@ class Pipeline:
         self._heard = heard
         detections = self.detector.update(scores, now)
         self._observe(scores, done - started)
-        self._emit(detections)
+        if detections:
+            self._emit(detections, self.levels.window(window.samples) if self.levels is not None else None)
         if self.on_window is not None:
             self.on_window(WindowResult(window, now, scores, featured - started, done - featured,
                                         tuple(detections)))
@@ -255,10 +303,12 @@ class Pipeline:
         for gauge, score in zip(self._score_gauges, scores.tolist(), strict=True):
             gauge.set(score)
 
-    def _emit(self, detections: list[Detection]) -> None:
-        """Hand each event to every output in order, and count starts."""
+    def _emit(self, detections: list[Detection], level: dict | None = None) -> None:
+        """Hand each event (with the ``level`` of its window, when metered) to every output in order."""
         for detection in detections:
             event = make_event(detection, self.config.device_id, self.model_ref, self.clock_origin)
+            if level is not None:
+                event["level"] = dict(level)
             for publisher in self.publishers:
                 self._publish(publisher, event)
             if detection.kind == "start":
