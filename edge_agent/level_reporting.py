@@ -18,7 +18,7 @@ import numpy as np
 from edge_agent.config import LevelsConfig
 from edge_agent.detector import Detection
 from edge_agent.events import utc_iso
-from edge_agent.levels import LevelMeter, Levels, MinuteLevels, SecondLevels, window_levels
+from edge_agent.levels import LevelMeter, Levels, MinuteLevels, SecondLevels, WindowMeter
 from edge_agent.metrics import AgentMetrics
 from edge_agent.noise_alert import NoiseAlert
 
@@ -46,6 +46,7 @@ class SoundLevels:
     ) -> None:
         self.rate, self.device_id, self.offset_db = rate, device_id, config.offset_db
         self.meter = LevelMeter(rate, config.offset_db)
+        self.window_meter = WindowMeter(rate, config.offset_db)
         self.alert = NoiseAlert(config) if config.alert_laeq_db is not None else None
         self.unix_time = unix_time
         gauge = metrics.sound_level.labels
@@ -72,7 +73,7 @@ class SoundLevels:
 
     def window(self, samples: np.ndarray) -> dict[str, Any]:
         """The ``level`` block of a detection event: LAeq and LAFmax of the window that decided it."""
-        return window_levels(samples, self.rate, self.offset_db).to_dict()
+        return self.window_meter.measure(samples).to_dict()
 
     def flush(self, now: float) -> list[tuple[Detection, dict[str, Any]]]:
         """End of stream: the noise alert's open episode ends now."""

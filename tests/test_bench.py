@@ -38,6 +38,8 @@ def test_json_report_has_the_documented_keys(siren_model: Path, tmp_path: Path) 
     assert report["model"]["sha256"] != report["compare"]["model"]["sha256"]
     assert report["int8_vs_fp32_speedup"] > 0
     assert report["input_rate"] == 16000 and 0 <= report["resample_share"] < 1  # passthrough at 16 kHz
+    assert 0 < report["level_rtf"] <= report["rtf"] and 0 < report["level_share"] < 1  # the meter ran
+    assert report["targets"]["level_share"] == 0.10
 
 
 @pytest.mark.parametrize("rate", [44100, 48000])
