@@ -268,7 +268,7 @@ def exposed_metric_names() -> set[str]:
     suffixes = {"counter": ["_total"], "gauge": [""], "info": ["_info"],
                 "histogram": ["_bucket", "_sum", "_count"]}
     registry = CollectorRegistry()
-    AgentMetrics(registry)
+    AgentMetrics(registry).define_level_histogram(calibrated=True)  # the agent defines it: levels are on
     return {family.name + suffix for family in registry.collect() for suffix in suffixes[family.type]}
 
 
@@ -308,7 +308,8 @@ def test_dashboard_covers_the_operators_questions() -> None:
                    "(rate(earshot_inference_latency_seconds_bucket", "earshot_detections_total",
                    "earshot_mqtt_connected", "earshot_queue_depth", "earshot_delivery_latency_seconds_bucket",
                    "earshot_queue_dropped_total", "earshot_ring_buffer_overruns_total",
-                   "earshot_last_detection_timestamp_seconds"):
+                   "earshot_last_detection_timestamp_seconds", "earshot_sound_level_db",
+                   "earshot_sound_level_laeq_1s_db_bucket"):
         assert needed in text, needed
     board = json.loads(DASHBOARD.read_text())
     ids = [panel["id"] for panel in board["panels"]]

@@ -32,6 +32,11 @@ def quantiles(metric: str, per: str = "") -> list[dict[str, str]]:
               f"p{int(p * 100)} {legend}") for p in (0.5, 0.95, 0.99)]
 
 
+def level(weighting: str, stat: str) -> str:
+    """One sound-level gauge series."""
+    return f'earshot_sound_level_db{{weighting="{weighting}", stat="{stat}", {SEL}}}'
+
+
 # (title, panel type, queries, unit, width, thresholds): rows are laid out left to right, top to bottom.
 PANELS: list[tuple[str, str, list[dict[str, str]], str, int, list[tuple[float, str]]]] = [
     ("Agent up", "stat", [q(f'up{{job="earshot", {SEL}}}')], "none", 4, [(0, "red"), (1, "green")]),
@@ -80,6 +85,18 @@ PANELS: list[tuple[str, str, list[dict[str, str]], str, int, list[tuple[float, s
      [q(f"max by (instance, name, version, sha256) (earshot_model_info{{{SEL}}})", "{{name}}"),
       q(f"sum by (instance, result) (earshot_model_reloads_total{{{SEL}}})", "reloads {{result}}")],
      "none", 12, []),
+    ("Sound level, 1 s (dB SPL when calibrated, else dBFS)", "timeseries",
+     [q(level("A", "eq_1s"), "LAeq,1s {{instance}}"), q(level("A", "fmax_1s"), "LAFmax {{instance}}")],
+     "dB", 12, []),
+    ("Sound level per minute", "timeseries",
+     [q(level("A", "eq_1min"), "LAeq,1min {{instance}}"), q(level("A", "l10_1min"), "LA10 {{instance}}"),
+      q(level("A", "l90_1min"), "LA90 {{instance}}"), q(level("C", "eq_1min"), "LCeq,1min {{instance}}")],
+     "dB", 12, []),
+    ("Level distribution (1-s LAeq per 5 min)", "heatmap",
+     [q(f"sum by (le) (increase(earshot_sound_level_laeq_1s_db_bucket{{{SEL}}}[5m]))", "{{le}}")],
+     "short", 18, []),
+    ("Levels calibrated", "stat", [q(f"earshot_sound_level_calibrated{{{SEL}}}")], "none", 6,
+     [(0, "orange"), (1, "green")]),
 ]
 
 
@@ -107,6 +124,10 @@ def panel(index: int, row: tuple, x: int, y: int) -> dict[str, Any]:
         result["options"] = {"reduceOptions": {"calcs": ["lastNotNull"]}, "colorMode": "background"}
     if kind == "table":
         result["transformations"] = [{"id": "merge"}]
+    if kind == "heatmap":  # Prometheus' cumulative buckets, drawn as a distribution over time
+        for target in targets:
+            target["format"] = "heatmap"
+        result["options"] = {"calculate": False, "yAxis": {"unit": "dB"}, "cellGap": 1}
     return result
 
 
