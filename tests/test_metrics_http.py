@@ -32,6 +32,9 @@ CONTRACT_METRICS = {
     "earshot_model": "info",
     "earshot_model_ungated": "gauge",
     "earshot_model_reloads": "counter",
+    "earshot_clip_write_failures": "counter",
+    "earshot_sound_level_db": "gauge",
+    "earshot_sound_level_calibrated": "gauge",
 }
 
 
