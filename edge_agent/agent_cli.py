@@ -6,6 +6,7 @@ import argparse
 import dataclasses
 import json
 import logging
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -166,6 +167,16 @@ def run_command(name: str, parser: argparse.ArgumentParser, run: Callable[[argpa
         return 2
     except KeyboardInterrupt:  # Ctrl-C before the pipeline's own handler is installed
         return 130
+    except BrokenPipeError:  # ``| head`` read what it wanted and left: that ends the output, quietly
+        silence_stdout()
+        return 0
+
+
+def silence_stdout() -> None:
+    """Point stdout at /dev/null once its reader is gone, so Python's flush at exit raises nothing."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -31,6 +31,7 @@ else:  # pragma: no cover - exercised on Python 3.10 only
 ENV_PREFIX = "EARSHOT_"
 _MQTT_URL = re.compile(r"^(mqtts?)://([^:/\s]+)(?::(\d{1,5}))?/?$")
 _TOPIC_UNSAFE = re.compile(r"[+#/\s]")
+_USERINFO = re.compile(r"^([a-z]+://)[^/]*@")  # scheme://user:password@host
 
 
 class ConfigError(ValueError):
@@ -64,6 +65,13 @@ def _require(key: str, ok: bool, rule: str, value: Any) -> None:
 
 def _finite(value: float) -> bool:
     return isinstance(value, (int, float)) and math.isfinite(value)
+
+
+def _reject_userinfo(key: str, url: str, instead: str) -> None:
+    """A URL with ``user:password@`` is refused, and shown without them: credentials come another way."""
+    if _USERINFO.match(url):
+        shown = _USERINFO.sub(r"\1<hidden>@", url)
+        raise ConfigError(f"{key}: must not hold a user name or password (got {shown}); {instead}")
 
 
 # Sample rates the agent reads (stdin, files): 768 kHz is the fastest audio interfaces; below 1 kHz is no
@@ -203,6 +211,8 @@ class MqttConfig:
     qos: int = 1
 
     def __post_init__(self) -> None:
+        _reject_userinfo("mqtt.url", self.url, "set mqtt.username, and the password in EARSHOT_MQTT_PASSWORD "
+                         "or mqtt.password_file")
         _require("mqtt.url", self.url == "none" or _MQTT_URL.match(self.url) is not None,
                  'must be "none" or mqtt://host[:port] or mqtts://host[:port]', self.url)
         _require("mqtt.url", self.port is None or 1 <= self.port <= 65535, "port must be in 1..65535",
@@ -290,6 +300,8 @@ class WebhookConfig:
     retry_max_s: float = 60.0
 
     def __post_init__(self) -> None:
+        _reject_userinfo("webhook.url", self.url, "the endpoint gets a bearer token from "
+                         "EARSHOT_WEBHOOK_TOKEN or webhook.token_file")
         _require("webhook.url", self.url == "none" or _HTTP_URL.match(self.url) is not None,
                  'must be "none" or http(s)://host[:port][/path]', self.url)
         if self.token is not None:
@@ -503,6 +515,8 @@ def read_toml(path: str | os.PathLike) -> dict[str, Any]:
         raise ConfigError(f"config file {str(path)!r}: {error.strerror or error}") from None
     except tomllib.TOMLDecodeError as error:
         raise ConfigError(f"config file {str(path)!r}: invalid TOML: {error}") from None
+    except RecursionError:  # tomllib recurses per nested array or inline table
+        raise ConfigError(f"config file {str(path)!r}: invalid TOML: values nested too deeply") from None
     except UnicodeDecodeError as error:
         raise ConfigError(f"config file {str(path)!r}: not UTF-8 text ({error.reason} at byte {error.start})"
                           ) from None

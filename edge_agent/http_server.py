@@ -14,6 +14,9 @@ from edge_agent.metrics import AgentMetrics
 logger = logging.getLogger(__name__)
 
 HealthCheck = Callable[[], "tuple[bool, str]"]
+# Seconds a connection may send nothing before it is closed: each one holds a handler thread, and a client
+# that connects and never speaks would hold it forever. A scrape's request arrives in milliseconds.
+IDLE_TIMEOUT_S = 5.0
 
 
 class MetricsServer(ThreadingHTTPServer):
@@ -44,6 +47,7 @@ class _Handler(BaseHTTPRequestHandler):
     """Routes GET /metrics and /healthz; everything else is 404."""
 
     server: MetricsServer
+    timeout = IDLE_TIMEOUT_S  # socket timeout set by StreamRequestHandler.setup
 
     def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
         """Serve one request."""

@@ -14,7 +14,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TextIO
 
 import edge_agent.one_blas_thread  # noqa: F401 (first: one BLAS thread, set before numpy loads)
-from edge_agent.agent_cli import UsageError, add_shared_flags, model_path, run_command
+from edge_agent.agent_cli import UsageError, add_shared_flags, model_path, run_command, silence_stdout
 from edge_agent.config import AgentConfig, StdoutConfig, load_config
 from edge_agent.detector import rank
 from edge_agent.windowing import DEFAULT_HOP_SECONDS
@@ -149,14 +149,26 @@ def listen(config: AgentConfig, k: int, out: TextIO, tty: bool) -> int:
     """Show every window's scores until the source ends or Ctrl-C; 0 ok, 1 if the source failed."""
     _require_top_k(k)
     displays: list[Display] = []
+    reader_gone: list[bool] = []
 
     def make_callback(pipeline: Any) -> Callable[[Any], None]:
         detector = pipeline.detector
         display = Display(out, detector.labels, detector.thresholds, config.detector.listen, k, tty)
         displays.append(display)
-        return lambda result: display.show(result.time_s, result.scores.tolist(), detector.active())
+
+        def show(result: Any) -> None:
+            try:
+                display.show(result.time_s, result.scores.tolist(), detector.active())
+            except BrokenPipeError:  # ``earshot listen | head``: the reader has what it wanted
+                reader_gone.append(True)
+                pipeline.stop()
+
+        return show
 
     pipeline = run_offline(config, make_callback)
+    if reader_gone:
+        silence_stdout()
+        return 0
     for display in displays:
         display.close()
     if pipeline.error:

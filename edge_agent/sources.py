@@ -16,7 +16,7 @@ from typing import Any, BinaryIO, Protocol
 
 import numpy as np
 
-from edge_agent.config import AudioConfig
+from edge_agent.config import MAX_SAMPLE_RATE, MIN_SAMPLE_RATE, AudioConfig
 from edge_agent.ring_buffer import RingBuffer
 
 logger = logging.getLogger(__name__)
@@ -43,6 +43,9 @@ class AudioSource(Protocol):
 
 
 MIC_RETRY_MIN_S = 1.0  # first retry after a device loss; doubles up to the maximum
+# The buffer between capture and the consumer: 10 s of 48 kHz stereo float32 is 3.8 MB. Past this it is not a
+# buffer but most of the unit's MemoryMax=400M (768 kHz x 64 channels of stdin wanted 983 MB).
+MAX_RING_BYTES = 128 << 20
 MIC_RETRY_MAX_S = 30.0
 
 
@@ -258,6 +261,9 @@ class FileSource(_ThreadSource):
         except Exception as error:  # soundfile.LibsndfileError (RuntimeError) for corrupt/unknown formats
             raise SourceError(f"cannot read audio file {path}: {_first_line(error)}") from None
         self.sample_rate, self.channels = int(info.samplerate), int(info.channels)
+        if not MIN_SAMPLE_RATE <= self.sample_rate <= MAX_SAMPLE_RATE:  # a broken or hostile header
+            raise SourceError(f"audio file {path}: its header says {self.sample_rate} Hz, outside the "
+                              f"{MIN_SAMPLE_RATE}..{MAX_SAMPLE_RATE} Hz the agent reads")
         self.description = f"file {path}"
 
     def _blocks(self) -> Any:
@@ -308,11 +314,31 @@ def _first_line(error: BaseException) -> str:
     return text.splitlines()[0] if text else type(error).__name__
 
 
+def ring_frames(config: AudioConfig, rate: int) -> int:
+    """Frames of the ring buffer for a source at ``rate``: ``ring_seconds`` of audio, at least 4 blocks."""
+    return max(int(config.ring_seconds * rate), 4 * config.block_size)
+
+
+def check_ring_size(config: AudioConfig, source: AudioSource) -> None:
+    """SourceError (one line naming the keys) when the source's ring buffer would exceed MAX_RING_BYTES."""
+    size = ring_frames(config, source.sample_rate) * source.channels * np.dtype(source.dtype).itemsize
+    if size > MAX_RING_BYTES:
+        raise SourceError(
+            f"audio.ring_seconds: a ring buffer of {config.ring_seconds:g} s (at least 4 audio.block_size "
+            f"blocks) of {source.sample_rate} Hz x {source.channels} channels needs {size / 1e6:.0f} MB, "
+            f"over {MAX_RING_BYTES >> 20} MiB; lower audio.ring_seconds or audio.block_size, or the rate or "
+            "the channels")
+
+
 def open_source(config: AudioConfig, preferred_rate: int, stdin: BinaryIO | None = None) -> AudioSource:
     """``mic``/``mic:NAME_OR_INDEX``, ``-`` (stdin) or a file path -> an unstarted source."""
     spec = config.source
+    source: AudioSource
     if spec == "-":
-        return StdinSource(config.stdin_rate, config.stdin_channels, config.block_size, stdin)
-    if spec == "mic" or spec.startswith("mic:"):
-        return MicSource(spec[4:] or None, config.block_size, preferred_rate)
-    return FileSource(spec, config.block_size, config.fast)
+        source = StdinSource(config.stdin_rate, config.stdin_channels, config.block_size, stdin)
+    elif spec == "mic" or spec.startswith("mic:"):
+        source = MicSource(spec[4:] or None, config.block_size, preferred_rate)
+    else:
+        source = FileSource(spec, config.block_size, config.fast)
+    check_ring_size(config, source)
+    return source
