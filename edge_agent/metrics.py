@@ -43,6 +43,9 @@ class AgentMetrics:
         self.audio_source_errors = Counter(
             "earshot_audio_source_errors_total", "Audio source failures (device lost, read errors)",
             registry=r)
+        self.clip_write_failures = Counter(
+            "earshot_clip_write_failures_total", "Clips that could not be written (read-only or full disk)",
+            registry=r)
         self.detections = Counter(
             "earshot_detections_total", "Detection start events", ["label"], registry=r)
         self.last_score = Gauge(

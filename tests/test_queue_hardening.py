@@ -24,6 +24,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 from support.mosquitto import free_port
 from support.onnx_models import noise, siren_sweep, to_s16le, write_audio, write_card
+from support.tmpfs import mounted_tmpfs
 from support.unprivileged import agent_as_nobody, drop_reason, nobody, world_readable_dir
 
 from edge_agent.config import MqttConfig, QueueConfig, WebhookConfig
@@ -233,17 +234,8 @@ def test_only_a_really_corrupt_queue_is_moved_aside_and_its_events_counted(
 @pytest.fixture()
 def small_disk() -> Iterator[Path]:
     """A real 4 MiB file system (tmpfs) that fills up; skipped where this host cannot mount one."""
-    if os.geteuid() != 0 or shutil.which("mount") is None:
-        pytest.skip("mounting a small tmpfs needs root and mount(8)")
-    with world_readable_dir() as base:
-        done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(base)],
-                              capture_output=True, text=True)
-        if done.returncode:
-            pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
-        try:
-            yield base
-        finally:
-            subprocess.run(["umount", "-l", str(base)], check=False)
+    with world_readable_dir() as base, mounted_tmpfs(base, "4m"):
+        yield base
 
 
 def fill_queue(queue: DiskQueue) -> tuple[int, int]:

@@ -31,7 +31,7 @@ def make_publishers(
     if config.capture.enabled:
         from edge_agent.publishers.capture import ClipCapture
 
-        publishers.append(ClipCapture(config.capture, sample_rate))
+        publishers.append(ClipCapture(config.capture, sample_rate, metrics))
     if config.stdout.enabled or out is not None:
         from edge_agent.publishers.stdout import StdoutPublisher
 

@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from edge_agent.config import CaptureConfig
+from edge_agent.metrics import AgentMetrics
 from edge_agent.publishers.base import OutputSetupError, Publisher
 
 logger = logging.getLogger(__name__)
@@ -33,8 +34,11 @@ CLIP_SUFFIX = ".flac"
 # Only files the agent itself named are ever deleted by retention.
 CLIP_NAME = re.compile(r"^\d{8}T\d{6}\.\d{3}Z_[A-Za-z0-9_-]+_[0-9a-f]{8}\.flac$")
 _UNSAFE = re.compile(r"[^A-Za-z0-9_-]")
+PART_NAME = re.compile(r"^\.\d{8}T\d{6}\.\d{3}Z_[A-Za-z0-9_-]+_[0-9a-f]{8}\.flac\.part$")  # being written
 WRITE_QUEUE = 32  # clips waiting for the writer; beyond this a clip is dropped and logged
 RETENTION_EVERY_S = 3600.0  # the age limit also applies when no alert comes for a long time
+# A read-only or full card fails every clip the same way: say it once, then this often; the metric counts all.
+FAILURE_LOG_EVERY_S = 600.0
 
 
 class CaptureError(OutputSetupError):
@@ -102,8 +106,11 @@ class ClipCapture(Publisher):
 
     name = "capture"
 
-    def __init__(self, config: CaptureConfig, sample_rate: int) -> None:
+    def __init__(self, config: CaptureConfig, sample_rate: int, metrics: AgentMetrics | None = None) -> None:
         self.config, self.rate = config, sample_rate
+        self.metrics = metrics if metrics is not None else AgentMetrics()
+        self.metrics.clip_write_failures.inc(0)
+        self._failure_logged_at: float | None = None  # monotonic time of the last failure log line
         self.directory = Path(config.dir).expanduser()
         self.pre_samples = int(round(config.pre_roll_s * sample_rate))
         self.post_samples = int(round(config.post_roll_s * sample_rate))
@@ -120,6 +127,7 @@ class ClipCapture(Publisher):
         """Create the directory (owner-only) and start the writer; retention runs once now."""
         try:
             self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+            self._remove_partials()
             self._retain()
         except OSError as error:
             detail = error.strerror or error
@@ -186,15 +194,28 @@ class ClipCapture(Publisher):
             try:
                 item = self._queue.get(timeout=RETENTION_EVERY_S)
             except queue.Empty:
-                self._retain()
+                self._retain_safely()
                 continue
             if item is None:
                 return
-            try:
-                self._write(*item)
-                self._retain()
-            except Exception:  # the writer's boundary: a bad disk must not stop detection
-                logger.exception("could not write clip %s", item[0])
+            self._store(*item)
+            self._retain_safely()
+
+    def _store(self, name: str, samples: np.ndarray) -> None:
+        """Write one clip; a failure is counted and logged, never the end of the writer."""
+        try:
+            self._write(name, samples)
+        except (OSError, RuntimeError) as error:  # RuntimeError: libsndfile's; read-only, full, gone
+            self._write_failed(name, error)
+        except Exception:  # the writer's boundary: a bad disk must not stop detection
+            logger.exception("could not write clip %s", name)
+
+    def _retain_safely(self) -> None:
+        """Retention on the writer thread: a read-only directory cannot shrink, and must not stop it."""
+        try:
+            self._retain()
+        except OSError as error:
+            logger.debug("retention in %s failed: %s", self.directory, error)
 
     def _write(self, name: str, samples: np.ndarray) -> None:
         """FLAC 16-bit via a temporary name, then an atomic rename."""
@@ -205,13 +226,50 @@ class ClipCapture(Publisher):
             return
         final = self.directory / name
         partial = final.with_name("." + name + ".part")
-        sf.write(str(partial), np.clip(samples, -1.0, 1.0), self.rate, format="FLAC", subtype="PCM_16")
-        os.replace(partial, final)
+        try:
+            sf.write(str(partial), np.clip(samples, -1.0, 1.0), self.rate, format="FLAC", subtype="PCM_16")
+            os.replace(partial, final)
+        except BaseException:
+            _unlink_quietly(partial)  # a half-written clip is no clip; on a full disk it frees the space
+            raise
         self.written.append(name)
         logger.info("clip %s written (%.1f s)", name, len(samples) / self.rate)
+
+    def _write_failed(self, name: str, error: BaseException) -> None:
+        """Count every failed clip; log the first, then one line per FAILURE_LOG_EVERY_S (no traceback)."""
+        self.metrics.clip_write_failures.inc()
+        now = time.monotonic()
+        if self._failure_logged_at is not None and now - self._failure_logged_at < FAILURE_LOG_EVERY_S:
+            logger.debug("clip %s not written: %s", name, error)
+            return
+        self._failure_logged_at = now
+        logger.warning("clip %s not written to %s: %s; detection goes on, failures are counted in "
+                       "earshot_clip_write_failures_total and logged every %.0f min", name, self.directory,
+                       _first_line(error), FAILURE_LOG_EVERY_S / 60)
+
+    def _remove_partials(self) -> None:
+        """Clips a crash left half-written (only names the agent makes)."""
+        for path in self.directory.iterdir():
+            if PART_NAME.match(path.name):
+                _unlink_quietly(path)
+                logger.info("removed %s, a clip left half-written by an earlier run", path.name)
 
     def _retain(self) -> None:
         """Apply the size and age limits."""
         removed = apply_retention(self.directory, self.config.max_mb * 1e6, self.config.max_age_days * 86400)
         if removed:
             logger.info("retention removed %d old clip(s), oldest %s", len(removed), removed[0])
+
+
+def _unlink_quietly(path: Path) -> None:
+    """Remove ``path`` if it can be removed; on a read-only file system it cannot, and need not be."""
+    try:
+        path.unlink(missing_ok=True)
+    except OSError:
+        pass
+
+
+def _first_line(error: BaseException) -> str:
+    """One line of an exception message (libsndfile's can span several)."""
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
