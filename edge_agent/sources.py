@@ -17,6 +17,8 @@ from typing import Any, BinaryIO, Protocol
 import numpy as np
 
 from edge_agent.config import MAX_SAMPLE_RATE, MIN_SAMPLE_RATE, AudioConfig
+from edge_agent.events import utc_iso
+from edge_agent.file_time import recorded_start
 from edge_agent.ring_buffer import RingBuffer
 
 logger = logging.getLogger(__name__)
@@ -265,6 +267,24 @@ class FileSource(_ThreadSource):
             raise SourceError(f"audio file {path}: its header says {self.sample_rate} Hz, outside the "
                               f"{MIN_SAMPLE_RATE}..{MAX_SAMPLE_RATE} Hz the agent reads")
         self.description = f"file {path}"
+        self.recorded_at = self._recorded_at()
+
+    def _recorded_at(self) -> float | None:
+        """Unix time of the file's first sample when its metadata says (file_time.py); logged either way."""
+        found = recorded_start(self.path)
+        if found is None:
+            logger.info("%s has no recorded start time: event times count from when reading began; "
+                        "each event's source.started_s/ended_s give its offset into the file", self.path)
+            return None
+        logger.info("%s was recorded from %s (%s): event times count from then", self.path,
+                    utc_iso(found[0]), found[1])
+        return found[0]
+
+    def position(self, started_s: float, ended_s: float | None) -> dict[str, Any]:
+        """An event's ``source`` block: the file, the offsets in it, and what its times count from."""
+        return {"kind": "file", "name": Path(self.path).name, "started_s": round(started_s, 3),
+                "ended_s": None if ended_s is None else round(ended_s, 3),
+                "clock": "file" if self.recorded_at is not None else "read"}
 
     def _blocks(self) -> Any:
         """Blocks from the file, sleeping to real time unless fast."""
