@@ -17,6 +17,7 @@ SUBCOMMANDS: dict[str, tuple[str, str, bool]] = {
     "listen": ("edge_agent.listen", "show live class scores as bars, for tuning on site", False),
     "calibrate": ("edge_agent.calibrate", "suggest per-class thresholds from a site recording", False),
     "train": ("training.cli", "train and cross-validate models on UrbanSound8K", True),
+    "evaluate": ("training.evaluate.cli", "event recall, false alerts/hour and latency per split", True),
     "export": ("export.cli", "export a checkpoint to ONNX (FP32/INT8) with a model card", True),
     "gate": ("deploy.gate.cli", "run the robustness release gate on a model", True),
 }

@@ -34,7 +34,7 @@ def earshot(*args: str, unimportable: tuple[str, ...] = ()) -> subprocess.Comple
     return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=120)
 
 
-@pytest.mark.parametrize("command", ["train", "export", "gate"])
+@pytest.mark.parametrize("command", ["train", "evaluate", "export", "gate"])
 @pytest.mark.parametrize(("unimportable", "missing"), [
     (TRAINING_ONLY, "torch"),  # a checkout without the extras
     (CHECKOUT_ONLY, None),  # the wheel: no training/export/deploy, with or without torch
@@ -64,7 +64,7 @@ def test_the_agent_runs_its_help_on_a_base_install() -> None:
 def test_help_lists_every_command_and_unknown_ones_are_refused() -> None:
     listing = earshot("--help")
     assert listing.returncode == 0
-    for command in ("agent", "train", "export", "gate", "bench", "listen", "calibrate"):
+    for command in ("agent", "train", "evaluate", "export", "gate", "bench", "listen", "calibrate"):
         assert f"  {command}" in listing.stdout
     unknown = earshot("fly")
     assert unknown.returncode == 2 and "unknown command 'fly'" in unknown.stderr
