@@ -53,8 +53,12 @@ def _last_siren_state_is_off(messages: list) -> bool:
     return [m.payload for m in messages if m.topic.endswith("state/siren")][-1:] == [b"OFF"]
 
 
+def _is_event(topic: str) -> bool:
+    return topic.startswith("earshot/") and "/event/" in topic  # not homeassistant/event/... configs
+
+
 def _events(subscriber: Subscriber) -> list[dict]:
-    return [json.loads(m.payload) for m in subscriber.on("") if "/event/" in m.topic]
+    return [json.loads(m.payload) for m in subscriber.on("") if _is_event(m.topic)]
 
 
 def test_url_none_means_no_mqtt_output(tmp_path: Path) -> None:
@@ -79,7 +83,7 @@ def test_events_state_availability_and_discovery(mosquitto_broker: Mosquitto, tm
     start, end = contract_event(kind="start"), contract_event(kind="end", score=0.95)
     publisher.publish_event(start, 0)
     publisher.publish_event(end, 16000)
-    subscriber.wait_for(lambda ms: sum("/event/" in m.topic for m in ms) == 2)
+    subscriber.wait_for(lambda ms: sum(_is_event(m.topic) for m in ms) == 2)
     assert _events(subscriber) == [start, end]
     for event in _events(subscriber):
         jsonschema.validate(event, SCHEMA)

@@ -3,12 +3,20 @@
 Threads: the audio consumer calls ``publish_event`` (a fsync'd local write, never network I/O); paho's
 network thread connects, reconnects with exponential backoff and reports PUBACKs; our sender thread moves
 events from the disk queue to paho in order and deletes each from the queue only once it is acknowledged.
+
+What Home Assistant reads (attributes, state, the agent status) is retained and published directly, always
+the attributes before the state and every state before ``online``, so HA never shows a state without its
+attributes or a stale ``ON`` as live. HA's birth message (``<discovery_prefix>/status`` ``online``) gets
+discovery and every retained topic again, and discovery configs of this device that are no longer announced
+(a label dropped from the listen list) are removed.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import ssl
+import sys
 import threading
 import time
 from collections import deque
@@ -23,7 +31,8 @@ from edge_agent.events import to_json_line
 from edge_agent.metrics import AgentMetrics
 from edge_agent.publishers.base import OutputSetupError, Publisher
 from edge_agent.publishers.disk_queue import DiskQueue, QueuedEvent, open_output_queue
-from edge_agent.publishers.ha_discovery import Topics, discovery_messages
+from edge_agent.publishers.ha_discovery import Topics, config_filter, discovery_messages
+from edge_agent.publishers.mqtt_connection_log import ConnectionLog
 
 logger = logging.getLogger(__name__)
 
@@ -55,7 +64,17 @@ class MqttPublisher(Publisher):
         self.model = dict(model)
         self.metrics = metrics
         self._states: dict[str, str] = {label: "OFF" for label in self.labels}
-        self._states_lock = threading.Lock()
+        self._attributes: dict[str, str] = {}  # label -> its latest event's JSON
+        self._status: dict[str, Any] | None = None  # the latest agent status report
+        self._status_sent = ""  # its JSON as last published
+        # Held while retained topics are written: a state change cannot slip between (re)connect's
+        # snapshot and its ``online``.
+        self._retained_lock = threading.Lock()
+        self._discovery = (
+            discovery_messages(topics, config.discovery_prefix, self.labels, self.model, __version__)
+            if config.discovery else []
+        )
+        self._announced = {topic for topic, _ in self._discovery}
         self._acks: deque[tuple[int, bool]] = deque()  # (mid, refused) from paho's thread to the sender's
         self._inflight: dict[int, QueuedEvent] = {}  # mid -> event; touched by the sender thread only
         self._last_handed = 0  # highest queue seq handed to paho in this process
@@ -64,11 +83,14 @@ class MqttPublisher(Publisher):
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._sender = threading.Thread(target=self._run_sender, name="earshot-mqtt-sender", daemon=True)
-        self._unreachable_logged = False  # warn once per outage, not on every backoff retry
+        self._connection_log = ConnectionLog(str(config.host), int(config.port or 0),
+                                             client_id_for(config, topics.device_id), config.tls,
+                                             config.reconnect_max_s)  # WARNINGs, rate-limited
         client.on_connect = self._on_connect
         client.on_connect_fail = self._on_connect_fail
         client.on_disconnect = self._on_disconnect
         client.on_publish = self._on_publish
+        client.on_message = self._on_message
         metrics.init_output(self.name)
 
     def start(self) -> None:
@@ -83,12 +105,21 @@ class MqttPublisher(Publisher):
         """Queue one event durably and wake the sender; never raises for broker or disk trouble."""
         label, kind = str(event["label"]), str(event["kind"])
         self.queue.put(self.topics.event(label), to_json_line(event))
-        state = "ON" if kind == "start" else "OFF"
-        with self._states_lock:
-            self._states[label] = state
-        if self._connected.is_set():
-            self._publish_retained(self.topics.state(label), state)
+        with self._retained_lock:
+            self._attributes[label] = to_json_line(event)
+            self._states[label] = "ON" if kind == "start" else "OFF"
+            if self._connected.is_set():
+                self._publish_label(label)
         self._wake.set()
+
+    def publish_state(self, kind: str, state: dict[str, Any]) -> None:
+        """``agent``: the pipeline's status, retained with this output's queue depth, when it changes."""
+        if kind != "agent":
+            return
+        with self._retained_lock:
+            self._status = {**state, "queue_depth": self.queue.depth()}
+            if self._connected.is_set():
+                self._publish_status(force=False)
 
     def close(self, timeout: float = 5.0) -> None:
         """Try to deliver what is queued within ``timeout`` s, then go ``offline``; the rest stays on disk."""
@@ -126,35 +157,33 @@ class MqttPublisher(Publisher):
         properties: object,
     ) -> None:
         if reason_code.is_failure:
-            logger.error("MQTT: broker refused the connection: %s (retrying)", reason_code)
+            self._connection_log.refused(reason_code)
             return
         logger.info("MQTT: connected to %s:%s", self.config.host, self.config.port)
-        self._unreachable_logged = False
-        self._publish_retained(self.topics.availability, "online")
-        if self.config.discovery:
-            for topic, payload in discovery_messages(
-                self.topics, self.config.discovery_prefix, self.labels, self.model, __version__
-            ):
-                self._publish_retained(topic, payload)
-        with self._states_lock:
-            states = dict(self._states)
-        for label, state in states.items():
-            self._publish_retained(self.topics.state(label), state)
+        self._connection_log.connected()
+        if self.config.discovery:  # a clean session: subscriptions are made on every connect
+            client.subscribe([(f"{self.config.discovery_prefix}/status", 1),
+                              (config_filter(self.config.discovery_prefix, self.topics.device_id), 1)])
         self._drain_first = True
-        self.metrics.mqtt_connected.set(1)
-        self._connected.set()
+        with self._retained_lock:
+            self._publish_all()
+            self.metrics.mqtt_connected.set(1)
+            self._connected.set()
         self._wake.set()
 
+    def _on_message(self, client: mqtt.Client, userdata: object, message: mqtt.MQTTMessage) -> None:
+        if message.topic == f"{self.config.discovery_prefix}/status":
+            if message.payload == b"online":  # Home Assistant (re)started: tell it everything again
+                logger.info("MQTT: Home Assistant is online; publishing discovery and state again")
+                with self._retained_lock:
+                    self._publish_all()
+        elif message.payload and message.topic not in self._announced:
+            logger.info("MQTT: removing the stale Home Assistant config %s", message.topic)
+            self._publish_retained(message.topic, "")
+
     def _on_connect_fail(self, client: mqtt.Client, userdata: object) -> None:
-        if not self._unreachable_logged:
-            logger.warning(
-                "MQTT: cannot reach the broker at %s:%s; retrying with backoff up to %g s, "
-                "events wait in the disk queue",
-                self.config.host,
-                self.config.port,
-                self.config.reconnect_max_s,
-            )
-            self._unreachable_logged = True
+        # paho calls this inside its ``except OSError``: the exception in flight is the reason (refused, TLS).
+        self._connection_log.unreachable(sys.exc_info()[1])
 
     def _on_disconnect(
         self,
@@ -167,10 +196,8 @@ class MqttPublisher(Publisher):
         was_connected = self._connected.is_set()
         self._connected.clear()
         self.metrics.mqtt_connected.set(0)
-        if was_connected and not self._stop.is_set():
-            logger.warning(
-                "MQTT: disconnected (%s); events are kept in the disk queue until it returns", reason_code
-            )
+        if not self._stop.is_set():
+            self._connection_log.disconnected(was_connected, reason_code)
 
     def _on_publish(
         self,
@@ -185,6 +212,31 @@ class MqttPublisher(Publisher):
 
     def _publish_retained(self, topic: str, payload: str) -> None:
         self.client.publish(topic, payload, qos=1, retain=True)
+
+    def _publish_all(self) -> None:
+        """Discovery, every label's attributes and state, then ``online`` and the status (lock held)."""
+        for topic, payload in self._discovery:
+            self._publish_retained(topic, payload)
+        for label in self.labels:
+            self._publish_label(label)
+        # Only now: after a crash the broker still holds the old ON, and HA must not show it as live.
+        self._publish_retained(self.topics.availability, "online")
+        self._publish_status(force=True)
+
+    def _publish_label(self, label: str) -> None:
+        """Attributes before state, on one connection at one QoS: HA has them when the state changes."""
+        if label in self._attributes:
+            self._publish_retained(self.topics.attributes(label), self._attributes[label])
+        self._publish_retained(self.topics.state(label), self._states[label])
+
+    def _publish_status(self, force: bool) -> None:
+        """The agent status, when there is one and it changed (or ``force``)."""
+        if self._status is None:
+            return
+        payload = json.dumps(self._status, sort_keys=True)
+        if force or payload != self._status_sent:
+            self._publish_retained(self.topics.status, payload)
+            self._status_sent = payload
 
     # --- the sender thread ---
 
@@ -243,9 +295,14 @@ def make_mqtt_publisher(
     return MqttPublisher(config, client, disk_queue, topics, labels, model, metrics)
 
 
+def client_id_for(config: MqttConfig, device_id: str) -> str:
+    """``mqtt.client_id``, or ``earshot-<device_id>``: one per broker, or two agents take turns on it."""
+    return config.client_id or f"earshot-{device_id}"
+
+
 def _make_client(config: MqttConfig, device_id: str, topics: Topics) -> mqtt.Client:
     """A paho 2.x client with the Last Will, credentials, TLS and reconnect backoff from ``config``."""
-    client_id = config.client_id or f"earshot-{device_id}"
+    client_id = client_id_for(config, device_id)
     client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv311)
     # paho reports every failed retry at ERROR; our own callbacks log state changes once, so paho's
     # lines go to debug. (paho never logs the password.)
