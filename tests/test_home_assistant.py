@@ -24,6 +24,12 @@ pytestmark = pytest.mark.skipif(not HASS.is_file(), reason=f"Home Assistant is n
 
 ENTITY = "earshot_test_device"  # entity ids are <platform>.earshot_<device id as a slug>_<object>
 SIREN, GUN_SHOT = f"binary_sensor.{ENTITY}_siren", f"binary_sensor.{ENTITY}_gun_shot"
+SOUND_LEVEL = f"sensor.{ENTITY}_sound_level"
+LEVEL_SUMMARY = {
+    "schema": "earshot.level/1", "device_id": "test-device", "started_at": "2026-11-30T21:59:00.000Z",
+    "ended_at": "2026-11-30T22:00:00.000Z", "period": "minute", "laeq": 61.24, "lamax": 78.1, "la10": 64.0,
+    "la90": 48.5, "lceq": 70.3, "calibrated": True, "unit": "dB",
+}
 
 
 def readme_automation(heading: str) -> str:
@@ -85,6 +91,12 @@ def test_home_assistant_sees_the_sensor_right(
                    f"binary_sensor.{ENTITY}_audio_stalled": "off", f"sensor.{ENTITY}_model": "tiny 1",
                    f"sensor.{ENTITY}_queue_depth": "0"}
     ha.wait_for(lambda s: {entity: _state(s, entity) for entity in diagnostics} == diagnostics)
+    # Issue 13: the per-minute level summary is a sound_pressure sensor in dBA, the rest its attributes.
+    restarted.publish_level(LEVEL_SUMMARY)
+    snapshot = ha.wait_for(lambda s: _state(s, SOUND_LEVEL) == "61.24")
+    attributes = snapshot[SOUND_LEVEL]["attributes"]
+    assert attributes["device_class"] == "sound_pressure" and attributes["unit_of_measurement"] == "dBA"
+    assert attributes["la90"] == 48.5 and attributes["calibrated"] is True
     # Item 3: Home Assistant restarts; scores and attributes come back.
     ha.stop()
     restart_s = ha.start()
@@ -92,6 +104,7 @@ def test_home_assistant_sees_the_sensor_right(
                            and s[GUN_SHOT]["attributes"].get("score") == 0.77)
     assert _state(snapshot, SIREN) == "off"
     assert {entity: _state(snapshot, entity) for entity in diagnostics} == diagnostics
+    assert _state(snapshot, SOUND_LEVEL) == "61.24"  # retained: back after the restart
     restarted.close()
     ha.wait_for(lambda s: _state(s, f"binary_sensor.{ENTITY}_connectivity") == "off"
                 and _state(s, SIREN) == "unavailable")

@@ -5,6 +5,7 @@ and `earshot calibrate --spl` writing the offset that turns dBFS into dB SPL."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from datetime import time
@@ -14,6 +15,8 @@ from typing import Any
 import jsonschema
 import numpy as np
 import pytest
+from support import mosquitto as broker_support
+from support.mosquitto import Mosquitto, Subscriber, mosquitto_binary
 from support.onnx_models import noise, siren_sweep, write_audio
 
 from edge_agent.config import AgentConfig, AudioConfig, DetectorConfig, LevelsConfig, StdoutConfig
@@ -29,6 +32,7 @@ from edge_agent.spl_calibration import set_toml_value
 ROOT = Path(__file__).resolve().parents[1]
 SCHEMA = json.loads((ROOT / "edge_agent/schemas/event.schema.json").read_text())
 RATE = 16000
+mosquitto_broker = broker_support.mosquitto_broker  # the fixture: a real broker per test
 
 
 class Recording(Publisher):
@@ -225,3 +229,54 @@ def test_calibrate_spl_refuses_what_is_not_a_calibrator_in_one_line(tmp_path: Pa
     assert len(result.stderr.strip().splitlines()) == 1
     bad = calibrate("--spl", "500", "--source", str(wrong))
     assert bad.returncode == 2 and "--spl" in bad.stderr
+
+
+@pytest.mark.skipif(mosquitto_binary() is None, reason="mosquitto is not installed")
+def test_levels_reach_a_real_broker_with_their_home_assistant_sensor(
+    tmp_path: Path, siren_model: Path, mosquitto_broker: Mosquitto
+) -> None:
+    audio = write_audio(tmp_path / "tone.flac", tone(61.0, -20.0))
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(ROOT),
+        "EARSHOT_DEVICE_ID": "level-pole",
+        "EARSHOT_QUEUE_DIR": str(tmp_path / "queue"),
+        "EARSHOT_LEVELS_OFFSET_DB": "114",
+    }
+    agent = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "edge_agent.cli",
+            "agent",
+            "--source",
+            str(audio),
+            "--fast",
+            "--model",
+            str(siren_model),
+            "--mqtt",
+            mosquitto_broker.url,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
+        env=env,
+    )
+    assert agent.returncode == 0, agent.stderr[-2000:]
+    level_topic = "earshot/level-pole/level"
+    config_topic = "homeassistant/sensor/earshot_level-pole/sound_level/config"
+    subscriber = Subscriber(mosquitto_broker.port, [level_topic, config_topic], client_id="level-test")
+    try:
+        received = subscriber.wait_for(lambda ms: {m.topic for m in ms} == {level_topic, config_topic})
+    finally:
+        subscriber.close()
+    by_topic = {m.topic: m for m in received}
+    summary = json.loads(by_topic[level_topic].payload)
+    assert by_topic[level_topic].retain and summary["schema"] == "earshot.level/1"
+    assert (
+        summary["laeq"] == pytest.approx(94.0, abs=0.1) and summary["unit"] == "dB" and summary["calibrated"]
+    )
+    sensor = json.loads(by_topic[config_topic].payload)
+    assert sensor["device_class"] == "sound_pressure" and sensor["unit_of_measurement"] == "dBA"
+    assert sensor["state_topic"] == level_topic and sensor["value_template"] == "{{ value_json.laeq }}"

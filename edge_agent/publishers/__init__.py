@@ -41,12 +41,20 @@ def make_publishers(
 
         publishers.append(
             make_mqtt_publisher(
-                config.mqtt, config.queue, config.device_id, config.detector.listen, model, metrics
+                config.mqtt, config.queue, config.device_id, config.detector.listen, model, metrics,
+                level_unit(config),
             )
         )
     if config.webhook.enabled:
         publishers.append(_make_webhook(config, metrics))
     return publishers
+
+
+def level_unit(config: AgentConfig) -> str | None:
+    """The unit the level sensor announces: dBA when calibrated, dBFS when not, None when levels are off."""
+    if not config.levels.enabled:
+        return None
+    return "dBA" if config.levels.offset_db is not None else "dBFS"
 
 
 def _make_webhook(config: AgentConfig, metrics: AgentMetrics) -> Publisher:

@@ -3,7 +3,9 @@
 Home Assistant reads retained configs under ``<discovery_prefix>/<component>/<node_id>/<object_id>/config``.
 Per listened label: a ``binary_sensor`` (ON while the sound is heard, the latest event as attributes), a
 ``sensor`` with that event's score and an ``event`` entity that fires on each start and end. Per device, the
-diagnostic entities: connectivity, audio stalled, model and queue depth. All belong to one device.
+diagnostic entities: connectivity, audio stalled, model and queue depth; and, when levels are metered, a
+sound-level sensor (LAeq,1min; ``sound_pressure`` in dBA when calibrated, else plain dBFS). All belong to
+one device.
 """
 
 from __future__ import annotations
@@ -52,6 +54,11 @@ class Topics:
         """Retained agent status JSON: health, audio stalled, model, queue depth."""
         return f"{self.prefix}/{self.device_id}/status"
 
+    @property
+    def level(self) -> str:
+        """Retained per-minute sound-level summary (``earshot.level/1``)."""
+        return f"{self.prefix}/{self.device_id}/level"
+
 
 def node_id(device_id: str) -> str:
     """Home Assistant allows only [a-zA-Z0-9_-] in node and object ids."""
@@ -91,8 +98,9 @@ def _title(label: str) -> str:
     return label.replace("_", " ").capitalize()
 
 
-def _config(discovery_prefix: str, platform: str, node: str, object_id: str, name: str, base: dict,
-            **keys: object) -> tuple[str, str]:
+def _config(
+    discovery_prefix: str, platform: str, node: str, object_id: str, name: str, base: dict, **keys: object
+) -> tuple[str, str]:
     """One entity's (config topic, JSON payload)."""
     config = {
         "name": name,
@@ -111,15 +119,44 @@ def _label_configs(discovery_prefix: str, topics: Topics, label: str, base: dict
     node, object_id, title = node_id(topics.device_id), _UNSAFE_ID.sub("_", label), _title(label)
     live = {**base, **_availability(topics)}
     return [
-        _config(discovery_prefix, "binary_sensor", node, object_id, title, live,
-                state_topic=topics.state(label), payload_on="ON", payload_off="OFF", device_class="sound",
-                json_attributes_topic=topics.attributes(label)),
-        _config(discovery_prefix, "sensor", node, f"{object_id}_score", f"{title} score", live,
-                state_topic=topics.attributes(label), value_template="{{ value_json.score }}",
-                state_class="measurement", icon="mdi:waveform"),
+        _config(
+            discovery_prefix,
+            "binary_sensor",
+            node,
+            object_id,
+            title,
+            live,
+            state_topic=topics.state(label),
+            payload_on="ON",
+            payload_off="OFF",
+            device_class="sound",
+            json_attributes_topic=topics.attributes(label),
+        ),
+        _config(
+            discovery_prefix,
+            "sensor",
+            node,
+            f"{object_id}_score",
+            f"{title} score",
+            live,
+            state_topic=topics.attributes(label),
+            value_template="{{ value_json.score }}",
+            state_class="measurement",
+            icon="mdi:waveform",
+        ),
         # Read from the live QoS 1 events, never a retained topic: a restarted HA must not fire it again.
-        _config(discovery_prefix, "event", node, object_id, title, live, state_topic=topics.event(label),
-                event_types=list(EVENT_TYPES), value_template=EVENT_TEMPLATE, icon="mdi:bullhorn"),
+        _config(
+            discovery_prefix,
+            "event",
+            node,
+            object_id,
+            title,
+            live,
+            state_topic=topics.event(label),
+            event_types=list(EVENT_TYPES),
+            value_template=EVENT_TEMPLATE,
+            icon="mdi:bullhorn",
+        ),
     ]
 
 
@@ -129,24 +166,86 @@ def _diagnostic_configs(discovery_prefix: str, topics: Topics, base: dict) -> li
     live = {**diagnostic, **_availability(topics)}
     return [
         # Reads the availability topic itself, so it shows off (not unavailable) when the agent is gone.
-        _config(discovery_prefix, "binary_sensor", node, "connectivity", "Connectivity", diagnostic,
-                state_topic=topics.availability, payload_on="online", payload_off="offline",
-                device_class="connectivity"),
-        _config(discovery_prefix, "binary_sensor", node, "audio_stalled", "Audio stalled", live,
-                state_topic=topics.status, value_template="{{ 'ON' if value_json.audio_stalled else 'OFF' }}",
-                device_class="problem"),
-        _config(discovery_prefix, "sensor", node, "model", "Model", live, state_topic=topics.status,
-                value_template="{{ value_json.model.name }} {{ value_json.model.version }}",
-                json_attributes_topic=topics.status,
-                json_attributes_template="{{ value_json.model | tojson }}", icon="mdi:brain"),
-        _config(discovery_prefix, "sensor", node, "queue_depth", "Queue depth", live,
-                state_topic=topics.status, value_template="{{ value_json.queue_depth }}",
-                state_class="measurement", unit_of_measurement="events", icon="mdi:tray-full"),
+        _config(
+            discovery_prefix,
+            "binary_sensor",
+            node,
+            "connectivity",
+            "Connectivity",
+            diagnostic,
+            state_topic=topics.availability,
+            payload_on="online",
+            payload_off="offline",
+            device_class="connectivity",
+        ),
+        _config(
+            discovery_prefix,
+            "binary_sensor",
+            node,
+            "audio_stalled",
+            "Audio stalled",
+            live,
+            state_topic=topics.status,
+            value_template="{{ 'ON' if value_json.audio_stalled else 'OFF' }}",
+            device_class="problem",
+        ),
+        _config(
+            discovery_prefix,
+            "sensor",
+            node,
+            "model",
+            "Model",
+            live,
+            state_topic=topics.status,
+            value_template="{{ value_json.model.name }} {{ value_json.model.version }}",
+            json_attributes_topic=topics.status,
+            json_attributes_template="{{ value_json.model | tojson }}",
+            icon="mdi:brain",
+        ),
+        _config(
+            discovery_prefix,
+            "sensor",
+            node,
+            "queue_depth",
+            "Queue depth",
+            live,
+            state_topic=topics.status,
+            value_template="{{ value_json.queue_depth }}",
+            state_class="measurement",
+            unit_of_measurement="events",
+            icon="mdi:tray-full",
+        ),
     ]
 
 
+def _level_config(discovery_prefix: str, topics: Topics, base: dict, unit: str) -> tuple[str, str]:
+    """The sound-level sensor: LAeq,1min, with LA10/LA90/LAmax/LCeq as attributes."""
+    node = node_id(topics.device_id)
+    # HA's sound_pressure class takes dB or dBA only: an uncalibrated (dBFS) level is a plain measurement.
+    kind = {"device_class": "sound_pressure"} if unit == "dBA" else {"icon": "mdi:volume-high"}
+    return _config(
+        discovery_prefix,
+        "sensor",
+        node,
+        "sound_level",
+        "Sound level",
+        {**base, **_availability(topics)},
+        state_topic=topics.level,
+        value_template="{{ value_json.laeq }}",
+        json_attributes_topic=topics.level,
+        unit_of_measurement=unit,
+        state_class="measurement",
+        **kind,
+    )
+
+
 def discovery_messages(
-    topics: Topics, discovery_prefix: str, labels: Sequence[str], model: dict, sw_version: str
+    topics: Topics,
+    discovery_prefix: str,
+    labels: Sequence[str],
+    model: dict,
+    sw_version: str,
+    level_unit: str | None = None,
 ) -> list[tuple[str, str]]:
     """(topic, retained JSON payload) for every discovery config of this device.
 
@@ -161,4 +260,6 @@ def discovery_messages(
     messages = _diagnostic_configs(discovery_prefix, topics, base)
     for label in labels:
         messages += _label_configs(discovery_prefix, topics, label, base)
+    if level_unit is not None:  # "dBA" (calibrated) or "dBFS"; None: levels are not metered
+        messages.append(_level_config(discovery_prefix, topics, base, level_unit))
     return messages

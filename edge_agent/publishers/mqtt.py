@@ -55,6 +55,7 @@ class MqttPublisher(Publisher):
         labels: Sequence[str],
         model: dict,
         metrics: AgentMetrics,
+        level_unit: str | None = None,
     ) -> None:
         self.config = config
         self.client = client
@@ -67,12 +68,16 @@ class MqttPublisher(Publisher):
         self._attributes: dict[str, str] = {}  # label -> its latest event's JSON
         self._status: dict[str, Any] | None = None  # the latest agent status report
         self._status_sent = ""  # its JSON as last published
+        self._level: str | None = None  # the latest per-minute level summary's JSON
         # Held while retained topics are written: a state change cannot slip between (re)connect's
         # snapshot and its ``online``.
         self._retained_lock = threading.Lock()
         self._discovery = (
-            discovery_messages(topics, config.discovery_prefix, self.labels, self.model, __version__)
-            if config.discovery else []
+            discovery_messages(
+                topics, config.discovery_prefix, self.labels, self.model, __version__, level_unit
+            )
+            if config.discovery
+            else []
         )
         self._announced = {topic for topic, _ in self._discovery}
         self._acks: deque[tuple[int, bool]] = deque()  # (mid, refused) from paho's thread to the sender's
@@ -113,7 +118,14 @@ class MqttPublisher(Publisher):
         self._wake.set()
 
     def publish_state(self, kind: str, state: dict[str, Any]) -> None:
-        """``agent``: the pipeline's status, retained with this output's queue depth, when it changes."""
+        """``agent``: the pipeline's status, retained with this output's queue depth, when it changes;
+        ``level``: the per-minute sound-level summary, retained."""
+        if kind == "level":
+            with self._retained_lock:
+                self._level = json.dumps(state)
+                if self._connected.is_set():
+                    self._publish_retained(self.topics.level, self._level)
+            return
         if kind != "agent":
             return
         with self._retained_lock:
@@ -222,6 +234,8 @@ class MqttPublisher(Publisher):
         # Only now: after a crash the broker still holds the old ON, and HA must not show it as live.
         self._publish_retained(self.topics.availability, "online")
         self._publish_status(force=True)
+        if self._level is not None:
+            self._publish_retained(self.topics.level, self._level)
 
     def _publish_label(self, label: str) -> None:
         """Attributes before state, on one connection at one QoS: HA has them when the state changes."""
@@ -287,12 +301,16 @@ def make_mqtt_publisher(
     labels: Sequence[str],
     model: dict,
     metrics: AgentMetrics,
+    level_unit: str | None = None,
 ) -> MqttPublisher:
-    """Build (not start) the MQTT output for an enabled ``config``; OutputSetupError on bad setup."""
+    """Build (not start) the MQTT output for an enabled ``config``; OutputSetupError on bad setup.
+
+    ``level_unit`` ("dBA" calibrated, "dBFS" not, None when levels are off) announces the level sensor.
+    """
     topics = Topics(config.topic_prefix, device_id)
     client = _make_client(config, device_id, topics)
     disk_queue = open_output_queue(queue, "mqtt", device_id, metrics)
-    return MqttPublisher(config, client, disk_queue, topics, labels, model, metrics)
+    return MqttPublisher(config, client, disk_queue, topics, labels, model, metrics, level_unit)
 
 
 def client_id_for(config: MqttConfig, device_id: str) -> str:

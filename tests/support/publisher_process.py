@@ -2,7 +2,9 @@
 
 Run as ``python publisher_process.py URL QUEUE_DIR DEVICE_ID LABELS`` (LABELS comma-separated). It reports a
 healthy agent status, prints ``connected`` once the broker accepted it, then reads standard input: a JSON
-event per line is published (``delivered`` once the broker acknowledged it); ``close`` closes and exits.
+event per line is published (``delivered`` once the broker acknowledged it), a level summary
+(``earshot.level/1``) is published as the retained level state (``stated``); ``close`` closes and exits.
+It announces a calibrated (dBA) sound-level sensor.
 Tests drive it through ``PublisherProcess``.
 """
 
@@ -37,7 +39,7 @@ def main(url: str, queue_dir: str, device_id: str, labels: str) -> None:
     metrics = AgentMetrics(CollectorRegistry())
     config = MqttConfig(url=url, reconnect_min_s=0.1, reconnect_max_s=0.5, keepalive_s=5)
     publisher = make_mqtt_publisher(config, QueueConfig(dir=queue_dir), device_id, labels.split(","), MODEL,
-                                    metrics)
+                                    metrics, level_unit="dBA")
     publisher.publish_state("agent", {"healthy": True, "reason": "ok", "audio_stalled": False,
                                       "model": MODEL})
     publisher.start()
@@ -47,7 +49,12 @@ def main(url: str, queue_dir: str, device_id: str, labels: str) -> None:
         if line.strip() == "close":
             publisher.close(5)
             return
-        publisher.publish_event(json.loads(line), 0)
+        message = json.loads(line)
+        if message.get("schema") == "earshot.level/1":
+            publisher.publish_state("level", message)
+            print("stated", flush=True)
+            continue
+        publisher.publish_event(message, 0)
         wait(lambda: publisher.queue.depth() == 0)
         print("delivered", flush=True)
 
@@ -69,6 +76,11 @@ class PublisherProcess:
         """Publish one event and wait until the broker acknowledged it."""
         self._send(json.dumps(event))
         self.expect("delivered")
+
+    def publish_level(self, summary: dict) -> None:
+        """Publish one per-minute level summary as the retained level state."""
+        self._send(json.dumps(summary))
+        self.expect("stated")
 
     def close(self) -> None:
         """A clean stop: it says offline and exits."""
