@@ -169,6 +169,11 @@ def test_prometheus_scrapes_the_running_agent(prometheus: str) -> None:
     # The start and end events reached the webhook; its series carry the output label.
     assert wait_for_value(prometheus, 'earshot_events_delivered_total{output="webhook"}', 2.0) == 2.0
     assert query(prometheus, 'earshot_queue_depth{output="webhook"}')[0]["value"][1] == "0"
+    # Sound levels (issue 13): the noise at amplitude 0.02 reads -30.8 dB(A) re full scale, uncalibrated.
+    laeq = float(query(prometheus, 'earshot_sound_level_db{weighting="A", stat="eq_1s"}')[0]["value"][1])
+    assert -40.0 < laeq < -20.0, laeq
+    assert float(query(prometheus, "earshot_sound_level_laeq_1s_db_count")[0]["value"][1]) >= 2
+    assert query(prometheus, "earshot_sound_level_calibrated")[0]["value"][1] == "0"
 
 
 def dashboard_queries() -> list[str]:
