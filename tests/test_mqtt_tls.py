@@ -209,7 +209,7 @@ def test_wrong_password_is_refused_with_a_clear_log_line_and_no_secret(
         pub.start()
         assert wait_until(lambda: any("refused" in r.getMessage() for r in caplog.records)), caplog.text
         refused = next(r for r in caplog.records if "refused" in r.getMessage())
-        assert refused.levelno == logging.ERROR
+        assert refused.levelno == logging.WARNING  # retried, and said once (issue 11, item 18)
         assert refused.getMessage() == "MQTT: broker refused the connection: Not authorized (retrying)"
         assert sample(pub, "earshot_mqtt_connected") == 0
     finally:
