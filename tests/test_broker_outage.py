@@ -9,19 +9,14 @@ with the agent CLI, its disk queue and its reconnect backoff.) Run with ``-s`` t
 from __future__ import annotations
 
 import json
-import os
 import signal
-import subprocess
-import sys
-import threading
 import time
 from collections import Counter
 from pathlib import Path
 
-import numpy as np
 import pytest
+from support.agent_process import PrintingAgent, street_with_sirens
 from support.mosquitto import Mosquitto, Subscriber, mosquitto_binary
-from support.onnx_models import noise, siren_sweep, write_audio
 
 ROOT = Path(__file__).resolve().parents[1]
 DEVICE = "outage-test"
@@ -33,39 +28,18 @@ pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(mosquitto_binary() is None, reason="mosquitto is not installed")]
 
 
-def street_with_sirens(path: Path) -> Path:
-    """2 s of noise, then SIRENS x (2 s siren, 2 s noise), then 3 s of noise; 16 kHz FLAC."""
-    parts = [noise(2.0, amplitude=0.02)]
-    for n in range(SIRENS):
-        siren = siren_sweep(2.0) + noise(2.0, amplitude=0.02, seed=n)
-        parts += [siren, noise(2.0, amplitude=0.02, seed=99 + n)]
-    parts.append(noise(3.0, amplitude=0.02, seed=7))
-    return write_audio(path, np.concatenate(parts))
-
-
 def test_thirty_second_broker_outage_loses_nothing_in_order_exactly_once(tmp_path: Path,
                                                                            siren_model: Path) -> None:
     audio = street_with_sirens(tmp_path / "street.flac")
     broker = Mosquitto(tmp_path / "broker")
     broker.start()
     subscriber = Subscriber(broker.port, f"earshot/{DEVICE}/event/#", client_id="outage-subscriber")
-    printed: list[tuple[float, dict]] = []  # (wall time the agent printed it, event)
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "EARSHOT_DEVICE_ID": DEVICE,
-           "EARSHOT_QUEUE_DIR": str(tmp_path / "queue"), "EARSHOT_MQTT_RECONNECT_MIN_S": "0.1",
-           "EARSHOT_MQTT_RECONNECT_MAX_S": "0.5", "EARSHOT_DETECTOR_COOLDOWN_S": "1",
-           "EARSHOT_DETECTOR_END_AFTER_S": "0.5"}
-    log = (tmp_path / "agent.log").open("w")
-    agent = subprocess.Popen([sys.executable, "-m", "edge_agent.cli", "agent", "--source", str(audio),
-                              "--model", str(siren_model), "--mqtt", broker.url],
-                             stdout=subprocess.PIPE, stderr=log, text=True, cwd=ROOT, env=env)
-
-    def read_events() -> None:
-        assert agent.stdout is not None
-        for line in agent.stdout:
-            printed.append((time.time(), json.loads(line)))
-
-    reader = threading.Thread(target=read_events, daemon=True)
-    reader.start()
+    env = {"EARSHOT_DEVICE_ID": DEVICE, "EARSHOT_QUEUE_DIR": str(tmp_path / "queue"),
+           "EARSHOT_MQTT_RECONNECT_MIN_S": "0.1", "EARSHOT_MQTT_RECONNECT_MAX_S": "0.5",
+           "EARSHOT_DETECTOR_COOLDOWN_S": "1", "EARSHOT_DETECTOR_END_AFTER_S": "0.5"}
+    agent = PrintingAgent(["--source", str(audio), "--model", str(siren_model), "--mqtt", broker.url], env,
+                          tmp_path / "agent.log")
+    printed = agent.printed  # (wall time the agent printed it, event)
     try:
         time.sleep(DOWN_AT_S)
         down_at = time.time()
@@ -73,17 +47,14 @@ def test_thirty_second_broker_outage_loses_nothing_in_order_exactly_once(tmp_pat
         time.sleep(OUTAGE_S)
         broker.start()
         up_at = time.time()
-        agent.wait(timeout=120)  # the recording runs ~70 s in real time, then the agent drains and exits
-        reader.join(timeout=10)
+        code = agent.wait(timeout=120)  # the recording runs ~70 s in real time, then the agent drains
         subscriber.wait_for(lambda ms: len(ms) >= len(printed), timeout=30)
         time.sleep(1.0)  # a duplicate would arrive now
     finally:
-        if agent.poll() is None:
-            agent.kill()
-        log.close()
+        agent.stop()
         subscriber.close()
         broker.stop()
-    assert agent.returncode == 0, (tmp_path / "agent.log").read_text()[-3000:]
+    assert code == 0, agent.log()
     sent = [event["event_id"] for _, event in printed]
     received = [json.loads(m.payload)["event_id"] for m in subscriber.messages]
     arrival = {json.loads(m.payload)["event_id"]: m.at for m in subscriber.messages}

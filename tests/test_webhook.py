@@ -8,18 +8,14 @@ Run with ``-s`` to see the outage figures.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-import threading
 import time
 from pathlib import Path
 
 import pytest
 from prometheus_client import CollectorRegistry
+from support.agent_process import PrintingAgent, street_with_sirens
 from support.http_sink import HttpSink
 from support.mosquitto import Mosquitto, Subscriber, contract_event, mosquitto_binary
-from test_broker_outage import street_with_sirens
 
 from edge_agent.config import QueueConfig, WebhookConfig
 from edge_agent.metrics import AgentMetrics
@@ -151,23 +147,13 @@ def test_the_agent_loses_nothing_while_its_webhook_is_down_30_s_beside_mqtt_and_
     broker.start()
     subscriber = Subscriber(broker.port, f"earshot/{DEVICE}/event/#", client_id="webhook-test-subscriber")
     sink = HttpSink().start()
-    printed: list[tuple[float, dict]] = []
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "EARSHOT_DEVICE_ID": DEVICE,
-           "EARSHOT_QUEUE_DIR": str(tmp_path / "queue"), "EARSHOT_WEBHOOK_RETRY_MIN_S": "0.1",
-           "EARSHOT_WEBHOOK_RETRY_MAX_S": "0.5", "EARSHOT_WEBHOOK_TOKEN": "agent-token",
-           "EARSHOT_DETECTOR_COOLDOWN_S": "1", "EARSHOT_DETECTOR_END_AFTER_S": "0.5"}
-    log = (tmp_path / "agent.log").open("w")
-    agent = subprocess.Popen([sys.executable, "-m", "edge_agent.cli", "agent", "--source", str(audio),
-                              "--model", str(siren_model), "--mqtt", broker.url, "--webhook", sink.url],
-                             stdout=subprocess.PIPE, stderr=log, text=True, cwd=ROOT, env=env)
-
-    def read_events() -> None:
-        assert agent.stdout is not None
-        for line in agent.stdout:
-            printed.append((time.time(), json.loads(line)))
-
-    reader = threading.Thread(target=read_events, daemon=True)
-    reader.start()
+    env = {"EARSHOT_DEVICE_ID": DEVICE, "EARSHOT_QUEUE_DIR": str(tmp_path / "queue"),
+           "EARSHOT_WEBHOOK_RETRY_MIN_S": "0.1", "EARSHOT_WEBHOOK_RETRY_MAX_S": "0.5",
+           "EARSHOT_WEBHOOK_TOKEN": "agent-token", "EARSHOT_DETECTOR_COOLDOWN_S": "1",
+           "EARSHOT_DETECTOR_END_AFTER_S": "0.5"}
+    agent = PrintingAgent(["--source", str(audio), "--model", str(siren_model), "--mqtt", broker.url,
+                           "--webhook", sink.url], env, tmp_path / "agent.log")
+    printed = agent.printed
     try:
         time.sleep(DOWN_AT_S)
         down_at = time.time()
@@ -175,17 +161,14 @@ def test_the_agent_loses_nothing_while_its_webhook_is_down_30_s_beside_mqtt_and_
         time.sleep(OUTAGE_S)
         sink.start()
         up_at = time.time()
-        agent.wait(timeout=120)
-        reader.join(timeout=10)
+        code = agent.wait(timeout=120)
         subscriber.wait_for(lambda ms: len(ms) >= len(printed), timeout=30)
     finally:
-        if agent.poll() is None:
-            agent.kill()
-        log.close()
+        agent.stop()
         subscriber.close()
         sink.stop()
         broker.stop()
-    assert agent.returncode == 0, (tmp_path / "agent.log").read_text()[-3000:]
+    assert code == 0, agent.log()
     sent = [event for _, event in printed]
     during = [event["event_id"] for at, event in printed if down_at <= at < up_at]
     arrival = {r.body["event_id"]: r.at for r in sink.received if r.status == 200}

@@ -7,6 +7,9 @@ An output overrides only what it carries. The consumer thread calls ``hear``, ``
 
 from __future__ import annotations
 
+import threading
+import time
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -42,3 +45,10 @@ class Publisher:
     def health(self) -> tuple[bool, str]:
         """For /healthz: False with a reason when this output can no longer keep events."""
         return True, "ok"
+
+
+def drain(busy: Callable[[], bool], deadline: float, wake: threading.Event) -> None:
+    """At close: keep waking an output's sender while ``busy()`` holds, until the monotonic ``deadline``."""
+    while busy() and time.monotonic() < deadline:
+        wake.set()
+        time.sleep(0.02)

@@ -29,7 +29,7 @@ from edge_agent import __version__
 from edge_agent.config import MqttConfig, QueueConfig
 from edge_agent.events import to_json_line
 from edge_agent.metrics import AgentMetrics
-from edge_agent.publishers.base import OutputSetupError, Publisher
+from edge_agent.publishers.base import OutputSetupError, Publisher, drain
 from edge_agent.publishers.disk_queue import DiskQueue, QueuedEvent, open_output_queue
 from edge_agent.publishers.ha_discovery import Topics, config_filter, discovery_messages
 from edge_agent.publishers.mqtt_connection_log import ConnectionLog
@@ -136,11 +136,8 @@ class MqttPublisher(Publisher):
     def close(self, timeout: float = 5.0) -> None:
         """Try to deliver what is queued within ``timeout`` s, then go ``offline``; the rest stays on disk."""
         deadline = time.monotonic() + timeout
-        while self._connected.is_set() and (self.queue.depth() or self._inflight):
-            if time.monotonic() >= deadline:
-                break
-            self._wake.set()
-            time.sleep(0.02)
+        drain(lambda: self._connected.is_set() and bool(self.queue.depth() or self._inflight), deadline,
+              self._wake)
         self._stop.set()
         self._wake.set()
         if self._sender.is_alive():

@@ -24,7 +24,7 @@ from edge_agent import __version__
 from edge_agent.config import WebhookConfig
 from edge_agent.events import to_json_line
 from edge_agent.metrics import AgentMetrics
-from edge_agent.publishers.base import OutputSetupError, Publisher
+from edge_agent.publishers.base import OutputSetupError, Publisher, drain
 from edge_agent.publishers.disk_queue import DiskQueue, QueuedEvent
 
 logger = logging.getLogger(__name__)
@@ -88,11 +88,8 @@ class WebhookPublisher(Publisher):
     def close(self, timeout: float = 5.0) -> None:
         """Deliver what the endpoint takes within ``timeout`` s; the rest stays queued for the next run."""
         deadline = time.monotonic() + timeout
-        while self._sender.is_alive() and self.queue.depth() and self._failing_since is None:
-            if time.monotonic() >= deadline:
-                break
-            self._wake.set()
-            time.sleep(0.02)
+        drain(lambda: self._sender.is_alive() and bool(self.queue.depth()) and self._failing_since is None,
+              deadline, self._wake)
         self._stop.set()
         self._wake.set()
         if self._sender.is_alive():
