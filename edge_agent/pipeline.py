@@ -111,7 +111,7 @@ class Pipeline:
 
     def _run_stream(self) -> int:
         """Source and consumer until the end of the stream or ``stop``."""
-        self.clock_origin, self._started = time.time(), time.monotonic()
+        self.clock_origin, self._started = self._clock_origin(), time.monotonic()
         self.source.start(self.ring)
         self._consumer.start()
         while self._consumer.is_alive() and not self.stop_event.is_set():
@@ -122,6 +122,11 @@ class Pipeline:
             logger.error("consumer thread did not stop within 10 s")
             return 1
         return 1 if self.error else 0
+
+    def _clock_origin(self) -> float:
+        """Unix time of stream time zero: a file's recorded start when its metadata says, else now."""
+        recorded = getattr(self.source, "recorded_at", None)  # FileSource only (file_time.py)
+        return recorded if recorded is not None else time.time()
 
     def stop(self) -> None:
         """Request shutdown (any thread; SIGINT/SIGTERM via edge_agent.signals); open episodes end."""
@@ -189,11 +194,7 @@ class Pipeline:
         meta = self.model.metadata
         status = {"healthy": healthy, "reason": reason, "audio_stalled": self._stalled_for() is not None,
                   "model": {"name": meta.name, "version": meta.version, "sha256": self.model.sha256}}
-        for publisher in self.publishers:
-            try:
-                publisher.publish_state("agent", status)
-            except Exception:  # a status report is never worth the audio thread
-                logger.exception("output %s failed on the agent status", publisher.name)
+        self._publish_state("agent", status)
 
     def _count_source_failures(self) -> None:
         """A device that went away (and is being retried) is counted and logged once per loss."""
@@ -309,6 +310,9 @@ class Pipeline:
             event = make_event(detection, self.config.device_id, self.model_ref, self.clock_origin)
             if level is not None:
                 event["level"] = dict(level)
+            position = getattr(self.source, "position", None)  # FileSource: where in the file it was heard
+            if position is not None:
+                event["source"] = position(detection.started_at, detection.ended_at)
             for publisher in self.publishers:
                 self._publish(publisher, event)
             if detection.kind == "start":
