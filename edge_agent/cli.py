@@ -13,9 +13,9 @@ import sys
 # subcommand -> (module with ``main(argv) -> int``, one-line help, needs the [train] extra)
 SUBCOMMANDS: dict[str, tuple[str, str, bool]] = {
     "agent": ("edge_agent.agent_cli", "run the sensor agent on a mic, a file or stdin", False),
-    "bench": ("edge_agent.bench", "measure real-time factor, latency and memory of the pipeline", False),
-    "listen": ("edge_agent.listen", "show live class scores as bars, for tuning on site", False),
-    "calibrate": ("edge_agent.calibrate", "suggest per-class thresholds from a site recording", False),
+    "bench": ("edge_agent.tools.bench", "measure real-time factor, latency and memory of the agent", False),
+    "listen": ("edge_agent.tools.listen", "show live class scores as bars, for tuning on site", False),
+    "calibrate": ("edge_agent.tools.calibrate", "suggest per-class thresholds from a site recording", False),
     "train": ("training.cli", "train and cross-validate models on UrbanSound8K", True),
     "evaluate": ("training.evaluate.cli", "event recall, false alerts/hour and latency per split", True),
     "export": ("export.cli", "export a checkpoint to ONNX (FP32/INT8) with a model card", True),

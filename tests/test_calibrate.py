@@ -17,7 +17,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from support.onnx_models import noise, siren_sweep, write_audio
 
-from edge_agent.calibrate import (
+from edge_agent.tools.calibrate import (
     MAX_THRESHOLD,
     ScoreTrack,
     calibrate,

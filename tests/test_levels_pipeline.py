@@ -27,7 +27,7 @@ from edge_agent.onnx_model import OnnxModel
 from edge_agent.pipeline import Pipeline
 from edge_agent.publishers import Publisher
 from edge_agent.sources import open_source
-from edge_agent.spl_calibration import set_toml_value
+from edge_agent.tools.spl_calibration import set_toml_value
 
 ROOT = Path(__file__).resolve().parents[1]
 SCHEMA = json.loads((ROOT / "edge_agent/schemas/event.schema.json").read_text())

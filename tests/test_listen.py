@@ -16,7 +16,7 @@ import pytest
 from support.onnx_models import noise, siren_sweep, write_audio
 
 from edge_agent.detector import rank
-from edge_agent.listen import Display, bar, render_line, render_screen
+from edge_agent.tools.listen import Display, bar, render_line, render_screen
 
 ROOT = Path(__file__).resolve().parents[1]
 LINE = re.compile(r"^\s*(\d+\.\d{3})s  (.+)$")

@@ -13,7 +13,8 @@ ROOT = Path(__file__).resolve().parents[1]
 VARIABLES = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
 
 
-@pytest.mark.parametrize("module", ["edge_agent.agent_cli", "edge_agent.listen", "edge_agent.bench"])
+@pytest.mark.parametrize("module", ["edge_agent.agent_cli", "edge_agent.tools.listen",
+                                    "edge_agent.tools.bench", "edge_agent.tools.calibrate"])
 def test_blas_is_pinned_before_numpy_loads(module: str) -> None:
     probe = (f"import os, sys, {module}, numpy; loaded = list(sys.modules); "
              "print(loaded.index('edge_agent.one_blas_thread') < loaded.index('numpy'), "

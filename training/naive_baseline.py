@@ -24,9 +24,9 @@ import librosa
 import numpy as np
 import torch
 
-from edge_agent.bench import pin_cores
 from edge_agent.model_card import read_card
 from edge_agent.onnx_model import OnnxModel
+from edge_agent.tools.bench import pin_cores
 from edge_agent.windowing import hop_samples
 from training.checkpoint import load_checkpoint
 from training.models import ModelConfig, build_model

@@ -23,9 +23,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from edge_agent.calibrate import detector_windows
 from edge_agent.config import DetectorConfig
 from edge_agent.detector import Detector
+from edge_agent.tools.calibrate import detector_windows
 from training.evaluate.streams import NEGATIVE, TARGET, Placement, StreamPlan
 
 # The sweep's thresholds: coarse where alerts are many, finer near the top where the curve bends.

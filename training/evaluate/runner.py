@@ -11,11 +11,11 @@ from dataclasses import dataclass
 import numpy as np
 from tqdm import tqdm
 
-from edge_agent.calibrate import ScoreTrack
 from edge_agent.config import AgentConfig
 from edge_agent.onnx_model import OnnxModel
 from edge_agent.pipeline import Pipeline, WindowResult
 from edge_agent.sources import _ThreadSource  # the file source's reader thread, reused
+from edge_agent.tools.calibrate import ScoreTrack
 from training.catalog import Clip, DataError
 from training.evaluate.streams import StreamPlan, render
 

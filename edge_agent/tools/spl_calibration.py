@@ -19,8 +19,8 @@ import numpy as np
 from edge_agent.agent_cli import UsageError
 from edge_agent.config import AgentConfig, ConfigError, read_toml
 from edge_agent.levels import CalibrationError, calibration_offset
-from edge_agent.listen import config_from_args, run_offline
 from edge_agent.publishers.base import Publisher
+from edge_agent.tools.listen import config_from_args, run_offline
 
 DEFAULT_SECONDS = 10.0
 _SECTION = re.compile(r"^\s*\[([^\]]+)\]\s*(#.*)?$")

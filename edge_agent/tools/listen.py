@@ -13,7 +13,6 @@ import sys
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TextIO
 
-import edge_agent.one_blas_thread  # noqa: F401 (first: one BLAS thread, set before numpy loads)
 from edge_agent.agent_cli import UsageError, add_shared_flags, model_path, run_command, silence_stdout
 from edge_agent.config import AgentConfig, StdoutConfig, load_config
 from edge_agent.detector import rank

@@ -22,7 +22,7 @@ import numpy as np
 from edge_agent.agent_cli import UsageError, add_shared_flags, run_command
 from edge_agent.config import AgentConfig, DetectorConfig
 from edge_agent.detector import Detector
-from edge_agent.listen import config_from_args, run_offline
+from edge_agent.tools.listen import config_from_args, run_offline
 
 logger = logging.getLogger(__name__)
 
@@ -258,7 +258,7 @@ def _labels(spec: str | None, config: AgentConfig, model_labels: Sequence[str]) 
 def run(args: argparse.Namespace) -> int:
     """Record scores, search thresholds, print the table, write the snippet (--spl: the mic level)."""
     if args.spl is not None:
-        from edge_agent.spl_calibration import run_spl
+        from edge_agent.tools.spl_calibration import run_spl
 
         return run_spl(args)
     _check_args(args)

@@ -163,7 +163,7 @@ def _timed(call: Any, spent: list[float]) -> Any:
 
 def spawn_worker(spec: dict[str, Any]) -> dict[str, Any]:
     """Run ``run_worker`` in a fresh interpreter; its last stdout line is the JSON result."""
-    return run_program("edge_agent.bench", ["--worker", json.dumps(spec)], "benchmark run failed: ")
+    return run_program("edge_agent.tools.bench", ["--worker", json.dumps(spec)], "benchmark run failed: ")
 
 
 def run_program(module: str, args: list[str], failure: str = "") -> dict[str, Any]:
