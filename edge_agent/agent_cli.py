@@ -28,8 +28,12 @@ class UsageError(Exception):
 def add_shared_flags(parser: argparse.ArgumentParser, log_level: str) -> None:
     """Flags every agent-side command (agent, listen, calibrate) shares: model, gate override, stdin, logs."""
     parser.add_argument("--model", help=f"ONNX model (default: {DEFAULT_MODEL})")
-    parser.add_argument("--allow-ungated", action="store_true", default=None,
-                        help="run a model without a passing release-gate record (logged, metric set)")
+    parser.add_argument(
+        "--allow-ungated",
+        action="store_true",
+        default=None,
+        help="run a model without a passing release-gate record (logged, metric set)",
+    )
     parser.add_argument("--stdin-rate", type=int, help="sample rate of raw stdin audio")
     parser.add_argument("--stdin-channels", type=int, help="channels of raw stdin audio")
     parser.add_argument("--log-level", default=log_level, choices=["DEBUG", "INFO", "WARNING", "ERROR"])
@@ -41,7 +45,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--source", help="mic, mic:NAME_OR_INDEX, an audio file, or - for raw s16le stdin")
     parser.add_argument("--config", help="TOML config file")
     parser.add_argument("--mqtt", metavar="URL|none", help="mqtt://host:port, mqtts://host:port, or none")
-    parser.add_argument("--webhook", metavar="URL|none", help="POST each event as JSON to http(s)://host/path")
+    parser.add_argument(
+        "--webhook", metavar="URL|none", help="POST each event as JSON to http(s)://host/path"
+    )
     parser.add_argument("--metrics-port", type=int, help="serve /metrics and /healthz on this port")
     parser.add_argument("--fast", action="store_true", default=None, help="read files as fast as possible")
     parser.add_argument("--hop", type=float, help=f"seconds between windows (default {DEFAULT_HOP_SECONDS})")
@@ -57,8 +63,13 @@ def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
     """CLI flags as a config layer; None means the flag was not given."""
     return {
         "device_id": args.device_id,
-        "audio": {"source": args.source, "fast": args.fast, "stdin_rate": args.stdin_rate,
-                  "stdin_channels": args.stdin_channels, "hop_seconds": args.hop},
+        "audio": {
+            "source": args.source,
+            "fast": args.fast,
+            "stdin_rate": args.stdin_rate,
+            "stdin_channels": args.stdin_channels,
+            "hop_seconds": args.hop,
+        },
         "model": {"path": args.model, "allow_ungated": args.allow_ungated, "threads": args.threads},
         "mqtt": {"url": args.mqtt},
         "webhook": {"url": args.webhook},
@@ -111,13 +122,20 @@ def _run_agent(config: AgentConfig, router: Any) -> int:
     pipeline = Pipeline(config, model, source, metrics=metrics)  # validates the detector config first
     identity = {"name": model.metadata.name, "version": model.metadata.version, "sha256": model.sha256}
     pipeline.publishers = make_publishers(config, pipeline.rate, identity, metrics)
-    logger.info("model %s %s (%s), source %s, hop %.3f s, outputs %s", model.metadata.name,
-                model.metadata.version, model.sha256[:12], source.description, pipeline.hop / pipeline.rate,
-                names(pipeline.publishers))
+    logger.info(
+        "model %s %s (%s), source %s, hop %.3f s, outputs %s",
+        model.metadata.name,
+        model.metadata.version,
+        model.sha256[:12],
+        source.description,
+        pipeline.hop / pipeline.rate,
+        names(pipeline.publishers),
+    )
     server = _start_metrics(config, metrics, pipeline)
     router.on_stop(pipeline.stop)
-    reloader = ModelReloader(pipeline, path, config.model.threads, config.model.allow_ungated,
-                             config.model.reload_poll_s)
+    reloader = ModelReloader(
+        pipeline, path, config.model.threads, config.model.allow_ungated, config.model.reload_poll_s
+    )
     reloader.start()
     router.on_hup(reloader.request)
     try:
@@ -140,8 +158,10 @@ def _start_metrics(config: AgentConfig, metrics: Any, pipeline: Any) -> Any:
     try:
         return start_http_server(metrics, config.metrics.host, config.metrics.port, pipeline.health)
     except OSError as error:
-        raise UsageError(f"metrics.port: cannot listen on {config.metrics.host}:{config.metrics.port}: "
-                         f"{error.strerror or error}") from None
+        raise UsageError(
+            f"metrics.port: cannot listen on {config.metrics.host}:{config.metrics.port}: "
+            f"{error.strerror or error}"
+        ) from None
 
 
 def user_errors() -> tuple[type[Exception], ...]:
@@ -153,13 +173,18 @@ def user_errors() -> tuple[type[Exception], ...]:
     return UsageError, ConfigError, ModelError, SourceError, OutputSetupError
 
 
-def run_command(name: str, parser: argparse.ArgumentParser, run: Callable[[argparse.Namespace], int],
-                argv: list[str] | None) -> int:
+def run_command(
+    name: str,
+    parser: argparse.ArgumentParser,
+    run: Callable[[argparse.Namespace], int],
+    argv: list[str] | None,
+) -> int:
     """Parse, log to stderr, run; bad input is one line and exit code 2, Ctrl-C exit 130 (agent-side
     commands share this)."""
     args = parser.parse_args(argv)
-    logging.basicConfig(level=args.log_level, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=args.log_level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     try:
         return run(args)
     except user_errors() as error:

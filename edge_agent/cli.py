@@ -21,8 +21,17 @@ SUBCOMMANDS: dict[str, tuple[str, str, bool]] = {
     "export": ("export.cli", "export a checkpoint to ONNX (FP32/INT8) with a model card", True),
     "gate": ("deploy.gate.cli", "run the robustness release gate on a model", True),
 }
-TRAINING_ONLY_MODULES = {"torch", "torchaudio", "librosa", "foolbox", "eagerpy", "onnx", "onnxscript",
-                         "matplotlib", "tqdm"}
+TRAINING_ONLY_MODULES = {
+    "torch",
+    "torchaudio",
+    "librosa",
+    "foolbox",
+    "eagerpy",
+    "onnx",
+    "onnxscript",
+    "matplotlib",
+    "tqdm",
+}
 # Not in the wheel (it is the agent alone): they import from a checkout installed with -e.
 CHECKOUT_ONLY_PACKAGES = {"training", "export", "deploy"}
 
@@ -66,8 +75,11 @@ def main(argv: list[str] | None = None) -> int:
         # `training` absent: a wheel install; `training.x` absent from a checkout is a bug (traceback).
         absent = missing in TRAINING_ONLY_MODULES or error.name in CHECKOUT_ONLY_PACKAGES
         if needs_train and absent:
-            print(f"earshot {name} needs a source checkout with the training extras ({missing} is missing): "
-                  "pip install -e '.[train]' in the checkout", file=sys.stderr)
+            print(
+                f"earshot {name} needs a source checkout with the training extras ({missing} is missing): "
+                "pip install -e '.[train]' in the checkout",
+                file=sys.stderr,
+            )
             return 2
         raise
     return int(module.main(rest) or 0)

@@ -93,16 +93,30 @@ class AudioConfig:
 
     def __post_init__(self) -> None:
         _require("audio.source", bool(self.source.strip()), "must not be empty", self.source)
-        _require("audio.stdin_rate", MIN_SAMPLE_RATE <= self.stdin_rate <= MAX_SAMPLE_RATE,
-                 f"must be in {MIN_SAMPLE_RATE}..{MAX_SAMPLE_RATE}", self.stdin_rate)
-        _require("audio.stdin_channels", 1 <= self.stdin_channels <= 64, "must be in 1..64",
-                 self.stdin_channels)
-        _require("audio.block_size", 1 <= self.block_size <= 1 << 20, "must be in 1..1048576",
-                 self.block_size)
-        _require("audio.ring_seconds", _finite(self.ring_seconds) and 0.5 <= self.ring_seconds <= 600,
-                 "must be in 0.5..600", self.ring_seconds)
-        _require("audio.hop_seconds", _finite(self.hop_seconds) and 0.01 <= self.hop_seconds <= 60,
-                 "must be in 0.01..60", self.hop_seconds)
+        _require(
+            "audio.stdin_rate",
+            MIN_SAMPLE_RATE <= self.stdin_rate <= MAX_SAMPLE_RATE,
+            f"must be in {MIN_SAMPLE_RATE}..{MAX_SAMPLE_RATE}",
+            self.stdin_rate,
+        )
+        _require(
+            "audio.stdin_channels", 1 <= self.stdin_channels <= 64, "must be in 1..64", self.stdin_channels
+        )
+        _require(
+            "audio.block_size", 1 <= self.block_size <= 1 << 20, "must be in 1..1048576", self.block_size
+        )
+        _require(
+            "audio.ring_seconds",
+            _finite(self.ring_seconds) and 0.5 <= self.ring_seconds <= 600,
+            "must be in 0.5..600",
+            self.ring_seconds,
+        )
+        _require(
+            "audio.hop_seconds",
+            _finite(self.hop_seconds) and 0.01 <= self.hop_seconds <= 60,
+            "must be in 0.01..60",
+            self.hop_seconds,
+        )
 
 
 @dataclass(frozen=True)
@@ -117,8 +131,12 @@ class ModelConfig:
     def __post_init__(self) -> None:
         _require("model.path", self.path is None or bool(self.path.strip()), "must not be empty", self.path)
         _require("model.threads", 1 <= self.threads <= 64, "must be in 1..64", self.threads)
-        _require("model.reload_poll_s", _finite(self.reload_poll_s) and 0 <= self.reload_poll_s <= 3600,
-                 "must be in 0..3600", self.reload_poll_s)
+        _require(
+            "model.reload_poll_s",
+            _finite(self.reload_poll_s) and 0 <= self.reload_poll_s <= 3600,
+            "must be in 0..3600",
+            self.reload_poll_s,
+        )
 
 
 @dataclass(frozen=True)
@@ -138,20 +156,40 @@ class DetectorConfig:
         object.__setattr__(self, "thresholds", FrozenDict(self.thresholds))
         _require("detector.listen", len(self.listen) > 0, "must name at least one label", list(self.listen))
         for label in self.listen:
-            _require("detector.listen", isinstance(label, str) and bool(label.strip()),
-                     "labels must be non-empty strings", label)
+            _require(
+                "detector.listen",
+                isinstance(label, str) and bool(label.strip()),
+                "labels must be non-empty strings",
+                label,
+            )
             problem = topic_level_problem(label)  # <prefix>/<device_id>/event/<label>
             _require("detector.listen", not problem, f"labels are MQTT topic levels and {problem}", label)
         for label, value in self.thresholds.items():
-            _require(f"detector.thresholds.{label}", _finite(value) and 0.0 <= value <= 1.0,
-                     "must be in 0..1", value)
+            _require(
+                f"detector.thresholds.{label}",
+                _finite(value) and 0.0 <= value <= 1.0,
+                "must be in 0..1",
+                value,
+            )
         _require("detector.confirm_n", 1 <= self.confirm_n <= 1000, "must be in 1..1000", self.confirm_n)
-        _require("detector.confirm_m", self.confirm_n <= self.confirm_m <= 1000,
-                 f"must be in confirm_n ({self.confirm_n})..1000", self.confirm_m)
-        _require("detector.cooldown_s", _finite(self.cooldown_s) and self.cooldown_s >= 0, "must be >= 0",
-                 self.cooldown_s)
-        _require("detector.end_after_s", _finite(self.end_after_s) and self.end_after_s >= 0,
-                 "must be >= 0", self.end_after_s)
+        _require(
+            "detector.confirm_m",
+            self.confirm_n <= self.confirm_m <= 1000,
+            f"must be in confirm_n ({self.confirm_n})..1000",
+            self.confirm_m,
+        )
+        _require(
+            "detector.cooldown_s",
+            _finite(self.cooldown_s) and self.cooldown_s >= 0,
+            "must be >= 0",
+            self.cooldown_s,
+        )
+        _require(
+            "detector.end_after_s",
+            _finite(self.end_after_s) and self.end_after_s >= 0,
+            "must be >= 0",
+            self.end_after_s,
+        )
         _require("detector.top_k", 1 <= self.top_k <= 100, "must be in 1..100", self.top_k)
 
 
@@ -211,14 +249,26 @@ class MqttConfig:
     qos: int = 1
 
     def __post_init__(self) -> None:
-        _reject_userinfo("mqtt.url", self.url, "set mqtt.username, and the password in EARSHOT_MQTT_PASSWORD "
-                         "or mqtt.password_file")
-        _require("mqtt.url", self.url == "none" or _MQTT_URL.match(self.url) is not None,
-                 'must be "none" or mqtt://host[:port] or mqtts://host[:port]', self.url)
-        _require("mqtt.url", self.port is None or 1 <= self.port <= 65535, "port must be in 1..65535",
-                 self.url)
-        _require("mqtt.tls_key", (self.tls_cert is None) == (self.tls_key is None),
-                 "tls_cert and tls_key must be set together", "<hidden>" if self.tls_key else None)
+        _reject_userinfo(
+            "mqtt.url",
+            self.url,
+            "set mqtt.username, and the password in EARSHOT_MQTT_PASSWORD or mqtt.password_file",
+        )
+        _require(
+            "mqtt.url",
+            self.url == "none" or _MQTT_URL.match(self.url) is not None,
+            'must be "none" or mqtt://host[:port] or mqtts://host[:port]',
+            self.url,
+        )
+        _require(
+            "mqtt.url", self.port is None or 1 <= self.port <= 65535, "port must be in 1..65535", self.url
+        )
+        _require(
+            "mqtt.tls_key",
+            (self.tls_cert is None) == (self.tls_key is None),
+            "tls_cert and tls_key must be set together",
+            "<hidden>" if self.tls_key else None,
+        )
         for key in ("topic_prefix", "discovery_prefix"):
             value = getattr(self, key)
             problem = topic_level_problem(value, first=True)
@@ -227,24 +277,43 @@ class MqttConfig:
             problem = mqtt_text_problem(self.client_id) or ("" if self.client_id else "must not be empty")
             _require("mqtt.client_id", not problem, problem, self.client_id)
         _require("mqtt.keepalive_s", 5 <= self.keepalive_s <= 3600, "must be in 5..3600", self.keepalive_s)
-        _require("mqtt.reconnect_min_s", _finite(self.reconnect_min_s) and self.reconnect_min_s > 0,
-                 "must be > 0", self.reconnect_min_s)
-        _require("mqtt.reconnect_max_s",
-                 _finite(self.reconnect_max_s) and self.reconnect_max_s >= self.reconnect_min_s,
-                 f"must be >= reconnect_min_s ({self.reconnect_min_s})", self.reconnect_max_s)
+        _require(
+            "mqtt.reconnect_min_s",
+            _finite(self.reconnect_min_s) and self.reconnect_min_s > 0,
+            "must be > 0",
+            self.reconnect_min_s,
+        )
+        _require(
+            "mqtt.reconnect_max_s",
+            _finite(self.reconnect_max_s) and self.reconnect_max_s >= self.reconnect_min_s,
+            f"must be >= reconnect_min_s ({self.reconnect_min_s})",
+            self.reconnect_max_s,
+        )
         _require("mqtt.qos", self.qos in (0, 1, 2), "must be 0, 1 or 2", self.qos)
         self._check_credentials()
 
     def _check_credentials(self) -> None:
         """MQTT caps both at 65535 bytes, and a broker drops a username with control characters."""
         if self.username is not None:
-            _require("mqtt.username", len(self.username.encode("utf-8")) <= MQTT_STRING_MAX_BYTES,
-                     f"must be at most {MQTT_STRING_MAX_BYTES} bytes", f"{len(self.username)} characters")
-            _require("mqtt.username", not _CONTROL_CHARACTERS.search(self.username),
-                     "must not contain control characters (NUL, newline, ...)", "<hidden>")
+            _require(
+                "mqtt.username",
+                len(self.username.encode("utf-8")) <= MQTT_STRING_MAX_BYTES,
+                f"must be at most {MQTT_STRING_MAX_BYTES} bytes",
+                f"{len(self.username)} characters",
+            )
+            _require(
+                "mqtt.username",
+                not _CONTROL_CHARACTERS.search(self.username),
+                "must not contain control characters (NUL, newline, ...)",
+                "<hidden>",
+            )
         if self.password is not None:
-            _require("mqtt.password", len(self.password.encode("utf-8")) <= MQTT_STRING_MAX_BYTES,
-                     f"must be at most {MQTT_STRING_MAX_BYTES} bytes", "<hidden>")
+            _require(
+                "mqtt.password",
+                len(self.password.encode("utf-8")) <= MQTT_STRING_MAX_BYTES,
+                f"must be at most {MQTT_STRING_MAX_BYTES} bytes",
+                "<hidden>",
+            )
 
     @property
     def enabled(self) -> bool:
@@ -280,8 +349,9 @@ class QueueConfig:
 
     def __post_init__(self) -> None:
         _require("queue.dir", bool(self.dir.strip()), "must not be empty", self.dir)
-        _require("queue.max_events", 1 <= self.max_events <= 10_000_000, "must be in 1..10000000",
-                 self.max_events)
+        _require(
+            "queue.max_events", 1 <= self.max_events <= 10_000_000, "must be in 1..10000000", self.max_events
+        )
 
 
 _HTTP_URL = re.compile(r"^https?://[^\s/:]+(:\d{1,5})?(/\S*)?$")
@@ -300,19 +370,42 @@ class WebhookConfig:
     retry_max_s: float = 60.0
 
     def __post_init__(self) -> None:
-        _reject_userinfo("webhook.url", self.url, "the endpoint gets a bearer token from "
-                         "EARSHOT_WEBHOOK_TOKEN or webhook.token_file")
-        _require("webhook.url", self.url == "none" or _HTTP_URL.match(self.url) is not None,
-                 'must be "none" or http(s)://host[:port][/path]', self.url)
+        _reject_userinfo(
+            "webhook.url",
+            self.url,
+            "the endpoint gets a bearer token from EARSHOT_WEBHOOK_TOKEN or webhook.token_file",
+        )
+        _require(
+            "webhook.url",
+            self.url == "none" or _HTTP_URL.match(self.url) is not None,
+            'must be "none" or http(s)://host[:port][/path]',
+            self.url,
+        )
         if self.token is not None:
-            _require("webhook.token", not _CONTROL_CHARACTERS.search(self.token) and bool(self.token.strip()),
-                     "must be non-empty without control characters", "<hidden>")
-        _require("webhook.timeout_s", _finite(self.timeout_s) and 0 < self.timeout_s <= 300,
-                 "must be in 0..300", self.timeout_s)
-        _require("webhook.retry_min_s", _finite(self.retry_min_s) and self.retry_min_s > 0, "must be > 0",
-                 self.retry_min_s)
-        _require("webhook.retry_max_s", _finite(self.retry_max_s) and self.retry_max_s >= self.retry_min_s,
-                 f"must be >= retry_min_s ({self.retry_min_s})", self.retry_max_s)
+            _require(
+                "webhook.token",
+                not _CONTROL_CHARACTERS.search(self.token) and bool(self.token.strip()),
+                "must be non-empty without control characters",
+                "<hidden>",
+            )
+        _require(
+            "webhook.timeout_s",
+            _finite(self.timeout_s) and 0 < self.timeout_s <= 300,
+            "must be in 0..300",
+            self.timeout_s,
+        )
+        _require(
+            "webhook.retry_min_s",
+            _finite(self.retry_min_s) and self.retry_min_s > 0,
+            "must be > 0",
+            self.retry_min_s,
+        )
+        _require(
+            "webhook.retry_max_s",
+            _finite(self.retry_max_s) and self.retry_max_s >= self.retry_min_s,
+            f"must be >= retry_min_s ({self.retry_min_s})",
+            self.retry_max_s,
+        )
 
     @property
     def enabled(self) -> bool:
@@ -342,8 +435,12 @@ class LevelsConfig:
 
     def __post_init__(self) -> None:
         if self.offset_db is not None:
-            _require("levels.offset_db", _finite(self.offset_db) and 0 <= self.offset_db <= 200,
-                     "must be in 0..200 (a MEMS mic's dBFS-to-SPL offset is about 90-130)", self.offset_db)
+            _require(
+                "levels.offset_db",
+                _finite(self.offset_db) and 0 <= self.offset_db <= 200,
+                "must be in 0..200 (a MEMS mic's dBFS-to-SPL offset is about 90-130)",
+                self.offset_db,
+            )
         if self.alert_laeq_db is not None:
             in_range = _finite(self.alert_laeq_db) and -200 <= self.alert_laeq_db <= 200
             _require("levels.alert_laeq_db", in_range, "must be in -200..200", self.alert_laeq_db)
@@ -361,8 +458,9 @@ class MetricsConfig:
 
     def __post_init__(self) -> None:
         _require("metrics.host", bool(self.host.strip()), "must not be empty", self.host)
-        _require("metrics.port", self.port is None or 0 <= self.port <= 65535, "must be in 0..65535",
-                 self.port)
+        _require(
+            "metrics.port", self.port is None or 0 <= self.port <= 65535, "must be in 0..65535", self.port
+        )
 
 
 @dataclass(frozen=True)
@@ -378,13 +476,25 @@ class CaptureConfig:
 
     def __post_init__(self) -> None:
         _require("capture.dir", bool(self.dir.strip()), "must not be empty", self.dir)
-        _require("capture.pre_roll_s", _finite(self.pre_roll_s) and 0 <= self.pre_roll_s <= 60,
-                 "must be in 0..60", self.pre_roll_s)
-        _require("capture.post_roll_s", _finite(self.post_roll_s) and 0 <= self.post_roll_s <= 60,
-                 "must be in 0..60", self.post_roll_s)
+        _require(
+            "capture.pre_roll_s",
+            _finite(self.pre_roll_s) and 0 <= self.pre_roll_s <= 60,
+            "must be in 0..60",
+            self.pre_roll_s,
+        )
+        _require(
+            "capture.post_roll_s",
+            _finite(self.post_roll_s) and 0 <= self.post_roll_s <= 60,
+            "must be in 0..60",
+            self.post_roll_s,
+        )
         _require("capture.max_mb", _finite(self.max_mb) and self.max_mb > 0, "must be > 0", self.max_mb)
-        _require("capture.max_age_days", _finite(self.max_age_days) and self.max_age_days > 0,
-                 "must be > 0", self.max_age_days)
+        _require(
+            "capture.max_age_days",
+            _finite(self.max_age_days) and self.max_age_days > 0,
+            "must be > 0",
+            self.max_age_days,
+        )
 
 
 def default_device_id() -> str:
@@ -413,8 +523,9 @@ class AgentConfig:
         _require("device_id", not problem, problem, self.device_id)
 
 
-SECTIONS: dict[str, type] = {name: hint for name, hint in typing.get_type_hints(AgentConfig).items()
-                             if name != "device_id"}
+SECTIONS: dict[str, type] = {
+    name: hint for name, hint in typing.get_type_hints(AgentConfig).items() if name != "device_id"
+}
 # (section, secret key, key of the file that holds it): never read from the config file in clear.
 SECRETS = (("mqtt", "password", "password_file"), ("webhook", "token", "token_file"))
 MOVED = {("mqtt", "queue_dir"): "queue.dir", ("mqtt", "queue_max_events"): "queue.max_events"}
@@ -483,8 +594,12 @@ def _check_type(key: str, value: Any, hint: Any) -> Any:
     elif base is bool or base is str:
         _require(key, isinstance(value, base), f"must be a {'boolean' if base is bool else 'string'}", value)
     elif typing.get_origin(base) is tuple:
-        _require(key, isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value),
-                 "must be a list of strings", value)
+        _require(
+            key,
+            isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value),
+            "must be a list of strings",
+            value,
+        )
         return tuple(value)
     elif typing.get_origin(base) is Mapping:
         _require(key, isinstance(value, Mapping), "must be a table of label = number", value)
@@ -497,8 +612,12 @@ def _check_type(key: str, value: Any, hint: Any) -> Any:
 def _build_section(name: str, cls: type, values: Mapping[str, Any]) -> Any:
     """Type-check ``values`` and construct one section (its __post_init__ checks ranges)."""
     hints = typing.get_type_hints(cls)
-    reject_unknown(values, hints, lambda keys: f"{name}.{keys[0]}: unknown setting "
-                   f"(known: {', '.join(sorted(hints))})", ConfigError)
+    reject_unknown(
+        values,
+        hints,
+        lambda keys: f"{name}.{keys[0]}: unknown setting (known: {', '.join(sorted(hints))})",
+        ConfigError,
+    )
     kwargs = {key: _check_type(f"{name}.{key}", value, hints[key]) for key, value in values.items()}
     try:
         return cls(**kwargs)
@@ -518,13 +637,16 @@ def read_toml(path: str | os.PathLike) -> dict[str, Any]:
     except RecursionError:  # tomllib recurses per nested array or inline table
         raise ConfigError(f"config file {str(path)!r}: invalid TOML: values nested too deeply") from None
     except UnicodeDecodeError as error:
-        raise ConfigError(f"config file {str(path)!r}: not UTF-8 text ({error.reason} at byte {error.start})"
-                          ) from None
+        raise ConfigError(
+            f"config file {str(path)!r}: not UTF-8 text ({error.reason} at byte {error.start})"
+        ) from None
     for section, key, file_key in SECRETS:
         table = data.get(section)
         if isinstance(table, Mapping) and key in table:
-            raise ConfigError(f"{section}.{key}: secrets are not read from the config file; "
-                              f"set {ENV_PREFIX}{section.upper()}_{key.upper()} or {section}.{file_key}")
+            raise ConfigError(
+                f"{section}.{key}: secrets are not read from the config file; "
+                f"set {ENV_PREFIX}{section.upper()}_{key.upper()} or {section}.{file_key}"
+            )
     _reject_moved(data)
     return data
 
@@ -544,7 +666,7 @@ def env_layer(environ: Mapping[str, str]) -> dict[str, dict[str, Any]]:
         if name == ENV_PREFIX + "DEVICE_ID":
             layer.setdefault("", {})["device_id"] = text
             continue
-        section, _, key = name[len(ENV_PREFIX):].lower().partition("_")
+        section, _, key = name[len(ENV_PREFIX) :].lower().partition("_")
         if not name.startswith(ENV_PREFIX) or section not in SECTIONS:
             continue  # other EARSHOT_* variables belong to other tools
         hints = typing.get_type_hints(SECTIONS[section])
@@ -580,22 +702,31 @@ def _resolve_secrets(merged: dict[str, Any]) -> None:
         try:
             table[key] = path.read_text(encoding="utf-8").strip()
         except (OSError, UnicodeDecodeError) as error:
-            raise ConfigError(f"{section}.{file_key}: cannot read {str(path)!r}: "
-                              f"{getattr(error, 'strerror', None) or error}") from None
+            raise ConfigError(
+                f"{section}.{file_key}: cannot read {str(path)!r}: "
+                f"{getattr(error, 'strerror', None) or error}"
+            ) from None
 
 
 def build_config(data: Mapping[str, Any]) -> AgentConfig:
     """Build and validate the tree from one merged nested dict (TOML shape)."""
-    reject_unknown(data, [*SECTIONS, "device_id"], lambda keys: f"{keys[0]}: unknown setting "
-                   f"(known sections: device_id, {', '.join(SECTIONS)})", ConfigError)
+    reject_unknown(
+        data,
+        [*SECTIONS, "device_id"],
+        lambda keys: f"{keys[0]}: unknown setting (known sections: device_id, {', '.join(SECTIONS)})",
+        ConfigError,
+    )
     sections = {name: _build_section(name, cls, data.get(name, {})) for name, cls in SECTIONS.items()}
     if "device_id" in data:
         return AgentConfig(device_id=_check_type("device_id", data["device_id"], str), **sections)
     return AgentConfig(**sections)
 
 
-def load_config(path: str | os.PathLike | None = None, environ: Mapping[str, str] | None = None,
-                overrides: Mapping[str, Any] | None = None) -> AgentConfig:
+def load_config(
+    path: str | os.PathLike | None = None,
+    environ: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> AgentConfig:
     """TOML file (optional) -> environment -> CLI overrides (None values mean 'flag not given')."""
     toml = read_toml(path) if path is not None else {}
     env = env_layer(os.environ if environ is None else environ)

@@ -52,23 +52,35 @@ def rank(labels: Sequence[str], scores: Sequence[float], k: int) -> tuple[tuple[
     return tuple((labels[i], float(scores[i])) for i in order)
 
 
-def resolve_thresholds(labels: Sequence[str], configured: Mapping[str, float],
-                       suggested: Mapping[str, float]) -> dict[str, float]:
+def resolve_thresholds(
+    labels: Sequence[str], configured: Mapping[str, float], suggested: Mapping[str, float]
+) -> dict[str, float]:
     """Per label: the config's threshold, else the model's suggestion, else 0.5."""
-    reject_unknown(configured, labels, lambda keys: f"detector.thresholds.{keys[0]}: not a label of this "
-                   f"model (labels: {', '.join(labels)})", ConfigError)
+    reject_unknown(
+        configured,
+        labels,
+        lambda keys: (
+            f"detector.thresholds.{keys[0]}: not a label of this model (labels: {', '.join(labels)})"
+        ),
+        ConfigError,
+    )
     return {label: float(configured.get(label, suggested.get(label, DEFAULT_THRESHOLD))) for label in labels}
 
 
 class Detector:
     """Turns per-window class scores into start/end ``Detection``s for the listened classes."""
 
-    def __init__(self, labels: Sequence[str], config: DetectorConfig,
-                 suggested_thresholds: Mapping[str, float] | None = None) -> None:
+    def __init__(
+        self,
+        labels: Sequence[str],
+        config: DetectorConfig,
+        suggested_thresholds: Mapping[str, float] | None = None,
+    ) -> None:
         missing = [label for label in config.listen if label not in labels]
         if missing:
-            raise ConfigError(f"detector.listen: {missing[0]!r} is not a label of this model "
-                              f"(labels: {', '.join(labels)})")
+            raise ConfigError(
+                f"detector.listen: {missing[0]!r} is not a label of this model (labels: {', '.join(labels)})"
+            )
         self.labels = tuple(labels)
         self.config = config
         self.thresholds = resolve_thresholds(labels, config.thresholds, suggested_thresholds or {})
@@ -96,14 +108,22 @@ class Detector:
                 detections.append(Detection(label, "start", score, now, None, ranked))
         return detections
 
-    def _start(self, state: _ClassState, score: float, ranked: tuple[tuple[str, float], ...],
-               now: float) -> None:
+    def _start(
+        self, state: _ClassState, score: float, ranked: tuple[tuple[str, float], ...], now: float
+    ) -> None:
         """Open an episode."""
         state.active, state.started_at, state.last_hit = True, now, now
         state.peak, state.peak_top_k = score, ranked
 
-    def _continue(self, label: str, state: _ClassState, hit: bool, score: float,
-                  ranked: tuple[tuple[str, float], ...], now: float) -> list[Detection]:
+    def _continue(
+        self,
+        label: str,
+        state: _ClassState,
+        hit: bool,
+        score: float,
+        ranked: tuple[tuple[str, float], ...],
+        now: float,
+    ) -> list[Detection]:
         """Extend an open episode on a hit; end it after ``end_after_s`` without one."""
         if hit:
             state.last_hit = now

@@ -37,8 +37,9 @@ def make_event(detection: Detection, device_id: str, model: ModelRef, clock_orig
         "label": detection.label,
         "kind": detection.kind,
         "score": round(min(1.0, max(0.0, detection.score)), 6),
-        "top_k": [{"label": label, "score": round(min(1.0, max(0.0, score)), 6)}
-                  for label, score in detection.top_k],
+        "top_k": [
+            {"label": label, "score": round(min(1.0, max(0.0, score)), 6)} for label, score in detection.top_k
+        ],
         "started_at": utc_iso(clock_origin + detection.started_at),
         "ended_at": None if detection.ended_at is None else utc_iso(clock_origin + detection.ended_at),
         "model": {"name": model.name, "version": model.version, "sha256": model.sha256},

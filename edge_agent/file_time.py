@@ -56,7 +56,7 @@ def _bext_start(path: Path) -> float | None:
             chunk_id, size = header[:4], struct.unpack("<I", header[4:])[0]
             if chunk_id == b"bext":
                 body = handle.read(min(size, BEXT_DATE_OFFSET + 18))
-                return _bext_stamp(body[BEXT_DATE_OFFSET:BEXT_DATE_OFFSET + 18])
+                return _bext_stamp(body[BEXT_DATE_OFFSET : BEXT_DATE_OFFSET + 18])
             handle.seek(size + (size & 1), 1)  # chunks are word-aligned
     return None
 

@@ -80,8 +80,9 @@ def _mel_to_hz(mel: np.ndarray) -> np.ndarray:
 
 def _mel_edges_hz(params: FrontendParams) -> np.ndarray:
     """(n_mels + 2,) HTK mel points in Hz: each filter rises from point i, peaks at i+1, ends at i+2."""
-    mel_points = np.linspace(_hz_to_mel(np.array(params.f_min)), _hz_to_mel(np.array(params.f_max)),
-                             params.n_mels + 2)
+    mel_points = np.linspace(
+        _hz_to_mel(np.array(params.f_min)), _hz_to_mel(np.array(params.f_max)), params.n_mels + 2
+    )
     return _mel_to_hz(mel_points)
 
 
@@ -112,7 +113,8 @@ class LogMel:
         self.params = params
         # Periodic Hann, as torch.hann_window(n_fft) builds it.
         self._window = (0.5 - 0.5 * np.cos(2 * np.pi * np.arange(params.n_fft) / params.n_fft)).astype(
-            np.float32)
+            np.float32
+        )
         self._filters = mel_filterbank(params).astype(np.float32)  # (n_freqs, n_mels)
 
     def _log_mel(self, frames: np.ndarray) -> np.ndarray:
@@ -129,8 +131,9 @@ class LogMel:
         # A strided view (no copy); as_strided directly, since sliding_window_view's checks cost more
         # than the FFT of the 16 new frames of a streaming hop.
         step = samples.strides[0]
-        frames = np.lib.stride_tricks.as_strided(samples, (count, p.n_fft), (p.hop_length * step, step),
-                                                 writeable=False)  # (frames, n_fft)
+        frames = np.lib.stride_tricks.as_strided(
+            samples, (count, p.n_fft), (p.hop_length * step, step), writeable=False
+        )  # (frames, n_fft)
         return self._log_mel(frames)
 
     def __call__(self, window: np.ndarray) -> np.ndarray:
@@ -162,10 +165,14 @@ class StreamingLogMel:
     def __call__(self, window: Window) -> np.ndarray:
         """One window -> (1, 1, n_mels, n_frames) float32 model input."""
         p, previous = self.params, self._previous
-        if (previous is not None and not window.padded and self.new_frames < p.n_frames
-                and window.index == self._previous_index + 1):
-            tail = window.samples[(p.n_frames - self.new_frames) * p.hop_length:]
-            kept = previous[self.new_frames:]  # (n_frames - new_frames, n_mels)
+        if (
+            previous is not None
+            and not window.padded
+            and self.new_frames < p.n_frames
+            and window.index == self._previous_index + 1
+        ):
+            tail = window.samples[(p.n_frames - self.new_frames) * p.hop_length :]
+            kept = previous[self.new_frames :]  # (n_frames - new_frames, n_mels)
             logmel = np.concatenate([kept, self.frames(tail)])  # (n_frames, n_mels)
         else:
             logmel = self.frames(window.samples)  # (n_frames, n_mels)

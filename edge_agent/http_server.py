@@ -82,8 +82,9 @@ class _Handler(BaseHTTPRequestHandler):
         logger.debug("%s " + format, self.address_string(), *args)
 
 
-def start_http_server(metrics: AgentMetrics, host: str = "127.0.0.1", port: int = 0,
-                      health: HealthCheck | None = None) -> MetricsServer:
+def start_http_server(
+    metrics: AgentMetrics, host: str = "127.0.0.1", port: int = 0, health: HealthCheck | None = None
+) -> MetricsServer:
     """Bind host:port (port 0 picks a free one) and serve in a daemon thread; OSError if the bind fails."""
     server = MetricsServer((host, port), metrics, health or (lambda: (True, "ok")))
     server.thread = threading.Thread(target=server.serve_forever, name="earshot-http", daemon=True)

@@ -108,7 +108,7 @@ def analog_weighting_db(weighting: str, freqs: np.ndarray | Sequence[float]) -> 
     """The IEC 61672-1 analog A or C weighting in dB at ``freqs`` (Hz), 0 dB at 1 kHz."""
     f2 = np.asarray(freqs, dtype=np.float64) ** 2
 
-    def gain(f2: np.ndarray) -> np.ndarray:
+    def gain(f2: np.ndarray | np.float64) -> np.ndarray | np.float64:
         c = F4**2 * f2 / ((f2 + F1**2) * (f2 + F4**2))
         return c if weighting == "C" else c * f2 / np.sqrt((f2 + F2**2) * (f2 + F3**2))
 
@@ -133,7 +133,8 @@ def weighting_response_db(weighting: str, freqs: np.ndarray | Sequence[float], r
     z = np.exp(2j * np.pi * np.asarray(freqs, dtype=np.float64) / rate)
     shifted = z[:, None, None] * np.eye(len(model.b)) - model.a  # (F, n, n): zI - A
     solved = np.linalg.solve(shifted, model.b[:, None])[..., 0]  # (F, n): (zI - A)^-1 B
-    return 20 * np.log10(np.abs(model.d[row] + solved @ model.c[row]))
+    d = np.atleast_1d(model.d)  # (outputs,): the cascade's D has one entry per weighting
+    return 20 * np.log10(np.abs(d[row] + solved @ model.c[row]))
 
 
 def sections_response(
@@ -583,8 +584,12 @@ class WindowLevels:
 
     def to_dict(self) -> dict[str, float | bool | str]:
         """The ``level`` block of an event: levels to 0.01 dB, unit and calibrated flag."""
-        return {"laeq": round(self.laeq, 2), "lafmax": round(self.lafmax, 2),
-                "unit": "dB" if self.calibrated else "dBFS", "calibrated": self.calibrated}
+        return {
+            "laeq": round(self.laeq, 2),
+            "lafmax": round(self.lafmax, 2),
+            "unit": "dB" if self.calibrated else "dBFS",
+            "calibrated": self.calibrated,
+        }
 
 
 class WindowMeter:

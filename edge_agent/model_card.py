@@ -80,7 +80,8 @@ def verified_card(model_path: str | Path, sha256: str) -> dict[str, Any] | None:
     if card is not None and card.get("sha256") != sha256:
         raise ModelCardError(
             f"model {model_path} does not match its card {card_path(model_path).name}: file sha256 "
-            f"{sha256[:12]}..., card says {str(card.get('sha256'))[:12]}...; refusing a modified model")
+            f"{sha256[:12]}..., card says {str(card.get('sha256'))[:12]}...; refusing a modified model"
+        )
     return card
 
 
@@ -89,9 +90,12 @@ def check_card(model_path: str | Path, sha256: str, allow_ungated: bool) -> Card
     card = verified_card(model_path, sha256)
     problem = gate_problem(card, sha256)
     if problem and not allow_ungated:
-        raise ModelCardError(f"model {model_path} is not cleared to run: {problem}; "
-                             "run 'earshot gate' on it, or pass --allow-ungated to run it anyway")
+        raise ModelCardError(
+            f"model {model_path} is not cleared to run: {problem}; "
+            "run 'earshot gate' on it, or pass --allow-ungated to run it anyway"
+        )
     if problem:
-        logger.warning("running ungated model %s (%s) because ungated models are allowed",
-                       model_path, problem)
+        logger.warning(
+            "running ungated model %s (%s) because ungated models are allowed", model_path, problem
+        )
     return CardCheck(sha256=sha256, card=card, gated=not problem, reason=problem)

@@ -44,7 +44,8 @@ class ModelMetadata:
         if props.get("earshot.schema") != METADATA_SCHEMA:
             raise ValueError(
                 f"model has no earshot metadata (earshot.schema={props.get('earshot.schema')!r}); "
-                "export it with 'earshot export'")
+                "export it with 'earshot export'"
+            )
         try:
             return cls(
                 name=props["earshot.name"],

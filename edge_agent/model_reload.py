@@ -62,8 +62,10 @@ def unread_problem(model_path: str | Path, allow_ungated: bool) -> str:
     if size is None:
         return ""  # OnnxModel.load says it is missing
     if size[1] > MAX_MODEL_BYTES:
-        return (f"model {path} is {size[1] / 2**20:.0f} MiB, over the {MAX_MODEL_BYTES >> 20} MiB a model "
-                "may be; not read")
+        return (
+            f"model {path} is {size[1] / 2**20:.0f} MiB, over the {MAX_MODEL_BYTES >> 20} MiB a model "
+            "may be; not read"
+        )
     if card_size is None:
         return "" if allow_ungated else f"model {path} has no card {card.name}; not read"
     if card_size[1] > MAX_CARD_BYTES:
@@ -78,30 +80,37 @@ def _card_size_problem(path: Path, size: int) -> str:
     except (ModelCardError, AttributeError):
         return ""  # unreadable or gone meanwhile: OnnxModel.load gives the reason
     if isinstance(expected, int) and not isinstance(expected, bool) and expected != size:
-        return (f"model {path} does not match its card {card_path(path).name}: {size:,} bytes, the card "
-                f"says {expected:,} (modified, or still being copied); not read")
+        return (
+            f"model {path} does not match its card {card_path(path).name}: {size:,} bytes, the card "
+            f"says {expected:,} (modified, or still being copied); not read"
+        )
     return ""
 
 
 def compatibility_problem(running: OnnxModel, candidate: OnnxModel) -> str:
     """Why ``candidate`` cannot replace ``running`` in a live pipeline ("" when it can)."""
     if candidate.labels != running.labels:
-        return (f"its labels differ from the running model's ({len(candidate.labels)} vs "
-                f"{len(running.labels)} classes or another order); restart the agent to change labels")
+        return (
+            f"its labels differ from the running model's ({len(candidate.labels)} vs "
+            f"{len(running.labels)} classes or another order); restart the agent to change labels"
+        )
     new, old = candidate.frontend, running.frontend
     if new.sample_rate != old.sample_rate:
         return f"its sample rate {new.sample_rate} Hz differs from {old.sample_rate} Hz; restart the agent"
     if new.window_samples != old.window_samples:
-        return (f"its window of {new.window_samples} samples differs from {old.window_samples}; "
-                "restart the agent to change the window length")
+        return (
+            f"its window of {new.window_samples} samples differs from {old.window_samples}; "
+            "restart the agent to change the window length"
+        )
     return ""
 
 
 class ModelReloader:
     """Watches one model path; verifies changes on its own thread and offers them to ``pipeline``."""
 
-    def __init__(self, pipeline: Any, path: str | Path, threads: int, allow_ungated: bool,
-                 poll_s: float) -> None:
+    def __init__(
+        self, pipeline: Any, path: str | Path, threads: int, allow_ungated: bool, poll_s: float
+    ) -> None:
         self.pipeline, self.path = pipeline, str(path)
         self.threads, self.allow_ungated, self.poll_s = threads, allow_ungated, poll_s
         self._signature = file_signature(self.path)
@@ -170,14 +179,23 @@ class ModelReloader:
             return self._refuse(reason, f"model {self.path} cannot replace the running one: {problem}")
         verified_ms = (time.perf_counter() - started) * 1e3
         self.pipeline.offer_model(candidate)
-        logger.info("model reload (%s): %s %s (%s) verified in %.0f ms; swapping in at the next window",
-                    reason, candidate.metadata.name, candidate.metadata.version, candidate.sha256[:12],
-                    verified_ms)
+        logger.info(
+            "model reload (%s): %s %s (%s) verified in %.0f ms; swapping in at the next window",
+            reason,
+            candidate.metadata.name,
+            candidate.metadata.version,
+            candidate.sha256[:12],
+            verified_ms,
+        )
         return True
 
     def _refuse(self, reason: str, message: str) -> bool:
         """Log and count a refused reload."""
-        logger.error("model reload (%s) refused, the running model %s stays: %s", reason,
-                     self.pipeline.model.sha256[:12], message)
+        logger.error(
+            "model reload (%s) refused, the running model %s stays: %s",
+            reason,
+            self.pipeline.model.sha256[:12],
+            message,
+        )
         self.pipeline.metrics.model_reloads.labels(result="failed").inc()
         return False

@@ -32,8 +32,9 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     return (exp / exp.sum(axis=-1, keepdims=True)).astype(np.float32)
 
 
-def open_session(model: bytes | str | Path, threads: int = 1,
-                 name: str | None = None) -> ort.InferenceSession:
+def open_session(
+    model: bytes | str | Path, threads: int = 1, name: str | None = None
+) -> ort.InferenceSession:
     """The one way earshot opens a model (agent, export, gate, bench): ``threads`` intra-op threads, one
     inter-op thread, ``SESSION_CONFIG``; ``model`` is the file's bytes (named by ``name``) or its path."""
     options = ort.SessionOptions()
@@ -70,8 +71,9 @@ def _read_model(path: str | Path) -> bytes:
 class OnnxModel:
     """A loaded earshot model: metadata, sha256, gate verdict, and ``logits(features)``."""
 
-    def __init__(self, data: bytes, path: str, sha256: str, threads: int = 1,
-                 check: CardCheck | None = None) -> None:
+    def __init__(
+        self, data: bytes, path: str, sha256: str, threads: int = 1, check: CardCheck | None = None
+    ) -> None:
         self.path = path
         self.sha256 = sha256  # of ``data``: what the card and the gate record were checked against
         self.threads = threads
@@ -85,8 +87,9 @@ class OnnxModel:
         self._check_io()
 
     @classmethod
-    def load(cls, path: str | Path, threads: int = 1, allow_ungated: bool = False,
-             verify_card: bool = True) -> OnnxModel:
+    def load(
+        cls, path: str | Path, threads: int = 1, allow_ungated: bool = False, verify_card: bool = True
+    ) -> OnnxModel:
         """Read the file once, verify it against its card, then build the session.
 
         ``verify_card=False`` is for release tooling only: export measures a model before it has a card,
@@ -107,13 +110,17 @@ class OnnxModel:
         inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
         p = self.metadata.frontend
         if [i.name for i in inputs] != [INPUT_NAME] or OUTPUT_NAME not in [o.name for o in outputs]:
-            raise ModelError(f"model {self.path} must take '{INPUT_NAME}' and give '{OUTPUT_NAME}', "
-                             f"got inputs {[i.name for i in inputs]}, outputs {[o.name for o in outputs]}")
+            raise ModelError(
+                f"model {self.path} must take '{INPUT_NAME}' and give '{OUTPUT_NAME}', "
+                f"got inputs {[i.name for i in inputs]}, outputs {[o.name for o in outputs]}"
+            )
         expected = [1, p.n_mels, p.n_frames]
         actual = inputs[0].shape[1:]
         if any(isinstance(a, int) and a != e for a, e in zip(actual, expected, strict=True)):
-            raise ModelError(f"model {self.path} expects input {inputs[0].shape}, but its front-end "
-                             f"metadata gives (batch, {', '.join(map(str, expected))})")
+            raise ModelError(
+                f"model {self.path} expects input {inputs[0].shape}, but its front-end "
+                f"metadata gives (batch, {', '.join(map(str, expected))})"
+            )
 
     @property
     def labels(self) -> tuple[str, ...]:

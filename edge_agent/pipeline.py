@@ -52,10 +52,16 @@ class WindowResult:
 class Pipeline:
     """Runs one source through one model until end of stream or ``stop()``; ``run()`` gives the exit code."""
 
-    def __init__(self, config: AgentConfig, model: OnnxModel, source: AudioSource,
-                 metrics: AgentMetrics | None = None, publishers: Sequence[Publisher] = (),
-                 on_window: Callable[[WindowResult], None] | None = None,
-                 stall_after_s: float = STALL_AFTER_S) -> None:
+    def __init__(
+        self,
+        config: AgentConfig,
+        model: OnnxModel,
+        source: AudioSource,
+        metrics: AgentMetrics | None = None,
+        publishers: Sequence[Publisher] = (),
+        on_window: Callable[[WindowResult], None] | None = None,
+        stall_after_s: float = STALL_AFTER_S,
+    ) -> None:
         params = model.frontend
         self.config, self.model, self.source = config, model, source
         self.metrics = metrics if metrics is not None else AgentMetrics()
@@ -63,8 +69,12 @@ class Pipeline:
         self.rate = params.sample_rate
         self.hop = hop_samples(config.audio.hop_seconds, params.sample_rate, params.hop_length)
         if abs(self.hop / self.rate - config.audio.hop_seconds) > 1e-9:
-            logger.info("hop %.3f s rounded to %.3f s (%d STFT frames) so windows share STFT frames",
-                        config.audio.hop_seconds, self.hop / self.rate, self.hop // params.hop_length)
+            logger.info(
+                "hop %.3f s rounded to %.3f s (%d STFT frames) so windows share STFT frames",
+                config.audio.hop_seconds,
+                self.hop / self.rate,
+                self.hop // params.hop_length,
+            )
         self.windower = Windower(params.window_samples, self.hop)
         self.features = StreamingLogMel(params, self.hop)
         self.resampler = StreamResampler(source.sample_rate, params.sample_rate)
@@ -89,9 +99,17 @@ class Pipeline:
         self._next_status = 0.0  # monotonic time of the next status report (0: at once)
         self._offered: tuple[OnnxModel, float] | None = None  # a verified model waiting for the next window
         self._heard = 0  # model-rate samples heard when the current window completed
-        self.levels = (SoundLevels(config.levels, self.rate, config.device_id, self.metrics,
-                                   lambda stream_s: self.clock_origin + stream_s)
-                       if config.levels.enabled else None)
+        self.levels = (
+            SoundLevels(
+                config.levels,
+                self.rate,
+                config.device_id,
+                self.metrics,
+                lambda stream_s: self.clock_origin + stream_s,
+            )
+            if config.levels.enabled
+            else None
+        )
         self._consumer = threading.Thread(target=self._consume, name="earshot-consumer", daemon=True)
 
     # --- lifecycle (main thread) ---
@@ -192,8 +210,12 @@ class Pipeline:
         self._next_status = time.monotonic() + self.status_every_s
         healthy, reason = self.health()
         meta = self.model.metadata
-        status = {"healthy": healthy, "reason": reason, "audio_stalled": self._stalled_for() is not None,
-                  "model": {"name": meta.name, "version": meta.version, "sha256": self.model.sha256}}
+        status = {
+            "healthy": healthy,
+            "reason": reason,
+            "audio_stalled": self._stalled_for() is not None,
+            "model": {"name": meta.name, "version": meta.version, "sha256": self.model.sha256},
+        }
         self._publish_state("agent", status)
 
     def _count_source_failures(self) -> None:
@@ -264,7 +286,7 @@ class Pipeline:
     def _process_window(self, window: Window) -> None:
         """Features, model, metrics, detector and outputs for one window."""
         if self._offered is not None:
-            self._swap_model()
+            self._swap_model(*self._offered)
         started = time.perf_counter()
         features = self.features(window)  # (1, 1, n_mels, n_frames)
         featured = time.perf_counter()
@@ -278,23 +300,31 @@ class Pipeline:
         if detections:
             self._emit(detections, self.levels.window(window.samples) if self.levels is not None else None)
         if self.on_window is not None:
-            self.on_window(WindowResult(window, now, scores, featured - started, done - featured,
-                                        tuple(detections)))
+            self.on_window(
+                WindowResult(window, now, scores, featured - started, done - featured, tuple(detections))
+            )
 
-    def _swap_model(self) -> None:
+    def _swap_model(self, model: OnnxModel, offered_at: float) -> None:
         """Between two windows: put the offered (verified, compatible) model in place of the running one."""
-        (model, offered_at), self._offered = self._offered, None
+        self._offered = None
         if model.frontend != self.model.frontend:  # same rate and window; mels, FFT or hop may differ
             self.features = StreamingLogMel(model.frontend, self.hop)
-        self.detector.thresholds = resolve_thresholds(model.labels, self.config.detector.thresholds,
-                                                      model.metadata.thresholds)
+        self.detector.thresholds = resolve_thresholds(
+            model.labels, self.config.detector.thresholds, model.metadata.thresholds
+        )
         old, self.model = self.model, model
         self.model_ref = ModelRef(model.metadata.name, model.metadata.version, model.sha256)
         self._set_model_metrics()
         self.metrics.model_reloads.labels(result="ok").inc()
-        logger.info("model swapped at stream %.3f s: %s -> %s %s (%s), %.1f ms after it was offered",
-                    self.windower.samples_received / self.rate, old.sha256[:12], model.metadata.name,
-                    model.metadata.version, model.sha256[:12], (time.perf_counter() - offered_at) * 1e3)
+        logger.info(
+            "model swapped at stream %.3f s: %s -> %s %s (%s), %.1f ms after it was offered",
+            self.windower.samples_received / self.rate,
+            old.sha256[:12],
+            model.metadata.name,
+            model.metadata.version,
+            model.sha256[:12],
+            (time.perf_counter() - offered_at) * 1e3,
+        )
 
     def _observe(self, scores: np.ndarray, seconds: float) -> None:
         """Latency, real-time factor and last score per label."""
@@ -325,5 +355,6 @@ class Pipeline:
         try:
             publisher.publish_event(event, self._heard)
         except Exception:
-            logger.exception("output %s failed on a %s %s event", publisher.name, event["label"],
-                             event["kind"])
+            logger.exception(
+                "output %s failed on a %s %s event", publisher.name, event["label"], event["kind"]
+            )

@@ -10,6 +10,7 @@ from __future__ import annotations
 import threading
 
 import numpy as np
+import numpy.typing as npt
 
 
 class RingBuffer:
@@ -18,7 +19,7 @@ class RingBuffer:
     ``dtype`` is the source's own sample type (int16 from a mic or stdin), so writing is a plain copy.
     """
 
-    def __init__(self, capacity_frames: int, channels: int, dtype: str | np.dtype = np.float32) -> None:
+    def __init__(self, capacity_frames: int, channels: int, dtype: npt.DTypeLike = np.float32) -> None:
         if capacity_frames <= 0 or channels <= 0:
             raise ValueError("ring buffer capacity and channels must be positive")
         self._data = np.zeros((capacity_frames, channels), dtype=dtype)
@@ -56,7 +57,8 @@ class RingBuffer:
             raise ValueError(f"block of {frames} frames exceeds ring capacity {self._capacity}")
         with self._cond:
             if wait and not self._cond.wait_for(
-                    lambda: self._closed or self._capacity - (self._written - self._read) >= frames, timeout):
+                lambda: self._closed or self._capacity - (self._written - self._read) >= frames, timeout
+            ):
                 return False
             if self._closed:
                 return False
@@ -73,7 +75,7 @@ class RingBuffer:
         """Copy into the circular storage, wrapping once if needed."""
         start = self._written % self._capacity
         first = min(len(block), self._capacity - start)
-        self._data[start:start + first] = block[:first]
+        self._data[start : start + first] = block[:first]
         self._data[: len(block) - first] = block[first:]
 
     def note_overrun(self) -> None:
@@ -91,7 +93,7 @@ class RingBuffer:
             count = min(available, max_frames)
             start = self._read % self._capacity
             index = (start + np.arange(count)) % self._capacity if start + count > self._capacity else None
-            out = self._data[index] if index is not None else self._data[start:start + count].copy()
+            out = self._data[index] if index is not None else self._data[start : start + count].copy()
             self._read += count
             self._cond.notify_all()
             return out

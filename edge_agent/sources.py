@@ -56,16 +56,20 @@ def _sounddevice() -> Any:
     try:
         import sounddevice
     except OSError as error:  # sounddevice raises OSError when libportaudio is missing
-        raise SourceError(f"PortAudio is not available ({error}); "
-                          "install it: sudo apt install libportaudio2") from None
+        raise SourceError(
+            f"PortAudio is not available ({error}); install it: sudo apt install libportaudio2"
+        ) from None
     return sounddevice
 
 
 def input_devices() -> list[dict[str, Any]]:
     """PortAudio's input-capable devices, each a dict with ``index``, ``name``, channels and rate."""
     sd = _sounddevice()
-    return [dict(device, index=index) for index, device in enumerate(sd.query_devices())
-            if device["max_input_channels"] > 0]
+    return [
+        dict(device, index=index)
+        for index, device in enumerate(sd.query_devices())
+        if device["max_input_channels"] > 0
+    ]
 
 
 def list_devices() -> str:
@@ -75,8 +79,11 @@ def list_devices() -> str:
         return "no audio input devices found"
     default = _sounddevice().default.device[0]
     lines = [f"{'':1} {'index':>5}  {'name':<48} {'channels':>8} {'rate':>7}"]
-    lines += [f"{'*' if d['index'] == default else ' '} {d['index']:>5}  {d['name'][:48]:<48} "
-              f"{d['max_input_channels']:>8} {d['default_samplerate']:>7.0f}" for d in devices]
+    lines += [
+        f"{'*' if d['index'] == default else ' '} {d['index']:>5}  {d['name'][:48]:<48} "
+        f"{d['max_input_channels']:>8} {d['default_samplerate']:>7.0f}"
+        for d in devices
+    ]
     return "\n".join(lines + ["", "use --source mic:INDEX or mic:NAME_SUBSTRING (* is the default)"])
 
 
@@ -116,7 +123,8 @@ class MicSource:
         self.device = find_input_device(device_spec)
         info = self._sd.query_devices(self.device)
         self.sample_rate, self.channels = self._pick_format(
-            preferred_rate, int(info["default_samplerate"]), int(info["max_input_channels"]))
+            preferred_rate, int(info["default_samplerate"]), int(info["max_input_channels"])
+        )
         self.block_size = block_size
         self.description = f"mic {self.device} ({info['name']}) at {self.sample_rate} Hz"
         self._stream: Any = None
@@ -132,8 +140,9 @@ class MicSource:
         for channels in dict.fromkeys((1, min(2, max_channels), max_channels)):
             for rate in dict.fromkeys((preferred, default)):
                 try:
-                    self._sd.check_input_settings(device=self.device, channels=channels, samplerate=rate,
-                                                  dtype=self.dtype)
+                    self._sd.check_input_settings(
+                        device=self.device, channels=channels, samplerate=rate, dtype=self.dtype
+                    )
                     return rate, channels
                 except Exception:  # PortAudioError or ValueError: this combination is unsupported
                     continue
@@ -141,9 +150,12 @@ class MicSource:
 
     def _callback(self, indata: np.ndarray, frames: int, time_info: Any, status: Any) -> None:
         """PortAudio thread: copy and count; nothing else may happen here."""
+        ring = self._ring
+        if ring is None:  # the stream opens only after start() set the ring: never true, but typed
+            return
         if status.input_overflow:
-            self._ring.note_overrun()
-        self._ring.write(indata)
+            ring.note_overrun()
+        ring.write(indata)
 
     def _finished(self) -> None:
         """PortAudio says the stream ended: the device went away unless we stopped it; go and find it."""
@@ -180,8 +192,14 @@ class MicSource:
     def _open(self) -> None:
         """Open and start a stream in the format chosen at start-up (the consumer's resampler expects it)."""
         stream = self._sd.InputStream(
-            device=self.device, channels=self.channels, samplerate=self.sample_rate, dtype=self.dtype,
-            blocksize=self.block_size, callback=self._callback, finished_callback=self._finished)
+            device=self.device,
+            channels=self.channels,
+            samplerate=self.sample_rate,
+            dtype=self.dtype,
+            blocksize=self.block_size,
+            callback=self._callback,
+            finished_callback=self._finished,
+        )
         stream.start()
         self._stream = stream
 
@@ -264,8 +282,10 @@ class FileSource(_ThreadSource):
             raise SourceError(f"cannot read audio file {path}: {_first_line(error)}") from None
         self.sample_rate, self.channels = int(info.samplerate), int(info.channels)
         if not MIN_SAMPLE_RATE <= self.sample_rate <= MAX_SAMPLE_RATE:  # a broken or hostile header
-            raise SourceError(f"audio file {path}: its header says {self.sample_rate} Hz, outside the "
-                              f"{MIN_SAMPLE_RATE}..{MAX_SAMPLE_RATE} Hz the agent reads")
+            raise SourceError(
+                f"audio file {path}: its header says {self.sample_rate} Hz, outside the "
+                f"{MIN_SAMPLE_RATE}..{MAX_SAMPLE_RATE} Hz the agent reads"
+            )
         self.description = f"file {path}"
         self.recorded_at = self._recorded_at()
 
@@ -273,18 +293,29 @@ class FileSource(_ThreadSource):
         """Unix time of the file's first sample when its metadata says (file_time.py); logged either way."""
         found = recorded_start(self.path)
         if found is None:
-            logger.info("%s has no recorded start time: event times count from when reading began; "
-                        "each event's source.started_s/ended_s give its offset into the file", self.path)
+            logger.info(
+                "%s has no recorded start time: event times count from when reading began; "
+                "each event's source.started_s/ended_s give its offset into the file",
+                self.path,
+            )
             return None
-        logger.info("%s was recorded from %s (%s): event times count from then", self.path,
-                    utc_iso(found[0]), found[1])
+        logger.info(
+            "%s was recorded from %s (%s): event times count from then",
+            self.path,
+            utc_iso(found[0]),
+            found[1],
+        )
         return found[0]
 
     def position(self, started_s: float, ended_s: float | None) -> dict[str, Any]:
         """An event's ``source`` block: the file, the offsets in it, and what its times count from."""
-        return {"kind": "file", "name": Path(self.path).name, "started_s": round(started_s, 3),
-                "ended_s": None if ended_s is None else round(ended_s, 3),
-                "clock": "file" if self.recorded_at is not None else "read"}
+        return {
+            "kind": "file",
+            "name": Path(self.path).name,
+            "started_s": round(started_s, 3),
+            "ended_s": None if ended_s is None else round(ended_s, 3),
+            "clock": "file" if self.recorded_at is not None else "read",
+        }
 
     def _blocks(self) -> Any:
         """Blocks from the file, sleeping to real time unless fast."""
@@ -309,8 +340,9 @@ class StdinSource(_ThreadSource):
         self.sample_rate, self.channels = rate, channels
         # Unbuffered FileIO on fd 0: a BufferedReader's lock, held by the blocked reader thread, aborts the
         # interpreter at shutdown (SIGTERM while arecord is still writing).
-        self._stream = stream if stream is not None else open(sys.stdin.fileno(), "rb", buffering=0,
-                                                              closefd=False)
+        self._stream = (
+            stream if stream is not None else open(sys.stdin.fileno(), "rb", buffering=0, closefd=False)
+        )
         self.description = f"stdin (s16le, {rate} Hz, {channels} ch)"
 
     def _blocks(self) -> Any:
@@ -347,7 +379,8 @@ def check_ring_size(config: AudioConfig, source: AudioSource) -> None:
             f"audio.ring_seconds: a ring buffer of {config.ring_seconds:g} s (at least 4 audio.block_size "
             f"blocks) of {source.sample_rate} Hz x {source.channels} channels needs {size / 1e6:.0f} MB, "
             f"over {MAX_RING_BYTES >> 20} MiB; lower audio.ring_seconds or audio.block_size, or the rate or "
-            "the channels")
+            "the channels"
+        )
 
 
 def open_source(config: AudioConfig, preferred_rate: int, stdin: BinaryIO | None = None) -> AudioSource:

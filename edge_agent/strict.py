@@ -9,8 +9,12 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 
 
-def reject_unknown(keys: Iterable[str], known: Iterable[str], message: Callable[[list[str]], str],
-                   error: type[Exception] = ValueError) -> None:
+def reject_unknown(
+    keys: Iterable[str],
+    known: Iterable[str],
+    message: Callable[[list[str]], str],
+    error: type[Exception] = ValueError,
+) -> None:
     """Raise ``error(message(unknown))``, unknown keys sorted, when ``keys`` holds any not in ``known``."""
     unknown = sorted(set(keys) - set(known))
     if unknown:

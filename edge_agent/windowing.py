@@ -75,7 +75,7 @@ class Windower:
     def _take(self, start: int, length: int) -> Window:
         """Copy ``length`` samples from absolute ``start`` and advance to the next window."""
         offset = start - self._base
-        window = Window(self._next, start, self._buffer[offset:offset + length].copy())
+        window = Window(self._next, start, self._buffer[offset : offset + length].copy())
         self._next += 1
         return window
 

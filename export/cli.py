@@ -43,8 +43,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--calibration-clips", type=int, default=64, help="training-fold clips to calibrate on")
     p.add_argument("--eval-clips", type=int, help="limit the held-out clips (default: all of them)")
-    p.add_argument("--hop-seconds", type=float, default=DEFAULT_HOP_SECONDS,
-                   help=f"window hop over clips (default {DEFAULT_HOP_SECONDS}: the agent's hop)")
+    p.add_argument(
+        "--hop-seconds",
+        type=float,
+        default=DEFAULT_HOP_SECONDS,
+        help=f"window hop over clips (default {DEFAULT_HOP_SECONDS}: the agent's hop)",
+    )
     p.add_argument("--seed", type=int, default=0, help="seed for choosing clips")
     p.add_argument(
         "--ship",

@@ -92,7 +92,7 @@ class PacedWriter:
             delay = self.next_due - time.monotonic()
             if delay > 0:
                 time.sleep(delay)
-            block = samples[start:start + self.chunk]
+            block = samples[start : start + self.chunk]
             self.stream.write(to_s16le(block))
             self.stream.flush()
             if mark_at is not None and marked is None and start <= mark_at < start + len(block):
@@ -106,14 +106,34 @@ def run_trials(args: argparse.Namespace, model: Path, url: str, port: int, workd
     window_s, rate = model_window(model)
     sound = load_sound(args, rate)
     subscriber = Subscriber(port, f"earshot/{DEVICE}/#", client_id=f"bench-{os.getpid()}")
-    env = {**os.environ, "EARSHOT_DEVICE_ID": DEVICE, "EARSHOT_MQTT_QUEUE_DIR": str(workdir / "queue"),
-           "EARSHOT_AUDIO_HOP_SECONDS": str(args.hop),
-           # The cooldown only delays the *next* episode; short, so trials can follow each other.
-           "EARSHOT_DETECTOR_COOLDOWN_S": "0.5"}
-    command = ["earshot", "agent", "--source", "-", "--stdin-rate", str(rate), "--model", str(model),
-               "--mqtt", url, "--allow-ungated"]
-    agent = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
-                             stderr=open(workdir / "agent.log", "wb"), env=env)
+    env = {
+        **os.environ,
+        "EARSHOT_DEVICE_ID": DEVICE,
+        "EARSHOT_MQTT_QUEUE_DIR": str(workdir / "queue"),
+        "EARSHOT_AUDIO_HOP_SECONDS": str(args.hop),
+        # The cooldown only delays the *next* episode; short, so trials can follow each other.
+        "EARSHOT_DETECTOR_COOLDOWN_S": "0.5",
+    }
+    command = [
+        "earshot",
+        "agent",
+        "--source",
+        "-",
+        "--stdin-rate",
+        str(rate),
+        "--model",
+        str(model),
+        "--mqtt",
+        url,
+        "--allow-ungated",
+    ]
+    agent = subprocess.Popen(
+        command,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        stderr=open(workdir / "agent.log", "wb"),
+        env=env,
+    )
     writer = PacedWriter(agent.stdin, rate)
     background = noise(600.0, rate, amplitude=0.02, seed=1)
     onsets: list[float] = []
@@ -129,13 +149,17 @@ def run_trials(args: argparse.Namespace, model: Path, url: str, port: int, workd
         agent.stdin.close()
         agent.wait(timeout=30)
         subscriber.close()
-    starts = [(m.at, json.loads(m.payload)) for m in subscriber.messages
-              if m.topic == f"earshot/{DEVICE}/event/{args.label}"]
+    starts = [
+        (m.at, json.loads(m.payload))
+        for m in subscriber.messages
+        if m.topic == f"earshot/{DEVICE}/event/{args.label}"
+    ]
     return summarise(onsets, [at for at, event in starts if event["kind"] == "start"], window_s, args.hop)
 
 
-def _play_until_online(writer: PacedWriter, background: np.ndarray, subscriber: Subscriber,
-                       agent: subprocess.Popen) -> None:
+def _play_until_online(
+    writer: PacedWriter, background: np.ndarray, subscriber: Subscriber, agent: subprocess.Popen
+) -> None:
     """Feed background while the agent loads its model and connects (availability 'online')."""
     deadline = time.monotonic() + 60
     while not any(m.topic.endswith("/availability") and m.payload == b"online" for m in subscriber.messages):
@@ -155,12 +179,23 @@ def summarise(onsets: list[float], arrivals: list[float], window_s: float, hop_s
         false_alarms += max(0, len(hits) - 1)
     false_alarms += sum(1 for a in arrivals if a < onsets[0])
     target = (window_s + hop_s + 0.1) * 1000.0
-    result = {"trials": len(onsets), "detected": len(latencies), "false_alarms": false_alarms,
-              "target_ms": round(target, 1), "window_s": window_s, "hop_s": hop_s}
+    result = {
+        "trials": len(onsets),
+        "detected": len(latencies),
+        "false_alarms": false_alarms,
+        "target_ms": round(target, 1),
+        "window_s": window_s,
+        "hop_s": hop_s,
+    }
     if latencies:
         p50, p95 = float(np.percentile(latencies, 50)), float(np.percentile(latencies, 95))
-        summary = {"p50": p50, "p95": p95, "min": min(latencies), "max": max(latencies),
-                   "mean": statistics.fmean(latencies)}
+        summary = {
+            "p50": p50,
+            "p95": p95,
+            "min": min(latencies),
+            "max": max(latencies),
+            "mean": statistics.fmean(latencies),
+        }
         result.update(latency_ms={k: round(v, 1) for k, v in summary.items()}, meets_target=p95 <= target)
     return result
 
@@ -192,12 +227,15 @@ def main(argv: list[str] | None = None) -> int:
 
 def format_table(result: dict) -> str:
     """A readable summary."""
-    lines = [f"trials {result['trials']}, detected {result['detected']}, "
-             f"false alarms {result['false_alarms']}"]
+    lines = [
+        f"trials {result['trials']}, detected {result['detected']}, false alarms {result['false_alarms']}"
+    ]
     if "latency_ms" in result:
         lat = result["latency_ms"]
-        lines.append(f"alert latency onset -> MQTT: p50 {lat['p50']} ms, p95 {lat['p95']} ms "
-                     f"(min {lat['min']}, max {lat['max']})")
+        lines.append(
+            f"alert latency onset -> MQTT: p50 {lat['p50']} ms, p95 {lat['p95']} ms "
+            f"(min {lat['min']}, max {lat['max']})"
+        )
         verdict = "meets" if result["meets_target"] else "MISSES"
         lines.append(f"target window + hop + 100 ms = {result['target_ms']} ms: p95 {verdict} it")
     return "\n".join(lines)

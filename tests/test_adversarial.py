@@ -33,12 +33,14 @@ def windows(n: int, length: int, seed: int = 0) -> np.ndarray:
     """Tones of different loudness: (n, length) float32."""
     rng = np.random.default_rng(seed)
     t = np.arange(length) / RATE
-    return np.stack([rng.uniform(0.05, 0.6) * np.sin(2 * np.pi * rng.uniform(200, 3000) * t)
-                     for _ in range(n)]).astype(np.float32)
+    return np.stack(
+        [rng.uniform(0.05, 0.6) * np.sin(2 * np.pi * rng.uniform(200, 3000) * t) for _ in range(n)]
+    ).astype(np.float32)
 
 
-@pytest.mark.parametrize("kind, stock", [(PerClipLinfPGD, fb.attacks.LinfPGD),
-                                         (PerClipL2PGD, fb.attacks.L2PGD)])
+@pytest.mark.parametrize(
+    "kind, stock", [(PerClipLinfPGD, fb.attacks.LinfPGD), (PerClipL2PGD, fb.attacks.L2PGD)]
+)
 def test_per_clip_pgd_is_stock_foolbox_with_one_epsilon_per_clip(tiny, kind, stock):
     checkpoint = load_checkpoint(tiny["checkpoint"])
     model = waveform_model(checkpoint)
@@ -88,7 +90,7 @@ def test_band_limit_mulaw_gain_clip_and_shift():
     np.testing.assert_allclose(limited, low / 2, atol=1e-3)
     quiet = (0.01 * low).astype(np.float32)
     assert np.max(np.abs(c.mu_law_8bit(quiet) - quiet)) < 0.01 * 0.05  # mu-law keeps quiet audio fine
-    assert np.abs(c.apply_gain(quiet, 12.0)).max() == pytest.approx(0.01 * 10 ** 0.6, rel=1e-3)
+    assert np.abs(c.apply_gain(quiet, 12.0)).max() == pytest.approx(0.01 * 10**0.6, rel=1e-3)
     assert np.abs(c.apply_gain(low.astype(np.float32), 12.0)).max() == 1.0  # saturates like an ADC
     assert np.abs(c.hard_clip(low.astype(np.float32))).max() == pytest.approx(0.25)
     clip = np.arange(3 * RATE, dtype=np.float32)
@@ -102,9 +104,27 @@ def test_band_limit_mulaw_gain_clip_and_shift():
 def test_fine_tuning_writes_a_measured_checkpoint_through_earshot_train(tiny, tmp_path, monkeypatch):
     monkeypatch.setenv("EARSHOT_CACHE", str(tmp_path / "cache"))
     out = tmp_path / "adv.pt"
-    assert train_main(["--adversarial", "pgd", "--adv-snr", "40", "--init", str(tiny["checkpoint"]),
-                       "--data-root", str(tiny["us8k"]), "--epochs", "1", "--pgd-steps", "2",
-                       "--out", str(out)]) == 0
+    assert (
+        train_main(
+            [
+                "--adversarial",
+                "pgd",
+                "--adv-snr",
+                "40",
+                "--init",
+                str(tiny["checkpoint"]),
+                "--data-root",
+                str(tiny["us8k"]),
+                "--epochs",
+                "1",
+                "--pgd-steps",
+                "2",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     tuned, init = load_checkpoint(out), load_checkpoint(tiny["checkpoint"])
     assert tuned.fold == init.fold == 2
     record = tuned.train_config["adversarial"]
@@ -114,10 +134,13 @@ def test_fine_tuning_writes_a_measured_checkpoint_through_earshot_train(tiny, tm
     assert changed  # the weights moved
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--adv-snr", "-3"], "--adv-snr must be in"),
-    (["--attack", "l1"], "--attack must be one of"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--adv-snr", "-3"], "--adv-snr must be in"),
+        (["--attack", "l1"], "--attack must be one of"),
+    ],
+)
 def test_bad_options_are_one_line_errors(tiny, capsys, args, message):
     assert main(["--init", str(tiny["checkpoint"]), "--data-root", str(tiny["us8k"]), *args]) == 2
     err = capsys.readouterr().err.strip()

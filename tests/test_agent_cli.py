@@ -26,8 +26,13 @@ SCHEMA = json.loads((ROOT / "edge_agent/schemas/event.schema.json").read_text())
 
 def siren_clip(rate: int = 16000) -> np.ndarray:
     """1 s of street noise, 3 s of siren, 1 s of noise."""
-    return np.concatenate([noise(1.0, rate, 0.05), siren_sweep(3.0, rate) + noise(3.0, rate, 0.05, seed=1),
-                           noise(1.0, rate, 0.05, seed=2)])
+    return np.concatenate(
+        [
+            noise(1.0, rate, 0.05),
+            siren_sweep(3.0, rate) + noise(3.0, rate, 0.05, seed=1),
+            noise(1.0, rate, 0.05, seed=2),
+        ]
+    )
 
 
 @pytest.fixture(scope="module")
@@ -35,12 +40,18 @@ def clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_audio(tmp_path_factory.mktemp("audio") / "siren.flac", siren_clip())
 
 
-def agent(*args: str, stdin: bytes | None = None, env: dict[str, str] | None = None,
-          timeout: float = 60) -> subprocess.CompletedProcess:
+def agent(
+    *args: str, stdin: bytes | None = None, env: dict[str, str] | None = None, timeout: float = 60
+) -> subprocess.CompletedProcess:
     """Run the agent exactly as the ``earshot`` entry point does, in a fresh process."""
-    return subprocess.run([sys.executable, "-m", "edge_agent.cli", "agent", *args], input=stdin,
-                          capture_output=True, timeout=timeout, cwd=ROOT,
-                          env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})})
+    return subprocess.run(
+        [sys.executable, "-m", "edge_agent.cli", "agent", *args],
+        input=stdin,
+        capture_output=True,
+        timeout=timeout,
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})},
+    )
 
 
 def events_of(stdout: bytes) -> list[dict]:
@@ -60,8 +71,19 @@ def test_a_file_prints_json_events(clip: Path, siren_model: Path) -> None:
 
 def test_raw_stdin_at_another_rate(siren_model: Path) -> None:
     stereo = np.stack([siren_clip(44100)] * 2, axis=1)
-    result = agent("--source", "-", "--stdin-rate", "44100", "--stdin-channels", "2",
-                   "--model", str(siren_model), "--mqtt", "none", stdin=to_s16le(stereo))
+    result = agent(
+        "--source",
+        "-",
+        "--stdin-rate",
+        "44100",
+        "--stdin-channels",
+        "2",
+        "--model",
+        str(siren_model),
+        "--mqtt",
+        "none",
+        stdin=to_s16le(stereo),
+    )
     assert result.returncode == 0, result.stderr.decode()
     assert [e["kind"] for e in events_of(result.stdout)] == ["start", "end"]
 
@@ -69,10 +91,26 @@ def test_raw_stdin_at_another_rate(siren_model: Path) -> None:
 def test_metrics_and_health_are_served_while_running(tmp_path: Path, siren_model: Path) -> None:
     audio = write_audio(tmp_path / "long.wav", noise(6.0, amplitude=0.05))
     port = free_port()
-    process = subprocess.Popen([sys.executable, "-m", "edge_agent.cli", "agent", "--source", str(audio),
-                                "--model", str(siren_model), "--mqtt", "none", "--metrics-port", str(port)],
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT,
-                               env={**os.environ, "PYTHONPATH": str(ROOT)})
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "edge_agent.cli",
+            "agent",
+            "--source",
+            str(audio),
+            "--model",
+            str(siren_model),
+            "--mqtt",
+            "none",
+            "--metrics-port",
+            str(port),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
     try:
         metrics = _get_when_up(f"http://127.0.0.1:{port}/metrics")
         time.sleep(1.5)  # real-time paced: let a few windows through
@@ -82,8 +120,11 @@ def test_metrics_and_health_are_served_while_running(tmp_path: Path, siren_model
         process.terminate()
         process.communicate(timeout=30)
     assert health == "ok\n"
-    samples = {line.split(" ")[0]: float(line.split(" ")[1]) for line in metrics.splitlines()
-               if line and not line.startswith("#")}
+    samples = {
+        line.split(" ")[0]: float(line.split(" ")[1])
+        for line in metrics.splitlines()
+        if line and not line.startswith("#")
+    }
     assert samples["earshot_audio_seconds_total"] > 1.0
     assert samples["earshot_inference_latency_seconds_count"] >= 1
     assert samples["earshot_model_ungated"] == 0.0
@@ -125,30 +166,55 @@ def bad_inputs(tmp_path: Path, clip: Path, model: Path) -> dict[str, tuple[list[
     foreign_label.write_text("[detector]\nlisten = ['helicopter']\n")
     run = ["--source", str(clip), "--mqtt", "none", "--model", str(model)]
     return {
-        "missing model": (["--source", str(clip), "--model", str(tmp_path / "no.onnx")], {},
-                          "model file not found"),
+        "missing model": (
+            ["--source", str(clip), "--model", str(tmp_path / "no.onnx")],
+            {},
+            "model file not found",
+        ),
         "tampered model": ([*run[:-1], str(tampered)], {}, f"model {tampered} does not match its card"),
-        "ungated model": ([*run[:-1], str(ungated)], {},
-                          f"model {ungated} is not cleared to run: no model card"),
-        "missing audio": (["--source", str(tmp_path / "no.wav"), "--model", str(model)], {},
-                          "audio file not found"),
-        "corrupt audio": (["--source", str(corrupt_audio), "--model", str(model)], {},
-                          "cannot read audio file"),
+        "ungated model": (
+            [*run[:-1], str(ungated)],
+            {},
+            f"model {ungated} is not cleared to run: no model card",
+        ),
+        "missing audio": (
+            ["--source", str(tmp_path / "no.wav"), "--model", str(model)],
+            {},
+            "audio file not found",
+        ),
+        "corrupt audio": (
+            ["--source", str(corrupt_audio), "--model", str(model)],
+            {},
+            "cannot read audio file",
+        ),
         "unknown config key": ([*run, "--config", str(unknown_key)], {}, "detector.confirm: unknown setting"),
         "missing config": ([*run, "--config", str(tmp_path / "no.toml")], {}, "config file"),
-        "bad env value": (run, {"EARSHOT_DETECTOR_COOLDOWN_S": "-1"},
-                          "detector.cooldown_s: must be >= 0, got -1"),
+        "bad env value": (
+            run,
+            {"EARSHOT_DETECTOR_COOLDOWN_S": "-1"},
+            "detector.cooldown_s: must be >= 0, got -1",
+        ),
         "bad hop": ([*run, "--hop", "0"], {}, "audio.hop_seconds: must be in 0.01..60, got 0"),
-        "bad broker url": (["--source", str(clip), "--model", str(model), "--mqtt", "http://x"], {},
-                           "mqtt.url: must be"),
-        "label the model lacks": ([*run, "--config", str(foreign_label)], {},
-                                  "detector.listen: 'helicopter' is not a label of this model"),
+        "bad broker url": (
+            ["--source", str(clip), "--model", str(model), "--mqtt", "http://x"],
+            {},
+            "mqtt.url: must be",
+        ),
+        "label the model lacks": (
+            [*run, "--config", str(foreign_label)],
+            {},
+            "detector.listen: 'helicopter' is not a label of this model",
+        ),
     }
 
 
-def test_every_bad_input_is_one_line_and_exit_2(tmp_path: Path, clip: Path, siren_model: Path,
-                                                capsys: pytest.CaptureFixture,
-                                                monkeypatch: pytest.MonkeyPatch) -> None:
+def test_every_bad_input_is_one_line_and_exit_2(
+    tmp_path: Path,
+    clip: Path,
+    siren_model: Path,
+    capsys: pytest.CaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     for name, (argv, env, message) in bad_inputs(tmp_path, clip, siren_model).items():
         with monkeypatch.context() as patch:
             for key, value in env.items():
@@ -160,8 +226,9 @@ def test_every_bad_input_is_one_line_and_exit_2(tmp_path: Path, clip: Path, sire
 
 
 @pytest.mark.skipif(DEFAULT_MODEL.is_file(), reason="a default model is installed")
-def test_without_a_default_model_the_user_is_told_to_pass_model(clip: Path,
-                                                                 capsys: pytest.CaptureFixture) -> None:
+def test_without_a_default_model_the_user_is_told_to_pass_model(
+    clip: Path, capsys: pytest.CaptureFixture
+) -> None:
     assert main(["--source", str(clip), "--mqtt", "none"]) == 2
     err = capsys.readouterr().err
     assert "no default model is installed" in err and "pass --model PATH" in err
@@ -169,15 +236,16 @@ def test_without_a_default_model_the_user_is_told_to_pass_model(clip: Path,
 
 def test_allow_ungated_runs_with_a_warning(tmp_path: Path, clip: Path) -> None:
     ungated = band_energy_model(tmp_path / "ungated.onnx")
-    result = agent("--source", str(clip), "--model", str(ungated), "--fast", "--mqtt", "none",
-                   "--allow-ungated")
+    result = agent(
+        "--source", str(clip), "--model", str(ungated), "--fast", "--mqtt", "none", "--allow-ungated"
+    )
     assert result.returncode == 0 and len(events_of(result.stdout)) == 2
     assert b"running ungated model" in result.stderr
 
 
-def test_check_config_prints_the_resolved_config_without_secrets(tmp_path: Path,
-                                                                  capsys: pytest.CaptureFixture,
-                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+def test_check_config_prints_the_resolved_config_without_secrets(
+    tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
     path = tmp_path / "site.toml"
     path.write_text("device_id = 'pole-9'\n[mqtt]\nurl = 'mqtts://broker:8883'\nusername = 'pole'\n")
     monkeypatch.setenv("EARSHOT_MQTT_PASSWORD", "s3cret-pass")

@@ -23,7 +23,8 @@ DEVICE = "earshot_capture"
 
 pytestmark = pytest.mark.skipif(
     not SYSTEM_ALSA_CONF.is_file() or ctypes.util.find_library("portaudio") is None,
-    reason="needs ALSA (libasound2) and PortAudio (libportaudio2)")
+    reason="needs ALSA (libasound2) and PortAudio (libportaudio2)",
+)
 
 ALSA_CONF = """
 <{system}>
@@ -74,8 +75,9 @@ def test_mic_source_captures_the_exact_samples_through_portaudio(tmp_path: Path)
     samples = noise(3.0, amplitude=0.3)
     env = alsa_env(tmp_path, samples)
     out = tmp_path / "captured.npy"
-    result = subprocess.run([sys.executable, "-c", CAPTURE_SCRIPT, str(out)], env=env, capture_output=True,
-                            text=True, timeout=60)
+    result = subprocess.run(
+        [sys.executable, "-c", CAPTURE_SCRIPT, str(out)], env=env, capture_output=True, text=True, timeout=60
+    )
     assert result.returncode == 0, result.stderr
     info = json.loads(result.stdout)
     assert info["rate"] == 16000 and DEVICE in info["description"]
@@ -87,29 +89,61 @@ def test_mic_source_captures_the_exact_samples_through_portaudio(tmp_path: Path)
 
 def test_list_devices_shows_the_alsa_device(tmp_path: Path) -> None:
     env = alsa_env(tmp_path, noise(0.1))
-    result = subprocess.run([sys.executable, "-m", "edge_agent.cli", "agent", "--list-devices"], env=env,
-                            capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [sys.executable, "-m", "edge_agent.cli", "agent", "--list-devices"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == 0 and DEVICE in result.stdout and "mic:INDEX" in result.stdout
 
 
 def test_a_missing_device_is_a_one_line_error(tmp_path: Path, siren_model: Path) -> None:
     env = alsa_env(tmp_path, noise(0.1))
-    command = [sys.executable, "-m", "edge_agent.cli", "agent", "--source", "mic:no-such-mic",
-               "--model", str(siren_model)]
+    command = [
+        sys.executable,
+        "-m",
+        "edge_agent.cli",
+        "agent",
+        "--source",
+        "mic:no-such-mic",
+        "--model",
+        str(siren_model),
+    ]
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=60)
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines()[-1] == (
-        "earshot agent: no audio input device matches 'no-such-mic'; see earshot agent --list-devices")
+        "earshot agent: no audio input device matches 'no-such-mic'; see earshot agent --list-devices"
+    )
 
 
 def test_the_agent_detects_a_siren_from_the_alsa_device_and_stops_on_sigterm(
-        tmp_path: Path, siren_model: Path) -> None:
+    tmp_path: Path, siren_model: Path
+) -> None:
     siren = siren_sweep(3.0) + noise(3.0, amplitude=0.05, seed=1)
     audio = np.concatenate([noise(1.0, amplitude=0.05), siren])
     env = alsa_env(tmp_path, audio)
-    agent = subprocess.Popen([sys.executable, "-m", "edge_agent.cli", "agent", "--source", f"mic:{DEVICE}",
-                              "--model", str(siren_model), "--mqtt", "none", "--log-level", "WARNING"],
-                             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    agent = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "edge_agent.cli",
+            "agent",
+            "--source",
+            f"mic:{DEVICE}",
+            "--model",
+            str(siren_model),
+            "--mqtt",
+            "none",
+            "--log-level",
+            "WARNING",
+        ],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     watchdog = threading.Timer(60, agent.kill)  # a hung agent fails the test instead of hanging it
     watchdog.start()
     try:

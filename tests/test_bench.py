@@ -18,18 +18,43 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def bench(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "edge_agent.cli", "bench", *args], capture_output=True,
-                          text=True, timeout=300, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    return subprocess.run(
+        [sys.executable, "-m", "edge_agent.cli", "bench", *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
 
 
 def test_json_report_has_the_documented_keys(siren_model: Path, tmp_path: Path) -> None:
     twin = band_energy_model(tmp_path / "twin.onnx", gain=5.0)
-    result = bench("--model", str(siren_model), "--compare-model", str(twin), "--threads", "1,2",
-                   "--seconds", "4", "--json")
+    result = bench(
+        "--model",
+        str(siren_model),
+        "--compare-model",
+        str(twin),
+        "--threads",
+        "1,2",
+        "--seconds",
+        "4",
+        "--json",
+    )
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)  # exactly one JSON object on stdout
-    assert {"rtf", "cpu_rtf", "latency_ms", "peak_rss_mb", "frontend_ms", "model_ms", "per_thread_rtf",
-            "int8_vs_fp32_speedup", "targets", "machine"} <= set(report)
+    assert {
+        "rtf",
+        "cpu_rtf",
+        "latency_ms",
+        "peak_rss_mb",
+        "frontend_ms",
+        "model_ms",
+        "per_thread_rtf",
+        "int8_vs_fp32_speedup",
+        "targets",
+        "machine",
+    } <= set(report)
     assert set(report["latency_ms"]) == {"p50", "p95", "p99"}
     assert report["latency_ms"]["p50"] <= report["latency_ms"]["p95"] <= report["latency_ms"]["p99"]
     assert set(report["per_thread_rtf"]) == {"1", "2"} and report["cores"] == report["cores"][:1]
@@ -44,8 +69,9 @@ def test_json_report_has_the_documented_keys(siren_model: Path, tmp_path: Path) 
 
 @pytest.mark.parametrize("rate", [44100, 48000])
 def test_input_rate_makes_the_resampler_work_and_reports_its_share(siren_model: Path, rate: int) -> None:
-    result = bench("--model", str(siren_model), "--threads", "1", "--seconds", "3", "--input-rate", str(rate),
-                   "--json")
+    result = bench(
+        "--model", str(siren_model), "--threads", "1", "--seconds", "3", "--input-rate", str(rate), "--json"
+    )
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
     assert report["input_rate"] == rate and report["audio_seconds"] == pytest.approx(3.0, abs=1e-3)
@@ -72,14 +98,19 @@ def test_naive_baseline_uses_the_cards_architecture(tmp_path: Path) -> None:
     assert report["naive"]["model"] == "architecture from the model card (timing only)"
 
 
-@pytest.mark.parametrize(("args", "message"), [
-    (["--threads", "one"], "earshot bench: --threads: expected comma-separated integers, got 'one'"),
-    (["--model", "/nonexistent.onnx"], "earshot bench: model not found: /nonexistent.onnx"),
-    (["--input-rate", "1000"], "earshot bench: --input-rate: expected 8000..384000 Hz, got 1000"),
-    (["--input-rate", "48000", "--source", "x.wav"],
-     "earshot bench: --input-rate sets the synthetic audio's rate; a --source file keeps its own"),
-    (["--naive"], "earshot bench: --naive needs the model's PyTorch twin: pass --checkpoint PATH"),
-])
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--threads", "one"], "earshot bench: --threads: expected comma-separated integers, got 'one'"),
+        (["--model", "/nonexistent.onnx"], "earshot bench: model not found: /nonexistent.onnx"),
+        (["--input-rate", "1000"], "earshot bench: --input-rate: expected 8000..384000 Hz, got 1000"),
+        (
+            ["--input-rate", "48000", "--source", "x.wav"],
+            "earshot bench: --input-rate sets the synthetic audio's rate; a --source file keeps its own",
+        ),
+        (["--naive"], "earshot bench: --naive needs the model's PyTorch twin: pass --checkpoint PATH"),
+    ],
+)
 def test_bad_input_is_one_line(siren_model: Path, args: list[str], message: str) -> None:
     if "--naive" in args:
         pytest.importorskip("torch")
@@ -100,8 +131,19 @@ def test_alert_latency_through_a_real_broker(siren_model: Path, tmp_path: Path) 
     broker = Mosquitto(tmp_path / "broker")
     broker.start()
     try:
-        result = bench("--model", str(siren_model), "--threads", "1", "--seconds", "2", "--json",
-                       "--alert-latency", f"mqtt://127.0.0.1:{broker.port}", "--bursts", "2")
+        result = bench(
+            "--model",
+            str(siren_model),
+            "--threads",
+            "1",
+            "--seconds",
+            "2",
+            "--json",
+            "--alert-latency",
+            f"mqtt://127.0.0.1:{broker.port}",
+            "--bursts",
+            "2",
+        )
     finally:
         broker.stop()
     assert result.returncode == 0, result.stderr

@@ -17,6 +17,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from support.onnx_models import noise, siren_sweep, write_audio
 
+from edge_agent.config import DetectorConfig, load_config
+from edge_agent.detector import Detector
+from edge_agent.labels import URBANSOUND8K_LABELS
 from edge_agent.tools.calibrate import (
     MAX_THRESHOLD,
     ScoreTrack,
@@ -27,9 +30,6 @@ from edge_agent.tools.calibrate import (
     render_toml,
     suggest_threshold,
 )
-from edge_agent.config import DetectorConfig, load_config
-from edge_agent.detector import Detector
-from edge_agent.labels import URBANSOUND8K_LABELS
 
 ROOT = Path(__file__).resolve().parents[1]
 HOP = 0.256
@@ -37,15 +37,27 @@ HOP = 0.256
 
 def naive_alarms(scores: np.ndarray, times: np.ndarray, threshold: float, config: DetectorConfig) -> int:
     """Every window through the real detector: what ``count_alarms`` must equal."""
-    detector = Detector(("x",), DetectorConfig(listen=("x",), thresholds={"x": threshold},
-                                               confirm_n=config.confirm_n, confirm_m=config.confirm_m,
-                                               cooldown_s=config.cooldown_s, end_after_s=config.end_after_s))
-    return sum(d.kind == "start" for s, t in zip(scores, times, strict=True)
-               for d in detector.update((float(s),), float(t)))
+    detector = Detector(
+        ("x",),
+        DetectorConfig(
+            listen=("x",),
+            thresholds={"x": threshold},
+            confirm_n=config.confirm_n,
+            confirm_m=config.confirm_m,
+            cooldown_s=config.cooldown_s,
+            end_after_s=config.end_after_s,
+        ),
+    )
+    return sum(
+        d.kind == "start"
+        for s, t in zip(scores, times, strict=True)
+        for d in detector.update((float(s),), float(t))
+    )
 
 
-def bursts(levels: list[float], gap_windows: int = 200, burst_windows: int = 8, floor: float = 0.05
-           ) -> tuple[np.ndarray, np.ndarray]:
+def bursts(
+    levels: list[float], gap_windows: int = 200, burst_windows: int = 8, floor: float = 0.05
+) -> tuple[np.ndarray, np.ndarray]:
     """A score track: quiet floor with one burst per level; (scores, times)."""
     scores = np.full(gap_windows, floor)
     for level in levels:
@@ -54,11 +66,16 @@ def bursts(levels: list[float], gap_windows: int = 200, burst_windows: int = 8, 
 
 
 @settings(max_examples=60, deadline=None)
-@given(scores=st.lists(st.sampled_from([0.0, 0.2, 0.45, 0.5, 0.55, 0.9]), min_size=1, max_size=300),
-       threshold=st.sampled_from([0.2, 0.5, 0.55, 0.9]), n=st.integers(1, 3), extra_m=st.integers(0, 3),
-       cooldown=st.sampled_from([0.0, 0.5, 3.0]), end_after=st.sampled_from([0.0, 0.256, 1.0, 2.0]))
+@given(
+    scores=st.lists(st.sampled_from([0.0, 0.2, 0.45, 0.5, 0.55, 0.9]), min_size=1, max_size=300),
+    threshold=st.sampled_from([0.2, 0.5, 0.55, 0.9]),
+    n=st.integers(1, 3),
+    extra_m=st.integers(0, 3),
+    cooldown=st.sampled_from([0.0, 0.5, 3.0]),
+    end_after=st.sampled_from([0.0, 0.256, 1.0, 2.0]),
+)
 def test_skipping_quiet_windows_counts_exactly_what_the_detector_counts(
-        scores: list[float], threshold: float, n: int, extra_m: int, cooldown: float, end_after: float
+    scores: list[float], threshold: float, n: int, extra_m: int, cooldown: float, end_after: float
 ) -> None:
     config = DetectorConfig(confirm_n=n, confirm_m=n + extra_m, cooldown_s=cooldown, end_after_s=end_after)
     values = np.asarray(scores)
@@ -109,23 +126,52 @@ def test_the_snippet_is_a_valid_config_with_a_comment_per_class(tmp_path: Path) 
     path.write_text(snippet)
     loaded = load_config(path, environ={})
     assert dict(loaded.detector.thresholds) == {"a": 0.71, "b": MAX_THRESHOLD}
-    assert re.search(r"^a = 0\.71  # expected 0\.00 false alarms/hour \(0 in the recording\); was 0\.50$",
-                     snippet, re.M)
-    assert re.search(r"^b = 0\.99  # expected [\d.]+ false alarms/hour \(1 in the recording\); was 0\.50; "
-                     r"TARGET NOT MET even at 0\.99", snippet, re.M)
+    assert re.search(
+        r"^a = 0\.71  # expected 0\.00 false alarms/hour \(0 in the recording\); was 0\.50$", snippet, re.M
+    )
+    assert re.search(
+        r"^b = 0\.99  # expected [\d.]+ false alarms/hour \(1 in the recording\); was 0\.50; "
+        r"TARGET NOT MET even at 0\.99",
+        snippet,
+        re.M,
+    )
 
 
 def calibrate_cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "edge_agent.cli", "calibrate", *args], capture_output=True,
-                          text=True, timeout=timeout, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    return subprocess.run(
+        [sys.executable, "-m", "edge_agent.cli", "calibrate", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
 
 
 def agent_starts(audio: Path, model: Path, config: Path) -> dict[str, int]:
     """Run the real agent with ``config``; count detection starts per label."""
-    result = subprocess.run([sys.executable, "-m", "edge_agent.cli", "agent", "--source", str(audio),
-                             "--model", str(model), "--config", str(config), "--fast", "--mqtt", "none"],
-                            capture_output=True, text=True, timeout=120, cwd=ROOT,
-                            env={**os.environ, "PYTHONPATH": str(ROOT)})
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "edge_agent.cli",
+            "agent",
+            "--source",
+            str(audio),
+            "--model",
+            str(model),
+            "--config",
+            str(config),
+            "--fast",
+            "--mqtt",
+            "none",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
     assert result.returncode == 0, result.stderr
     counts: dict[str, int] = {}
     for event in map(json.loads, result.stdout.splitlines()):
@@ -144,15 +190,27 @@ def snippet_alarms(snippet: str) -> dict[str, tuple[float, int, bool]]:
     return promised
 
 
-def check_end_to_end(site: Path, model: Path, tmp_path: Path, target: float
-                     ) -> dict[str, tuple[float, int, bool]]:
+def check_end_to_end(
+    site: Path, model: Path, tmp_path: Path, target: float
+) -> dict[str, tuple[float, int, bool]]:
     """Calibrate every class on ``site``, then run the agent with the snippet: the alarms must match."""
     listen_all = tmp_path / "listen.toml"
     listen_all.write_text("[detector]\nlisten = [" + ", ".join(f'"{x}"' for x in URBANSOUND8K_LABELS) + "]\n")
     out = tmp_path / "snippet.toml"
-    result = calibrate_cli("--source", str(site), "--model", str(model), "--config", str(listen_all),
-                           "--labels", "all", "--target-false-alarms-per-hour", str(target),
-                           "--out", str(out))
+    result = calibrate_cli(
+        "--source",
+        str(site),
+        "--model",
+        str(model),
+        "--config",
+        str(listen_all),
+        "--labels",
+        "all",
+        "--target-false-alarms-per-hour",
+        str(target),
+        "--out",
+        str(out),
+    )
     assert result.returncode == 0, result.stderr
     assert "Traceback" not in result.stderr
     assert result.stdout.splitlines()[0].split() == ["class", "threshold", "alarms/h", "was", "note"]
@@ -163,7 +221,8 @@ def check_end_to_end(site: Path, model: Path, tmp_path: Path, target: float
     combined.write_text(listen_all.read_text() + snippet)
     starts = agent_starts(site, model, combined)
     assert {label: n for label, n in starts.items() if n} == {
-        label: alarms for label, (_, alarms, _) in promised.items() if alarms}
+        label: alarms for label, (_, alarms, _) in promised.items() if alarms
+    }
     hours = sf.info(str(site)).duration / 3600
     for label, (threshold, alarms, met) in promised.items():
         assert (alarms / hours <= target + 1e-9) == met, label
@@ -184,7 +243,8 @@ def test_end_to_end_on_synthetic_street_noise_with_faint_sirens(tmp_path: Path, 
 
 @pytest.mark.shared_data
 def test_end_to_end_on_a_site_made_of_real_esc10_background_clips(
-        tmp_path: Path, siren_model: Path, shared_data: Path) -> None:
+    tmp_path: Path, siren_model: Path, shared_data: Path
+) -> None:
     meta = (shared_data / "esc10" / "meta.csv").read_text().splitlines()[1:]
     # Every 10th non-target clip (dog_bark is a target class): 36 clips, 3 minutes, 9 categories.
     clips = sorted(line.split(",")[0] for line in meta if line.split(",")[2] != "dog_bark")[::10]
@@ -194,11 +254,14 @@ def test_end_to_end_on_a_site_made_of_real_esc10_background_clips(
     check_end_to_end(site, siren_model, tmp_path, target=20.0)
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--target-false-alarms-per-hour", "-1"], "--target-false-alarms-per-hour: must be a number >= 0"),
-    (["--labels", "siren,banjo"], "--labels: 'banjo' is not a label of this model"),
-    (["--min-threshold", "2"], "--min-threshold: must be in 0..0.99, got 2"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--target-false-alarms-per-hour", "-1"], "--target-false-alarms-per-hour: must be a number >= 0"),
+        (["--labels", "siren,banjo"], "--labels: 'banjo' is not a label of this model"),
+        (["--min-threshold", "2"], "--min-threshold: must be in 0..0.99, got 2"),
+    ],
+)
 def test_bad_input_is_one_line(args: list[str], message: str, siren_model: Path, tmp_path: Path) -> None:
     site = write_audio(tmp_path / "short.wav", noise(3.0))
     result = calibrate_cli("--source", str(site), "--model", str(siren_model), *args)

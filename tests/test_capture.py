@@ -34,33 +34,44 @@ RATE = 16000
 def agent(*args: str, cwd: Path = ROOT, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     """The real agent in a fresh process."""
     command = [sys.executable, "-m", "edge_agent.cli", "agent", "--fast", "--mqtt", "none", *args]
-    return subprocess.run(command,
-                          capture_output=True, timeout=60, cwd=cwd,
-                          env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})})
+    return subprocess.run(
+        command,
+        capture_output=True,
+        timeout=60,
+        cwd=cwd,
+        env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})},
+    )
 
 
 def street(siren_at: float, siren_s: float, total: float) -> np.ndarray:
     signal = noise(total, amplitude=0.05)
     start = int(siren_at * RATE)
-    signal[start:start + int(siren_s * RATE)] += siren_sweep(siren_s)
+    signal[start : start + int(siren_s * RATE)] += siren_sweep(siren_s)
     return signal
 
 
-def run_pipeline(model: Path, tmp_path: Path, signal: np.ndarray, pre_roll_s: float,
-                 post_roll_s: float) -> tuple[Pipeline, list[dict], list]:
+def run_pipeline(
+    model: Path, tmp_path: Path, signal: np.ndarray, pre_roll_s: float, post_roll_s: float
+) -> tuple[Pipeline, list[dict], list]:
     """The in-process pipeline over ``signal`` with capture into tmp_path/clips; events schema-checked."""
     audio = write_audio(tmp_path / "street.flac", signal)
-    capture = CaptureConfig(enabled=True, dir=str(tmp_path / "clips"), pre_roll_s=pre_roll_s,
-                            post_roll_s=post_roll_s)
-    config = AgentConfig(device_id="test-pole", audio=AudioConfig(source=str(audio), fast=True),
-                         detector=DetectorConfig(end_after_s=1.0, cooldown_s=5.0), capture=capture)
+    capture = CaptureConfig(
+        enabled=True, dir=str(tmp_path / "clips"), pre_roll_s=pre_roll_s, post_roll_s=post_roll_s
+    )
+    config = AgentConfig(
+        device_id="test-pole",
+        audio=AudioConfig(source=str(audio), fast=True),
+        detector=DetectorConfig(end_after_s=1.0, cooldown_s=5.0),
+        capture=capture,
+    )
     out, windows = io.StringIO(), []
     loaded = OnnxModel.load(model)
     identity = {"name": loaded.metadata.name, "version": loaded.metadata.version, "sha256": loaded.sha256}
     publishers = make_publishers(config, RATE, identity, AgentMetrics(), out=out)
     assert [p.name for p in publishers] == ["capture", "stdout"]  # capture first: it names the clip
-    pipeline = Pipeline(config, loaded, open_source(config.audio, RATE), publishers=publishers,
-                        on_window=windows.append)
+    pipeline = Pipeline(
+        config, loaded, open_source(config.audio, RATE), publishers=publishers, on_window=windows.append
+    )
     assert pipeline.run() == 0
     events = [json.loads(line) for line in out.getvalue().splitlines()]
     for event in events:
@@ -74,8 +85,9 @@ def alert_sample(windows: list[WindowResult]) -> int:
     return int(round(at * RATE))
 
 
-def test_an_alert_saves_pre_and_post_roll_and_the_event_names_the_clip(tmp_path: Path,
-                                                                      siren_model: Path) -> None:
+def test_an_alert_saves_pre_and_post_roll_and_the_event_names_the_clip(
+    tmp_path: Path, siren_model: Path
+) -> None:
     signal = street(siren_at=3.0, siren_s=3.0, total=9.0)
     pipeline, events, windows = run_pipeline(siren_model, tmp_path, signal, pre_roll_s=2.0, post_roll_s=1.0)
     start, end = events
@@ -85,13 +97,14 @@ def test_an_alert_saves_pre_and_post_roll_and_the_event_names_the_clip(tmp_path:
     clip, rate = sf.read(str(tmp_path / "clips" / start["clip"]), dtype="float32")
     assert rate == RATE and len(clip) == 3 * RATE
     at = alert_sample(windows)
-    np.testing.assert_allclose(clip, signal[at - 2 * RATE:at + RATE], atol=1e-4)  # 16-bit FLAC
+    np.testing.assert_allclose(clip, signal[at - 2 * RATE : at + RATE], atol=1e-4)  # 16-bit FLAC
     capture = pipeline.publishers[0]
     assert isinstance(capture, ClipCapture) and capture.written == [start["clip"]]
 
 
-def test_a_stream_that_ends_during_the_post_roll_keeps_what_was_heard(tmp_path: Path,
-                                                                      siren_model: Path) -> None:
+def test_a_stream_that_ends_during_the_post_roll_keeps_what_was_heard(
+    tmp_path: Path, siren_model: Path
+) -> None:
     signal = street(siren_at=1.0, siren_s=3.0, total=4.0)
     _, events, windows = run_pipeline(siren_model, tmp_path, signal, pre_roll_s=0.5, post_roll_s=30.0)
     clip, _ = sf.read(str(tmp_path / "clips" / events[0]["clip"]), dtype="float32")
@@ -106,8 +119,12 @@ def test_disabled_capture_writes_nothing_anywhere(tmp_path: Path, siren_model: P
     home.mkdir()
     work.mkdir()
     before = sorted(p for p in tmp_path.rglob("*"))
-    env = {"HOME": str(home), "XDG_STATE_HOME": str(home / "state"), "XDG_CACHE_HOME": str(home / "cache"),
-           "TMPDIR": str(work)}
+    env = {
+        "HOME": str(home),
+        "XDG_STATE_HOME": str(home / "state"),
+        "XDG_CACHE_HOME": str(home / "cache"),
+        "TMPDIR": str(work),
+    }
     result = agent("--source", str(audio), "--model", str(siren_model), cwd=work, env=env)
     assert result.returncode == 0, result.stderr.decode()
     events = [json.loads(line) for line in result.stdout.decode().splitlines()]
@@ -116,11 +133,13 @@ def test_disabled_capture_writes_nothing_anywhere(tmp_path: Path, siren_model: P
     # device id under $XDG_CACHE_HOME and a session id in $TMPDIR/.ses; no audio, not the agent's doing.
     ort_cache = home / "cache" / "Microsoft"
     created = [p for p in tmp_path.rglob("*") if p not in before]
-    onnxruntime_own = [p for p in created
-                       if p.is_relative_to(ort_cache) or p in (home / "cache", work / ".ses")]
+    onnxruntime_own = [
+        p for p in created if p.is_relative_to(ort_cache) or p in (home / "cache", work / ".ses")
+    ]
     assert sorted(created) == sorted(onnxruntime_own)
     assert sorted(p for p in siren_model.parent.iterdir()) == sorted(
-        [siren_model, siren_model.with_name(siren_model.stem + ".card.json")])
+        [siren_model, siren_model.with_name(siren_model.stem + ".card.json")]
+    )
 
 
 def test_enabled_capture_through_the_agent_cli(tmp_path: Path, siren_model: Path) -> None:

@@ -30,13 +30,19 @@ def scores_for(model_path: Path, audio: AudioConfig, stdin: bytes | None = None)
 
 def recording(rate: int) -> np.ndarray:
     """Noise, a siren-like sweep, noise: 5 s at ``rate``."""
-    return np.concatenate([noise(1.5, rate, 0.05), siren_sweep(2.0, rate) + noise(2.0, rate, 0.05, seed=1),
-                           noise(1.5, rate, 0.05, seed=2)])
+    return np.concatenate(
+        [
+            noise(1.5, rate, 0.05),
+            siren_sweep(2.0, rate) + noise(2.0, rate, 0.05, seed=1),
+            noise(1.5, rate, 0.05, seed=2),
+        ]
+    )
 
 
 @pytest.mark.parametrize(("rate", "channels"), [(16000, 1), (44100, 2)])
-def test_file_scores_do_not_depend_on_block_size(tmp_path: Path, siren_model: Path, rate: int,
-                                                  channels: int) -> None:
+def test_file_scores_do_not_depend_on_block_size(
+    tmp_path: Path, siren_model: Path, rate: int, channels: int
+) -> None:
     mono = recording(rate)
     path = write_audio(tmp_path / "street.wav", np.stack([mono] * channels, axis=1), rate, subtype="FLOAT")
     runs = [scores_for(siren_model, AudioConfig(source=str(path), fast=True, block_size=b)) for b in BLOCKS]
@@ -61,8 +67,11 @@ def test_real_clips_score_the_same_in_any_block_size(shared_data: Path, siren_mo
 
     root = shared_data / "urbansound8k-subset"
     with (root / "metadata" / "UrbanSound8K.csv").open() as handle:
-        rows = [row for row in csv.DictReader(handle) if (root / "audio" / f"fold{row['fold']}" /
-                                                           row["slice_file_name"]).is_file()]
+        rows = [
+            row
+            for row in csv.DictReader(handle)
+            if (root / "audio" / f"fold{row['fold']}" / row["slice_file_name"]).is_file()
+        ]
     siren = next(row for row in rows if row["class"] == "siren")
     shortest = min(rows, key=lambda row: float(row["end"]) - float(row["start"]))
     for row in (siren, shortest):

@@ -35,13 +35,17 @@ def earshot(*args: str, unimportable: tuple[str, ...] = ()) -> subprocess.Comple
 
 
 @pytest.mark.parametrize("command", ["train", "evaluate", "export", "gate"])
-@pytest.mark.parametrize(("unimportable", "missing"), [
-    (TRAINING_ONLY, "torch"),  # a checkout without the extras
-    (CHECKOUT_ONLY, None),  # the wheel: no training/export/deploy, with or without torch
-    (TRAINING_ONLY + CHECKOUT_ONLY, None),  # the wheel on a Pi
-])
+@pytest.mark.parametrize(
+    ("unimportable", "missing"),
+    [
+        (TRAINING_ONLY, "torch"),  # a checkout without the extras
+        (CHECKOUT_ONLY, None),  # the wheel: no training/export/deploy, with or without torch
+        (TRAINING_ONLY + CHECKOUT_ONLY, None),  # the wheel on a Pi
+    ],
+)
 def test_training_commands_on_a_base_install_say_what_they_need(
-        command: str, unimportable: tuple[str, ...], missing: str | None) -> None:
+    command: str, unimportable: tuple[str, ...], missing: str | None
+) -> None:
     result = earshot(command, "--help", unimportable=unimportable)
     assert result.returncode == 2
     assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
@@ -75,18 +79,47 @@ def test_the_wheel_carries_the_agent_alone(tmp_path: Path) -> None:
     """What ``pip install .`` puts on a sensor: edge_agent, its default model, card, demo and schema."""
     if shutil.which("git") is None or not (REPO / ".git").exists():
         pytest.skip("needs a git checkout")
-    listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=REPO,
-                            capture_output=True, check=True, timeout=60).stdout.decode().split("\0")
+    listed = (
+        subprocess.run(
+            ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+            cwd=REPO,
+            capture_output=True,
+            check=True,
+            timeout=60,
+        )
+        .stdout.decode()
+        .split("\0")
+    )
     source = tmp_path / "src"  # a clean copy: an old build/ in the checkout would leak into the wheel
     for name in filter(None, listed):
         if (REPO / name).is_file():
             (source / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(REPO / name, source / name)
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w",
-                    str(tmp_path), str(source)], check=True, capture_output=True, timeout=300)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "-q",
+            "--no-deps",
+            "--no-build-isolation",
+            "-w",
+            str(tmp_path),
+            str(source),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
     names = zipfile.ZipFile(next(tmp_path.glob("earshot-*.whl"))).namelist()
     assert {name.split("/")[0] for name in names if ".dist-info/" not in name} == {"edge_agent"}
-    for needed in ("models/default.onnx", "models/default.card.json", "demo/street-demo.ogg",
-                   "schemas/event.schema.json", "cli.py"):
+    for needed in (
+        "models/default.onnx",
+        "models/default.card.json",
+        "demo/street-demo.ogg",
+        "schemas/event.schema.json",
+        "cli.py",
+    ):
         assert f"edge_agent/{needed}" in names
     assert "edge_agent/models/default.fp32.onnx" not in names

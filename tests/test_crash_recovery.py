@@ -43,20 +43,48 @@ def sirens_s16le(count: int) -> bytes:
 class Agent:
     """``earshot agent --source -`` with MQTT and /metrics; stdin stays open until ``stop``/``kill``."""
 
-    def __init__(self, tmp_path: Path, broker_port: int, audio: bytes | Path,
-                 extra_env: dict[str, str] | None = None, name: str = "agent") -> None:
+    def __init__(
+        self,
+        tmp_path: Path,
+        broker_port: int,
+        audio: bytes | Path,
+        extra_env: dict[str, str] | None = None,
+        name: str = "agent",
+    ) -> None:
         self.metrics_port = free_port()
         self.log = (tmp_path / f"{name}.log").open("w")
         self.events: list[dict] = []
-        env = {**os.environ, "PYTHONPATH": str(ROOT), "EARSHOT_DEVICE_ID": DEVICE,
-               "EARSHOT_QUEUE_DIR": str(tmp_path / "queue"), "EARSHOT_MQTT_RECONNECT_MIN_S": "0.1",
-               "EARSHOT_MQTT_RECONNECT_MAX_S": "0.5", **(extra_env or {})}
+        env = {
+            **os.environ,
+            "PYTHONPATH": str(ROOT),
+            "EARSHOT_DEVICE_ID": DEVICE,
+            "EARSHOT_QUEUE_DIR": str(tmp_path / "queue"),
+            "EARSHOT_MQTT_RECONNECT_MIN_S": "0.1",
+            "EARSHOT_MQTT_RECONNECT_MAX_S": "0.5",
+            **(extra_env or {}),
+        }
         source = str(audio) if isinstance(audio, Path) else "-"
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "edge_agent.cli", "agent", "--source", source, "--mqtt",
-             f"mqtt://127.0.0.1:{broker_port}", "--metrics-port", str(self.metrics_port), "--model",
-             os.environ["EARSHOT_TEST_MODEL"]],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log, cwd=ROOT, env=env)
+            [
+                sys.executable,
+                "-m",
+                "edge_agent.cli",
+                "agent",
+                "--source",
+                source,
+                "--mqtt",
+                f"mqtt://127.0.0.1:{broker_port}",
+                "--metrics-port",
+                str(self.metrics_port),
+                "--model",
+                os.environ["EARSHOT_TEST_MODEL"],
+            ],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=self.log,
+            cwd=ROOT,
+            env=env,
+        )
         if isinstance(audio, bytes):
             threading.Thread(target=self._feed, args=(audio,), daemon=True).start()
         threading.Thread(target=self._read_events, daemon=True).start()
@@ -81,8 +109,15 @@ class Agent:
                 text = reply.read().decode()
         except OSError:
             return None
-        return next((s.value for f in text_string_to_metric_families(text) for s in f.samples
-                     if s.name == name and s.labels == labels), None)
+        return next(
+            (
+                s.value
+                for f in text_string_to_metric_families(text)
+                for s in f.samples
+                if s.name == name and s.labels == labels
+            ),
+            None,
+        )
 
     def wait_metric(self, name: str, value: float, timeout: float = 60) -> None:
         deadline = time.monotonic() + timeout
@@ -120,8 +155,9 @@ def down_broker(tmp_path: Path) -> Iterator[Mosquitto]:
     broker.stop()
 
 
-def kill_with_queue(tmp_path: Path, broker: Mosquitto, expect: dict[str, float],
-                    env: dict[str, str] | None = None) -> list[str]:
+def kill_with_queue(
+    tmp_path: Path, broker: Mosquitto, expect: dict[str, float], env: dict[str, str] | None = None
+) -> list[str]:
     """First run: broker down, SIRENS sirens classified and queued until the ``expect`` metrics hold, then
     SIGKILL; the ids of the events it printed, in order."""
     first = Agent(tmp_path, broker.port, sirens_s16le(SIRENS), env, name="first")
@@ -155,22 +191,31 @@ def deliver_after_restart(tmp_path: Path, broker: Mosquitto, expected: int) -> l
 
 
 def test_sigkill_with_a_queue_then_restart_delivers_it_in_order_exactly_once(
-        tmp_path: Path, down_broker: Mosquitto) -> None:
+    tmp_path: Path, down_broker: Mosquitto
+) -> None:
     sent = kill_with_queue(tmp_path, down_broker, {DEPTH: 2 * SIRENS})
     received = deliver_after_restart(tmp_path, down_broker, expected=len(sent))
     duplicates = {event_id: n for event_id, n in Counter(received).items() if n > 1}
-    print(f"\ncrash recovery: queued {len(sent)}, delivered {len(received)}, duplicates {len(duplicates)}, "
-          f"lost {len(set(sent) - set(received))}")
+    print(
+        f"\ncrash recovery: queued {len(sent)}, delivered {len(received)}, duplicates {len(duplicates)}, "
+        f"lost {len(set(sent) - set(received))}"
+    )
     assert received == sent
 
 
 def test_a_full_queue_drops_the_oldest_and_counts_them(tmp_path: Path, down_broker: Mosquitto) -> None:
     limit = 4
-    sent = kill_with_queue(tmp_path, down_broker, {DROPPED: 2 * SIRENS - limit, DEPTH: limit},
-                           {"EARSHOT_QUEUE_MAX_EVENTS": str(limit)})
+    sent = kill_with_queue(
+        tmp_path,
+        down_broker,
+        {DROPPED: 2 * SIRENS - limit, DEPTH: limit},
+        {"EARSHOT_QUEUE_MAX_EVENTS": str(limit)},
+    )
     received = deliver_after_restart(tmp_path, down_broker, expected=limit)
-    print(f"\nqueue limit {limit}: classified {len(sent)}, dropped {len(sent) - limit}, "
-          f"delivered {len(received)}")
+    print(
+        f"\nqueue limit {limit}: classified {len(sent)}, dropped {len(sent) - limit}, "
+        f"delivered {len(received)}"
+    )
     assert received == sent[-limit:]  # the newest survive, in order
     log = (tmp_path / "first.log").read_text()
     assert "disk queue full (4 events): dropped the 1 oldest undelivered events" in log

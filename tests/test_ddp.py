@@ -19,11 +19,33 @@ def test_torchrun_two_cpu_processes_train_and_only_rank0_writes(tmp_path: Path) 
     data = write_urbansound8k(tmp_path / "urbansound8k", folds=(1, 2), per_class=3)
     out = tmp_path / "out"
     env = {**os.environ, "EARSHOT_CACHE": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1"}
-    command = ["torchrun", "--standalone", "--nproc_per_node", "2", "-m", "training.cli",
-               "--data-root", str(data), "--arch", "rnn", "--folds", "1", "--epochs", "2",
-               "--crops-per-clip", "1", "--batch-size", "4", "--device", "cpu", "--out", str(out)]
-    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=240,
-                          cwd=Path(__file__).resolve().parents[1])
+    command = [
+        "torchrun",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        "-m",
+        "training.cli",
+        "--data-root",
+        str(data),
+        "--arch",
+        "rnn",
+        "--folds",
+        "1",
+        "--epochs",
+        "2",
+        "--crops-per-clip",
+        "1",
+        "--batch-size",
+        "4",
+        "--device",
+        "cpu",
+        "--out",
+        str(out),
+    ]
+    done = subprocess.run(
+        command, env=env, capture_output=True, text=True, timeout=240, cwd=Path(__file__).resolve().parents[1]
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     assert "gloo process group as rank 1 of 2" in done.stderr
     report = json.loads((out / "rnn" / "report.json").read_text())

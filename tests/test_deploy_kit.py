@@ -39,9 +39,17 @@ def unit_settings(text: str) -> dict[str, list[str]]:
 
 def test_unit_restarts_always_and_is_hardened() -> None:
     settings = unit_settings(UNIT.read_text())
-    expected = {"Restart": "always", "User": "earshot", "NoNewPrivileges": "yes", "ProtectSystem": "strict",
-                "ProtectHome": "yes", "PrivateTmp": "yes", "SupplementaryGroups": "audio",
-                "ReadWritePaths": "/var/lib/earshot", "EnvironmentFile": "-/etc/earshot/earshot.env"}
+    expected = {
+        "Restart": "always",
+        "User": "earshot",
+        "NoNewPrivileges": "yes",
+        "ProtectSystem": "strict",
+        "ProtectHome": "yes",
+        "PrivateTmp": "yes",
+        "SupplementaryGroups": "audio",
+        "ReadWritePaths": "/var/lib/earshot",
+        "EnvironmentFile": "-/etc/earshot/earshot.env",
+    }
     for key, value in expected.items():
         assert settings.get(key) == [value], key
     families = settings["RestrictAddressFamilies"][0].split()
@@ -55,8 +63,9 @@ def test_unit_passes_systemd_analyze_verify(tmp_path: Path) -> None:
     unit = tmp_path / UNIT.name
     true = shutil.which("true") or "/bin/true"
     unit.write_text(UNIT.read_text().replace("/opt/earshot/venv/bin/earshot", true))
-    result = subprocess.run(["systemd-analyze", "verify", str(unit)], capture_output=True, text=True,
-                            timeout=60)
+    result = subprocess.run(
+        ["systemd-analyze", "verify", str(unit)], capture_output=True, text=True, timeout=60
+    )
     assert result.returncode == 0, result.stderr
     assert "earshot-agent.service" not in result.stderr  # no warnings about our unit either
 
@@ -106,8 +115,12 @@ def test_example_config_loads_with_the_agents_loader() -> None:
 
 def test_example_config_passes_the_agents_check_config_command() -> None:
     # What install.sh runs before enabling the service.
-    result = subprocess.run([sys.executable, "-m", "edge_agent.cli", "agent", "--check-config", str(EXAMPLE)],
-                            capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [sys.executable, "-m", "edge_agent.cli", "agent", "--check-config", str(EXAMPLE)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["queue"]["dir"] == "/var/lib/earshot/queue"
 
@@ -130,18 +143,22 @@ def test_example_config_with_every_commented_key_enabled_still_loads(tmp_path: P
 
 def run_install(root: Path, *args: str) -> subprocess.CompletedProcess:
     """Run deploy/install.sh into ``root``; --root comes first so no argument slip makes a live install."""
-    return subprocess.run(["sh", str(INSTALL), "--root", str(root), *args], capture_output=True, text=True,
-                          timeout=120)
+    return subprocess.run(
+        ["sh", str(INSTALL), "--root", str(root), *args], capture_output=True, text=True, timeout=120
+    )
 
 
-@pytest.mark.parametrize(("args", "message"), [
-    (["--bogus"], "unknown option '--bogus'"),
-    (["--device-id"], "--device-id needs a value"),
-    (["--device-id", "--dry-run"], "--device-id needs a value, got option '--dry-run'"),
-    (["--device-id", "lamp post/7"], "--device-id must be letters"),
-    (["--device-id", "x" * 65], "longer than 64"),
-    (["--prefix", "relative/dir"], "--prefix must be an absolute path"),
-])
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--bogus"], "unknown option '--bogus'"),
+        (["--device-id"], "--device-id needs a value"),
+        (["--device-id", "--dry-run"], "--device-id needs a value, got option '--dry-run'"),
+        (["--device-id", "lamp post/7"], "--device-id must be letters"),
+        (["--device-id", "x" * 65], "longer than 64"),
+        (["--prefix", "relative/dir"], "--prefix must be an absolute path"),
+    ],
+)
 def test_install_rejects_bad_arguments_with_one_line(tmp_path: Path, args: list[str], message: str) -> None:
     result = run_install(tmp_path / "pi", "--dry-run", *args)
     assert result.returncode == 2
@@ -164,16 +181,39 @@ def test_install_dry_run_changes_nothing_and_skips_the_live_system(tmp_path: Pat
 def earshot_wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A wheel of this checkout, so the installer's venv needs no network."""
     out = tmp_path_factory.mktemp("wheel")
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w",
-                    str(out), str(REPO)], check=True, capture_output=True, timeout=300)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "-q",
+            "--no-deps",
+            "--no-build-isolation",
+            "-w",
+            str(out),
+            str(REPO),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
     return next(out.glob("earshot-*.whl"))
 
 
 @pytest.mark.slow
 def test_install_into_a_root_writes_unit_config_venv(tmp_path: Path, earshot_wheel: Path) -> None:
     root = tmp_path / "pi"
-    args = ["--device-id", "lamp-7", "--prefix", "/srv/earshot",
-            "--source", str(earshot_wheel), "--pip-args", "--no-deps --no-index"]
+    args = [
+        "--device-id",
+        "lamp-7",
+        "--prefix",
+        "/srv/earshot",
+        "--source",
+        str(earshot_wheel),
+        "--pip-args",
+        "--no-deps --no-index",
+    ]
     result = run_install(root, *args)
     assert result.returncode == 0, result.stderr
     config = load_config(root / "etc/earshot/config.toml", environ={})
@@ -228,8 +268,11 @@ def test_pi_check_bad_arguments_are_one_line(tmp_path: Path) -> None:
     result = subprocess.run([sys.executable, script, "--tolerance", "5"], capture_output=True, text=True)
     assert result.returncode == 2 and "--tolerance must be in (0, 1)" in result.stderr
     missing = tmp_path / "missing.onnx"
-    result = subprocess.run([sys.executable, script, "--model", str(missing), "--recording", str(missing)],
-                            capture_output=True, text=True)
+    result = subprocess.run(
+        [sys.executable, script, "--model", str(missing), "--recording", str(missing)],
+        capture_output=True,
+        text=True,
+    )
     assert result.returncode == 1 and result.stderr.strip() == f"pi-check: not a file: {missing}"
 
 
@@ -252,8 +295,9 @@ def test_pi_check_scores_windows_on_this_host(tmp_path: Path) -> None:
 
 PROMETHEUS = DEPLOY / "prometheus"
 DASHBOARD = DEPLOY / "grafana" / "earshot-dashboard.json"
-needs_promtool = pytest.mark.skipif(shutil.which("promtool") is None,
-                                    reason="promtool is missing: apt-get install prometheus")
+needs_promtool = pytest.mark.skipif(
+    shutil.which("promtool") is None, reason="promtool is missing: apt-get install prometheus"
+)
 # Series Prometheus itself adds to every scrape.
 PROMETHEUS_BUILTINS = {"up", "scrape_duration_seconds", "scrape_samples_scraped"}
 METRIC_NAME = re.compile(r"\b(earshot_[a-z0-9_]+|up)\b(?!\s*\()")
@@ -265,8 +309,12 @@ def exposed_metric_names() -> set[str]:
 
     from edge_agent.metrics import AgentMetrics
 
-    suffixes = {"counter": ["_total"], "gauge": [""], "info": ["_info"],
-                "histogram": ["_bucket", "_sum", "_count"]}
+    suffixes = {
+        "counter": ["_total"],
+        "gauge": [""],
+        "info": ["_info"],
+        "histogram": ["_bucket", "_sum", "_count"],
+    }
     registry = CollectorRegistry()
     AgentMetrics(registry).define_level_histogram(calibrated=True)  # the agent defines it: levels are on
     return {family.name + suffix for family in registry.collect() for suffix in suffixes[family.type]}
@@ -288,8 +336,9 @@ def alert_exprs() -> list[str]:
 def test_the_agent_exposes_every_metric_the_contract_names() -> None:
     contract = set(re.findall(r"^\| `(earshot_[a-z_]+)`", (REPO / "docs/CONTRACTS.md").read_text(), re.M))
     exposed = exposed_metric_names()
-    assert contract and all(name in exposed or name + "_info" in exposed or name + "_bucket" in exposed
-                            for name in contract)
+    assert contract and all(
+        name in exposed or name + "_info" in exposed or name + "_bucket" in exposed for name in contract
+    )
 
 
 @pytest.mark.parametrize("source", ["dashboard", "alerts"])
@@ -304,12 +353,19 @@ def test_every_promql_expr_uses_only_metrics_the_agent_exposes(source: str) -> N
 
 def test_dashboard_covers_the_operators_questions() -> None:
     text = " ".join(dashboard_exprs())
-    for needed in ("earshot_realtime_factor", "histogram_quantile(0.95, sum by (le, instance) "
-                   "(rate(earshot_inference_latency_seconds_bucket", "earshot_detections_total",
-                   "earshot_mqtt_connected", "earshot_queue_depth", "earshot_delivery_latency_seconds_bucket",
-                   "earshot_queue_dropped_total", "earshot_ring_buffer_overruns_total",
-                   "earshot_last_detection_timestamp_seconds", "earshot_sound_level_db",
-                   "earshot_sound_level_laeq_1s_db_bucket"):
+    for needed in (
+        "earshot_realtime_factor",
+        "histogram_quantile(0.95, sum by (le, instance) (rate(earshot_inference_latency_seconds_bucket",
+        "earshot_detections_total",
+        "earshot_mqtt_connected",
+        "earshot_queue_depth",
+        "earshot_delivery_latency_seconds_bucket",
+        "earshot_queue_dropped_total",
+        "earshot_ring_buffer_overruns_total",
+        "earshot_last_detection_timestamp_seconds",
+        "earshot_sound_level_db",
+        "earshot_sound_level_laeq_1s_db_bucket",
+    ):
         assert needed in text, needed
     board = json.loads(DASHBOARD.read_text())
     ids = [panel["id"] for panel in board["panels"]]
@@ -329,16 +385,25 @@ def test_dashboard_json_is_what_the_generator_writes() -> None:
 
 @needs_promtool
 def test_alert_rules_pass_promtool_check() -> None:
-    result = subprocess.run(["promtool", "check", "rules", str(PROMETHEUS / "alerts.yml")],
-                            capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        ["promtool", "check", "rules", str(PROMETHEUS / "alerts.yml")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "SUCCESS: 10 rules found" in result.stdout
 
 
 @needs_promtool
 def test_alert_rules_pass_their_promtool_unit_tests() -> None:
-    result = subprocess.run(["promtool", "test", "rules", "alerts_test.yml"], cwd=PROMETHEUS,
-                            capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        ["promtool", "test", "rules", "alerts_test.yml"],
+        cwd=PROMETHEUS,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "SUCCESS" in result.stdout
 
@@ -347,9 +412,16 @@ def test_every_alert_has_a_promtool_test_that_fires_it() -> None:
     names = set(re.findall(r"- alert: (\w+)", (PROMETHEUS / "alerts.yml").read_text()))
     tests = (PROMETHEUS / "alerts_test.yml").read_text()
     fired = set(re.findall(r"alertname: (\w+)\n\s+exp_alerts:", tests))
-    assert {"EarshotAgentDown", "EarshotAudioStalled", "EarshotRealtimeFactorHigh", "EarshotMqttDisconnected",
-            "EarshotDeliveryFailing", "EarshotQueueGrowing", "EarshotEventsDropped",
-            "EarshotModelUngated"} <= names
+    assert {
+        "EarshotAgentDown",
+        "EarshotAudioStalled",
+        "EarshotRealtimeFactorHigh",
+        "EarshotMqttDisconnected",
+        "EarshotDeliveryFailing",
+        "EarshotQueueGrowing",
+        "EarshotEventsDropped",
+        "EarshotModelUngated",
+    } <= names
     assert names == fired
 
 
@@ -359,8 +431,12 @@ def test_example_scrape_config_passes_promtool(tmp_path: Path) -> None:
     config = (PROMETHEUS / "prometheus.example.yml").read_text()
     config = config.replace("/etc/prometheus/earshot/alerts.yml", str(PROMETHEUS / "alerts.yml"))
     (tmp_path / "prometheus.yml").write_text(config)
-    result = subprocess.run(["promtool", "check", "config", str(tmp_path / "prometheus.yml")],
-                            capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        ["promtool", "check", "config", str(tmp_path / "prometheus.yml")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == 0, result.stdout + result.stderr
 
 
@@ -368,8 +444,10 @@ PI_ROOT_READY = Path.home() / ".cache" / "earshot" / "pi-root" / ".earshot-root-
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not (PI_ROOT_READY.exists() or os.environ.get("EARSHOT_PI_CHECK") == "1"),
-                    reason="aarch64 check runs when its cached root exists or EARSHOT_PI_CHECK=1")
+@pytest.mark.skipif(
+    not (PI_ROOT_READY.exists() or os.environ.get("EARSHOT_PI_CHECK") == "1"),
+    reason="aarch64 check runs when its cached root exists or EARSHOT_PI_CHECK=1",
+)
 @pytest.mark.skipif(os.geteuid() != 0, reason="pi-check needs root (chroot, mount)")
 def test_pi_check_agrees_with_this_host_on_aarch64(tmp_path: Path) -> None:
     import numpy as np
@@ -380,9 +458,21 @@ def test_pi_check_agrees_with_this_host_on_aarch64(tmp_path: Path) -> None:
     audio = np.concatenate([noise(2.0, amplitude=0.02), siren_sweep(4.0), noise(3.0, amplitude=0.02)])
     recording = write_audio(tmp_path / "siren.wav", audio)
     report = tmp_path / "report.json"
-    result = subprocess.run([sys.executable, str(DEPLOY / "pi-check"), "--model", str(model), "--recording",
-                             str(recording), "--report", str(report)], capture_output=True, text=True,
-                            timeout=1800)
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(DEPLOY / "pi-check"),
+            "--model",
+            str(model),
+            "--recording",
+            str(recording),
+            "--report",
+            str(report),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=1800,
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     outcome = json.loads(report.read_text())
     assert outcome["passed"] and outcome["event_kinds"] == ["siren:start", "siren:end"]

@@ -87,7 +87,9 @@ def test_flush_ends_open_episodes() -> None:
     assert sorted(detector.active()) == ["gun_shot", "siren"]
     ended = detector.flush(9.0)
     assert sorted((d.label, d.kind, d.ended_at) for d in ended) == [
-        ("gun_shot", "end", 9.0), ("siren", "end", 9.0)]
+        ("gun_shot", "end", 9.0),
+        ("siren", "end", 9.0),
+    ]
     assert detector.active() == [] and detector.flush(10.0) == []
 
 

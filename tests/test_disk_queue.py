@@ -102,8 +102,9 @@ def test_disk_full_drops_the_new_event_counted_and_the_queue_keeps_working(tmp_p
         dropped = metrics.registry.get_sample_value("earshot_queue_dropped_total", {{"output": "mqtt"}})
         print(stored, queue.depth(), int(dropped))
     """)
-    result = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True,
-                            timeout=60)
+    result = subprocess.run(
+        [sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=60
+    )
     assert result.returncode == 0, result.stderr
     stored, depth, dropped = map(int, result.stdout.split())
     assert 0 < stored < 200 and depth == stored and dropped == 200 - stored
@@ -120,8 +121,10 @@ def test_corrupt_file_is_moved_aside(tmp_path: Path) -> None:
 
 
 @settings(max_examples=40, deadline=None)
-@given(st.lists(st.one_of(st.just("put"), st.integers(min_value=0, max_value=5)), max_size=40),
-       st.integers(min_value=1, max_value=6))
+@given(
+    st.lists(st.one_of(st.just("put"), st.integers(min_value=0, max_value=5)), max_size=40),
+    st.integers(min_value=1, max_value=6),
+)
 def test_behaves_like_a_bounded_deque(tmp_path_factory, operations: list, capacity: int) -> None:
     """Random puts and acks (by position) agree with an in-memory model of the queue."""
     queue = DiskQueue(tmp_path_factory.mktemp("q") / "q.sqlite3", capacity)
@@ -185,4 +188,3 @@ def test_the_mqtt_output_adopts_a_queue_file_from_before_the_queue_section(tmp_p
     assert not (tmp_path / "earshot_pole.sqlite3").exists()
     mqtt.close()
     webhook.close()
-

@@ -36,8 +36,10 @@ def test_numpy_matches_torchaudio(name: str) -> None:
     np.testing.assert_allclose(ours, theirs, rtol=0, atol=ATOL_LOG)
 
 
-@pytest.mark.parametrize("params", [FrontendParams(), FrontendParams(n_mels=40, n_fft=400, hop_length=160,
-                                                                     f_min=20.0, window_seconds=0.96)])
+@pytest.mark.parametrize(
+    "params",
+    [FrontendParams(), FrontendParams(n_mels=40, n_fft=400, hop_length=160, f_min=20.0, window_seconds=0.96)],
+)
 def test_the_streaming_front_end_matches_torchaudio_window_by_window(params: FrontendParams) -> None:
     stream = np.concatenate([noise(1.5, amplitude=0.1), siren_sweep(1.5)])
     hop = hop_samples(0.25, params.sample_rate, params.hop_length)

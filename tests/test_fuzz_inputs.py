@@ -34,15 +34,25 @@ RUN_TIMEOUT_S = 60  # a hang shows up as subprocess.TimeoutExpired
 
 def siren_clip(rate: int = 16000) -> np.ndarray:
     """1 s of quiet noise, 3 s of siren, 3 s of quiet noise."""
-    return np.concatenate([noise(1.0, rate, 0.05), siren_sweep(3.0, rate) + noise(3.0, rate, 0.05, seed=1),
-                           noise(3.0, rate, 0.05, seed=2)])
+    return np.concatenate(
+        [
+            noise(1.0, rate, 0.05),
+            siren_sweep(3.0, rate) + noise(3.0, rate, 0.05, seed=1),
+            noise(3.0, rate, 0.05, seed=2),
+        ]
+    )
 
 
 def agent(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     """``earshot agent`` in a fresh process, as a user runs it (default log level)."""
-    return subprocess.run([sys.executable, "-m", "edge_agent.cli", "agent", *args], capture_output=True,
-                          text=True, timeout=RUN_TIMEOUT_S, cwd=ROOT,
-                          env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})})
+    return subprocess.run(
+        [sys.executable, "-m", "edge_agent.cli", "agent", *args],
+        capture_output=True,
+        text=True,
+        timeout=RUN_TIMEOUT_S,
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})},
+    )
 
 
 def kinds(result: subprocess.CompletedProcess) -> list[str]:
@@ -73,21 +83,27 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     whole = write_audio(d / "whole.wav", siren_clip())
     data = whole.read_bytes()
     out = {"whole": whole}
-    for name, content in {"truncated": data[: len(data) // 2], "header_only": data[:30], "empty": b"",
-                          "random": np.random.default_rng(0).bytes(5000)}.items():
+    for name, content in {
+        "truncated": data[: len(data) // 2],
+        "header_only": data[:30],
+        "empty": b"",
+        "random": np.random.default_rng(0).bytes(5000),
+    }.items():
         out[name] = d / f"{name}.wav"
         out[name].write_bytes(content)
     out["rate_7350"] = write_audio(d / "r7350.wav", siren_clip(7350), 7350)
     out["stereo_44k1"] = write_audio(d / "st44.flac", np.stack([siren_clip(44100)] * 2, axis=1), 44100)
     for name, rate, bad in (("nan", 16000, np.nan), ("nan_44k1", 44100, np.nan), ("inf", 16000, np.inf)):
         samples = siren_clip(rate)
-        samples[int(0.3 * rate): int(0.9 * rate)] = bad  # in the noise before the siren
+        samples[int(0.3 * rate) : int(0.9 * rate)] = bad  # in the noise before the siren
         samples[10] = -bad
         out[name] = write_audio(d / f"{name}.wav", samples, rate, subtype="FLOAT")
     out["silence"] = write_audio(d / "silence.wav", silence(5.0))
     clipped_siren = np.clip(8 * siren_sweep(3.0), -1.0, 1.0)  # a square-ish wave at full scale
-    out["clipped"] = write_audio(d / "clipped.wav", np.concatenate([noise(1.0, amplitude=0.05), clipped_siren,
-                                                                    noise(3.0, amplitude=0.05)]))
+    out["clipped"] = write_audio(
+        d / "clipped.wav",
+        np.concatenate([noise(1.0, amplitude=0.05), clipped_siren, noise(3.0, amplitude=0.05)]),
+    )
     out["over_full_scale"] = write_audio(d / "hot.wav", 8 * siren_clip(), subtype="FLOAT")  # floats > 1
     out["no_frames"] = write_audio(d / "zero.wav", np.zeros(0, np.float32))
     out["shorter_than_a_window"] = write_audio(d / "tiny.wav", noise(0.1))
@@ -97,35 +113,43 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 SIREN = ["siren start", "siren end"]
 
 
-@pytest.mark.parametrize("name, expected", [
-    ("whole", SIREN),
-    ("truncated", SIREN),  # a WAV cut mid-stream: the part that is there is classified
-    ("rate_7350", SIREN),  # resampled to the model's 16 kHz
-    ("stereo_44k1", SIREN),
-    ("nan", SIREN),  # NaN/Inf stretches cost their own windows, not the rest of the stream
-    ("nan_44k1", SIREN),
-    ("inf", SIREN),
-    ("silence", []),
-    ("clipped", SIREN),
-    ("over_full_scale", SIREN),
-    ("no_frames", []),
-    ("shorter_than_a_window", []),
-])
-def test_odd_audio_has_a_defined_outcome(name: str, expected: list[str], files: dict[str, Path],
-                                         siren_model: Path) -> None:
+@pytest.mark.parametrize(
+    "name, expected",
+    [
+        ("whole", SIREN),
+        ("truncated", SIREN),  # a WAV cut mid-stream: the part that is there is classified
+        ("rate_7350", SIREN),  # resampled to the model's 16 kHz
+        ("stereo_44k1", SIREN),
+        ("nan", SIREN),  # NaN/Inf stretches cost their own windows, not the rest of the stream
+        ("nan_44k1", SIREN),
+        ("inf", SIREN),
+        ("silence", []),
+        ("clipped", SIREN),
+        ("over_full_scale", SIREN),
+        ("no_frames", []),
+        ("shorter_than_a_window", []),
+    ],
+)
+def test_odd_audio_has_a_defined_outcome(
+    name: str, expected: list[str], files: dict[str, Path], siren_model: Path
+) -> None:
     result = agent("--source", str(files[name]), "--model", str(siren_model), "--fast", "--mqtt", "none")
     assert result.returncode == 0, result.stderr[-2000:]
     assert_no_traceback(result.stderr)
     assert kinds(result) == expected
 
 
-@pytest.mark.parametrize("name, fragment", [
-    ("header_only", "No 'data' chunk"),
-    ("empty", "Format not recognised"),
-    ("random", "Format not recognised"),
-])
-def test_unreadable_audio_is_one_line(name: str, fragment: str, files: dict[str, Path],
-                                      siren_model: Path) -> None:
+@pytest.mark.parametrize(
+    "name, fragment",
+    [
+        ("header_only", "No 'data' chunk"),
+        ("empty", "Format not recognised"),
+        ("random", "Format not recognised"),
+    ],
+)
+def test_unreadable_audio_is_one_line(
+    name: str, fragment: str, files: dict[str, Path], siren_model: Path
+) -> None:
     result = agent("--source", str(files[name]), "--model", str(siren_model), "--fast", "--mqtt", "none")
     assert_one_line_error(result, f"cannot read audio file {files[name]}", fragment)
 
@@ -155,12 +179,14 @@ def run_in_process(*argv: str) -> tuple[int, str]:
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(junk=st.binary(min_size=0, max_size=4096), keep_header=st.sampled_from([0, 12, 44]))
-def test_random_bytes_as_a_wav_file(junk: bytes, keep_header: int, files: dict[str, Path], siren_model: Path,
-                                    tmp_path: Path) -> None:
+def test_random_bytes_as_a_wav_file(
+    junk: bytes, keep_header: int, files: dict[str, Path], siren_model: Path, tmp_path: Path
+) -> None:
     path = tmp_path / "fuzz.wav"
     path.write_bytes(files["whole"].read_bytes()[:keep_header] + junk)
-    code, stderr = run_in_process("--source", str(path), "--model", str(siren_model), "--fast",
-                                  "--mqtt", "none", "--log-level", "ERROR")
+    code, stderr = run_in_process(
+        "--source", str(path), "--model", str(siren_model), "--fast", "--mqtt", "none", "--log-level", "ERROR"
+    )
     assert_no_traceback(stderr)
     assert code in (0, 1, 2), stderr
     if code:
@@ -170,18 +196,21 @@ def test_random_bytes_as_a_wav_file(junk: bytes, keep_header: int, files: dict[s
 # --- config ------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("text, fragments", [
-    ("[audio\nsource = 'x'", ("invalid TOML",)),
-    ("[audio]\nsource = ", ("invalid TOML",)),
-    ("[audoi]\nsource = 'mic'", ("audoi: unknown setting",)),
-    ("[audio]\nsorce = 'mic'", ("audio.sorce",)),
-    ("[audio]\nhop_seconds = 'fast'", ("audio.hop_seconds: must be a number",)),
-    ("[audio]\nhop_seconds = nan", ("audio.hop_seconds",)),
-    ("[detector.thresholds]\nsiren = inf", ("detector.thresholds.siren",)),
-    ("[detector]\nconfirm_n = 5\nconfirm_m = 3", ("detector.confirm_m",)),
-    ("[mqtt]\nurl = 'http://example.org'", ("mqtt.url",)),
-    ("audio = 3", ("audio: must be a table",)),
-])
+@pytest.mark.parametrize(
+    "text, fragments",
+    [
+        ("[audio\nsource = 'x'", ("invalid TOML",)),
+        ("[audio]\nsource = ", ("invalid TOML",)),
+        ("[audoi]\nsource = 'mic'", ("audoi: unknown setting",)),
+        ("[audio]\nsorce = 'mic'", ("audio.sorce",)),
+        ("[audio]\nhop_seconds = 'fast'", ("audio.hop_seconds: must be a number",)),
+        ("[audio]\nhop_seconds = nan", ("audio.hop_seconds",)),
+        ("[detector.thresholds]\nsiren = inf", ("detector.thresholds.siren",)),
+        ("[detector]\nconfirm_n = 5\nconfirm_m = 3", ("detector.confirm_m",)),
+        ("[mqtt]\nurl = 'http://example.org'", ("mqtt.url",)),
+        ("audio = 3", ("audio: must be a table",)),
+    ],
+)
 def test_malformed_config_is_one_line(text: str, fragments: tuple[str, ...], tmp_path: Path) -> None:
     path = tmp_path / "bad.toml"
     path.write_bytes(text.encode("latin-1"))
@@ -207,15 +236,27 @@ def toml_value(value: object) -> str:
     return json.dumps(value, ensure_ascii=False).replace("\x7f", "\\u007f")
 
 
-KEYS = sorted((section, key) for section, cls in SECTIONS.items()
-              for key in cls.__dataclass_fields__ if key not in ("thresholds",))
-VALUES = st.one_of(st.integers(-10**7, 10**7), st.floats(allow_nan=True, allow_infinity=True),
-                   st.booleans(), st.text(max_size=30), st.lists(st.text(max_size=8), max_size=3))
+KEYS = sorted(
+    (section, key)
+    for section, cls in SECTIONS.items()
+    for key in cls.__dataclass_fields__
+    if key not in ("thresholds",)
+)
+VALUES = st.one_of(
+    st.integers(-(10**7), 10**7),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.booleans(),
+    st.text(max_size=30),
+    st.lists(st.text(max_size=8), max_size=3),
+)
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(entries=st.lists(st.tuples(st.sampled_from(KEYS), VALUES), min_size=1, max_size=4,
-                        unique_by=lambda entry: entry[0]))
+@given(
+    entries=st.lists(
+        st.tuples(st.sampled_from(KEYS), VALUES), min_size=1, max_size=4, unique_by=lambda entry: entry[0]
+    )
+)
 def test_random_config_values_are_accepted_or_named(entries: list, tmp_path: Path) -> None:
     by_section: dict[str, list[str]] = {}
     for (section, key), value in entries:
@@ -241,8 +282,9 @@ def auth_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mosquitto]
         pytest.skip("mosquitto is not installed")
     directory = tmp_path_factory.mktemp("auth-broker")
     passwords = directory / "passwd"
-    subprocess.run(["mosquitto_passwd", "-b", "-c", str(passwords), "sensor", "right"], check=True,
-                   capture_output=True)
+    subprocess.run(
+        ["mosquitto_passwd", "-b", "-c", str(passwords), "sensor", "right"], check=True, capture_output=True
+    )
     passwords.chmod(0o600)
     broker = Mosquitto(directory / "broker", extra_conf=f"allow_anonymous false\npassword_file {passwords}\n")
     broker.start()
@@ -250,20 +292,32 @@ def auth_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mosquitto]
     broker.stop()
 
 
-def credential_run(broker: Mosquitto, tmp_path: Path, siren_model: Path, clip: Path, username: str,
-                   password: str) -> subprocess.CompletedProcess:
+def credential_run(
+    broker: Mosquitto, tmp_path: Path, siren_model: Path, clip: Path, username: str, password: str
+) -> subprocess.CompletedProcess:
     """The agent on ``clip`` with these credentials (password from a file, as deployed)."""
     password_file = tmp_path / "password"
     password_file.write_text(password)
     config = tmp_path / "agent.toml"
-    config.write_text(f'[mqtt]\nurl = "{broker.url}"\nusername = {json.dumps(username)}\n'
-                      f'password_file = "{password_file}"\n[queue]\ndir = "{tmp_path / "queue"}"\n')
-    return agent("--source", str(clip), "--model", str(siren_model), "--config", str(config), "--fast",
-                 env={"EARSHOT_MQTT_RECONNECT_MIN_S": "0.1", "EARSHOT_MQTT_RECONNECT_MAX_S": "0.5"})
+    config.write_text(
+        f'[mqtt]\nurl = "{broker.url}"\nusername = {json.dumps(username)}\n'
+        f'password_file = "{password_file}"\n[queue]\ndir = "{tmp_path / "queue"}"\n'
+    )
+    return agent(
+        "--source",
+        str(clip),
+        "--model",
+        str(siren_model),
+        "--config",
+        str(config),
+        "--fast",
+        env={"EARSHOT_MQTT_RECONNECT_MIN_S": "0.1", "EARSHOT_MQTT_RECONNECT_MAX_S": "0.5"},
+    )
 
 
 def test_wrong_password_keeps_classifying_warns_and_never_logs_it(
-        auth_broker: Mosquitto, tmp_path: Path, siren_model: Path, files: dict[str, Path]) -> None:
+    auth_broker: Mosquitto, tmp_path: Path, siren_model: Path, files: dict[str, Path]
+) -> None:
     secret = "wrong-but-secret-Pa55"
     result = credential_run(auth_broker, tmp_path, siren_model, files["whole"], "sensor", secret)
     assert result.returncode == 0, result.stderr[-2000:]
@@ -275,20 +329,22 @@ def test_wrong_password_keeps_classifying_warns_and_never_logs_it(
 
 @pytest.mark.parametrize("field", ["password", "username"])
 def test_oversized_credentials_are_a_one_line_config_error(
-        field: str, auth_broker: Mosquitto, tmp_path: Path, siren_model: Path, files: dict[str, Path]
+    field: str, auth_broker: Mosquitto, tmp_path: Path, siren_model: Path, files: dict[str, Path]
 ) -> None:
     huge = "P" * 100_000
     username, password = (huge, "right") if field == "username" else ("sensor", huge)
-    result = credential_run(auth_broker, tmp_path, siren_model, files["shorter_than_a_window"], username,
-                            password)
+    result = credential_run(
+        auth_broker, tmp_path, siren_model, files["shorter_than_a_window"], username, password
+    )
     assert huge[:100] not in result.stderr
     assert_one_line_error(result, f"mqtt.{field}")
 
 
 @pytest.mark.parametrize("username", ["sen\x00sor", "sen\nsor"], ids=["nul", "newline"])
 def test_control_characters_in_the_username_are_a_one_line_config_error(
-        username: str, auth_broker: Mosquitto, tmp_path: Path, siren_model: Path, files: dict[str, Path]
+    username: str, auth_broker: Mosquitto, tmp_path: Path, siren_model: Path, files: dict[str, Path]
 ) -> None:
-    result = credential_run(auth_broker, tmp_path, siren_model, files["shorter_than_a_window"], username,
-                            "right")
+    result = credential_run(
+        auth_broker, tmp_path, siren_model, files["shorter_than_a_window"], username, "right"
+    )
     assert_one_line_error(result, "mqtt.username")

@@ -58,8 +58,20 @@ def fresh_model(world: dict[str, Path], tmp_path: Path) -> Path:
 
 def gate(world: dict[str, Path], model: Path, policy: str, report: Path, *extra: str) -> int:
     """Run ``earshot gate`` on the synthetic data with a small class-balanced sample."""
-    return main([str(model), "--data-root", str(world["us8k"]), "--policy", str(world["root"] / policy),
-                 "--report", str(report), "--max-clips", "3", *extra])
+    return main(
+        [
+            str(model),
+            "--data-root",
+            str(world["us8k"]),
+            "--policy",
+            str(world["root"] / policy),
+            "--report",
+            str(report),
+            "--max-clips",
+            "3",
+            *extra,
+        ]
+    )
 
 
 def test_weak_policy_passes_with_every_figure_and_plot_and_records_the_pass(world, tmp_path):
@@ -121,15 +133,20 @@ def test_tampered_model_is_an_error(world, tmp_path, capsys):
 
 def test_wrong_source_checkpoint_is_an_error(world, tmp_path, capsys):
     other = train_tiny_checkpoint(world["us8k"], tmp_path / "other.pt", steps=1, seed=1)
-    assert gate(world, fresh_model(world, tmp_path), "weak.toml", tmp_path / "r", "--checkpoint",
-                str(other)) == 2
+    assert (
+        gate(world, fresh_model(world, tmp_path), "weak.toml", tmp_path / "r", "--checkpoint", str(other))
+        == 2
+    )
     assert "not the one this model was exported from" in one_line_error(capsys)
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--fold", "7"], "fold 7 is not in"),
-    (["--noise-root", "/nonexistent/esc10"], "not an ESC-10 directory"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--fold", "7"], "fold 7 is not in"),
+        (["--noise-root", "/nonexistent/esc10"], "not an ESC-10 directory"),
+    ],
+)
 def test_bad_data_is_an_error(world, tmp_path, capsys, args, message):
     assert gate(world, world["checkpoint"], "weak.toml", tmp_path / "r", *args) == 2
     assert message in one_line_error(capsys)
@@ -144,8 +161,9 @@ def test_bad_model_and_policy_are_errors(world, tmp_path, capsys):
     garbage.write_bytes(b"not a checkpoint")
     assert gate(world, garbage, "weak.toml", tmp_path / "r") == 2
     assert "not a readable checkpoint" in one_line_error(capsys)
-    (world["root"] / "typo.toml").write_text(policy_text(weak=True).replace("min_clean_accuracy",
-                                                                            "min_clean_acuracy"))
+    (world["root"] / "typo.toml").write_text(
+        policy_text(weak=True).replace("min_clean_accuracy", "min_clean_acuracy")
+    )
     assert gate(world, world["checkpoint"], "typo.toml", tmp_path / "r") == 2
     assert "unknown policy key: thresholds.min_clean_acuracy" in one_line_error(capsys)
 

@@ -43,7 +43,21 @@ def test_default_model_passes_the_shipped_policy(shared_data, tmp_path):
     for path in (model, card_path(model)):
         (tmp_path / path.name).write_bytes(path.read_bytes())
     # A model trained on every fold is judged on its validation split (recordings it never trained on).
-    code = main([str(tmp_path / model.name), "--checkpoint", str(checkpoint), "--data-root",
-                 str(shared_data / "urbansound8k-subset"), "--policy", str(DEFAULT_POLICY), "--report",
-                 str(tmp_path / "report"), "--max-clips", CI_CLIPS, "--threads", "1"])
+    code = main(
+        [
+            str(tmp_path / model.name),
+            "--checkpoint",
+            str(checkpoint),
+            "--data-root",
+            str(shared_data / "urbansound8k-subset"),
+            "--policy",
+            str(DEFAULT_POLICY),
+            "--report",
+            str(tmp_path / "report"),
+            "--max-clips",
+            CI_CLIPS,
+            "--threads",
+            "1",
+        ]
+    )
     assert code == 0, (tmp_path / "report" / "report.md").read_text()

@@ -37,12 +37,22 @@ MODEL = {"name": "tiny", "version": "1", "sha256": "0" * 64}
 mosquitto_broker = broker_support.mosquitto_broker  # the fixture: a real broker per test
 
 
-def _publisher(broker: Mosquitto, queue_dir: Path, labels: tuple[str, ...] = ("siren", "gun_shot"),
-               metrics: AgentMetrics | None = None) -> MqttPublisher:
+def _publisher(
+    broker: Mosquitto,
+    queue_dir: Path,
+    labels: tuple[str, ...] = ("siren", "gun_shot"),
+    metrics: AgentMetrics | None = None,
+) -> MqttPublisher:
     """The MQTT output as the agent builds it, with fast reconnects."""
     config = MqttConfig(url=broker.url, reconnect_min_s=0.1, reconnect_max_s=0.5, keepalive_s=5)
-    return make_mqtt_publisher(config, QueueConfig(dir=str(queue_dir)), DEVICE, labels, MODEL,
-                               metrics or AgentMetrics(CollectorRegistry()))
+    return make_mqtt_publisher(
+        config,
+        QueueConfig(dir=str(queue_dir)),
+        DEVICE,
+        labels,
+        MODEL,
+        metrics or AgentMetrics(CollectorRegistry()),
+    )
 
 
 def _started(publisher: MqttPublisher) -> MqttPublisher:
@@ -79,7 +89,8 @@ def watcher(mosquitto_broker: Mosquitto) -> Iterator[Subscriber]:
 
 
 def test_item1_after_a_crash_every_state_goes_out_before_online(
-        mosquitto_broker: Mosquitto, watcher: Subscriber, tmp_path: Path) -> None:
+    mosquitto_broker: Mosquitto, watcher: Subscriber, tmp_path: Path
+) -> None:
     crashed = PublisherProcess(mosquitto_broker.url, str(tmp_path / "queue"), ("siren",))
     crashed.publish(contract_event(kind="start"))
     crashed.kill()  # during the siren: the retained state stays ON, the Last Will says offline
@@ -95,17 +106,24 @@ def test_item1_after_a_crash_every_state_goes_out_before_online(
 
 
 def test_item2_attributes_are_there_before_the_state_changes(
-        mosquitto_broker: Mosquitto, watcher: Subscriber, tmp_path: Path) -> None:
+    mosquitto_broker: Mosquitto, watcher: Subscriber, tmp_path: Path
+) -> None:
     publisher = _started(_publisher(mosquitto_broker, tmp_path / "queue"))
     event = contract_event(kind="start")
     publisher.publish_event(event, 0)
     binary = f"homeassistant/binary_sensor/{NODE}/siren/config"
-    messages = watcher.wait_for(lambda ms: binary in _configs(ms) and _index(
-        ms, f"earshot/{DEVICE}/state/siren", lambda p: p == b"ON") >= 0)
+    messages = watcher.wait_for(
+        lambda ms: (
+            binary in _configs(ms) and _index(ms, f"earshot/{DEVICE}/state/siren", lambda p: p == b"ON") >= 0
+        )
+    )
     config = _configs(messages)[binary]
     on = _index(messages, config["state_topic"], lambda p: p == b"ON")
-    carries = _index(messages, config["json_attributes_topic"],
-                     lambda p: json.loads(p).get("event_id") == event["event_id"])
+    carries = _index(
+        messages,
+        config["json_attributes_topic"],
+        lambda p: json.loads(p).get("event_id") == event["event_id"],
+    )
     # Home Assistant applies messages in order: the attributes must be set when the state turns on.
     assert 0 <= carries < on, [(m.topic, m.payload[:40]) for m in messages]
     publisher.close(2)
@@ -113,17 +131,24 @@ def test_item2_attributes_are_there_before_the_state_changes(
 
 def _read_topics(configs: dict[str, dict]) -> set[str]:
     """Topics the entities read their state and attributes from (event entities read live events only)."""
-    return {config[key] for topic, config in configs.items() if not topic.startswith("homeassistant/event/")
-            for key in ("state_topic", "json_attributes_topic") if key in config}
+    return {
+        config[key]
+        for topic, config in configs.items()
+        if not topic.startswith("homeassistant/event/")
+        for key in ("state_topic", "json_attributes_topic")
+        if key in config
+    }
 
 
 def test_item3_what_entities_read_is_retained_and_ha_birth_republishes(
-        mosquitto_broker: Mosquitto, tmp_path: Path) -> None:
+    mosquitto_broker: Mosquitto, tmp_path: Path
+) -> None:
     publisher = _started(_publisher(mosquitto_broker, tmp_path / "queue"))
     publisher.publish_event(contract_event(label="siren", kind="start"), 0)
     publisher.publish_event(contract_event(label="gun_shot", kind="start", score=0.77), 0)
-    publisher.publish_state("agent", {"healthy": True, "reason": "ok", "audio_stalled": False,
-                                      "model": MODEL})
+    publisher.publish_state(
+        "agent", {"healthy": True, "reason": "ok", "audio_stalled": False, "model": MODEL}
+    )
     _wait(lambda: publisher.queue.depth() == 0)
     # A restarted Home Assistant is a late subscriber: it sees retained messages only.
     late = Subscriber(mosquitto_broker.port, ["earshot/#", "homeassistant/#"], client_id="restarted-ha")
@@ -137,14 +162,18 @@ def test_item3_what_entities_read_is_retained_and_ha_birth_republishes(
     mark = len(late.messages)
     mqtt_publish.single("homeassistant/status", "online", hostname="127.0.0.1", port=mosquitto_broker.port)
     # Discovery again, and what the entities read: HA may have lost it (a broker without persistence).
-    late.wait_for(lambda ms: set(_configs(ms[mark:])) == set(configs)
-                  and _read_topics(configs) <= {m.topic for m in ms[mark:]})
+    late.wait_for(
+        lambda ms: (
+            set(_configs(ms[mark:])) == set(configs) and _read_topics(configs) <= {m.topic for m in ms[mark:]}
+        )
+    )
     late.close()
     publisher.close(2)
 
 
 def test_item4_a_label_dropped_from_the_listen_list_loses_its_entities(
-        mosquitto_broker: Mosquitto, watcher: Subscriber, tmp_path: Path) -> None:
+    mosquitto_broker: Mosquitto, watcher: Subscriber, tmp_path: Path
+) -> None:
     before = _started(_publisher(mosquitto_broker, tmp_path / "queue", ("siren", "gun_shot")))
     watcher.wait_for(lambda ms: f"homeassistant/binary_sensor/{NODE}/gun_shot/config" in _configs(ms))
     before.close(2)
@@ -162,25 +191,68 @@ def test_item4_a_label_dropped_from_the_listen_list_loses_its_entities(
 # The keys Home Assistant's current MQTT docs list for each platform (home-assistant.io, integrations
 # binary_sensor.mqtt, sensor.mqtt, event.mqtt; "MQTT discovery" for origin and device). A key outside these
 # is a typo Home Assistant drops without a word.
-COMMON_KEYS = {"availability", "availability_mode", "availability_template", "availability_topic",
-               "default_entity_id", "device", "device_class", "enabled_by_default", "encoding",
-               "entity_category", "entity_picture", "icon", "json_attributes_template",
-               "json_attributes_topic", "name", "origin", "payload_available", "payload_not_available", "qos",
-               "state_topic", "unique_id", "value_template"}
+COMMON_KEYS = {
+    "availability",
+    "availability_mode",
+    "availability_template",
+    "availability_topic",
+    "default_entity_id",
+    "device",
+    "device_class",
+    "enabled_by_default",
+    "encoding",
+    "entity_category",
+    "entity_picture",
+    "icon",
+    "json_attributes_template",
+    "json_attributes_topic",
+    "name",
+    "origin",
+    "payload_available",
+    "payload_not_available",
+    "qos",
+    "state_topic",
+    "unique_id",
+    "value_template",
+}
 PLATFORM_KEYS = {
     "binary_sensor": COMMON_KEYS | {"expire_after", "force_update", "off_delay", "payload_off", "payload_on"},
-    "sensor": COMMON_KEYS | {"expire_after", "force_update", "last_reset_value_template", "options",
-                             "state_class", "suggested_display_precision", "unit_of_measurement"},
+    "sensor": COMMON_KEYS
+    | {
+        "expire_after",
+        "force_update",
+        "last_reset_value_template",
+        "options",
+        "state_class",
+        "suggested_display_precision",
+        "unit_of_measurement",
+    },
     "event": COMMON_KEYS | {"event_types"},
 }
-DEVICE_KEYS = {"configuration_url", "connections", "hw_version", "identifiers", "manufacturer", "model",
-               "model_id", "name", "serial_number", "suggested_area", "sw_version", "via_device"}
+DEVICE_KEYS = {
+    "configuration_url",
+    "connections",
+    "hw_version",
+    "identifiers",
+    "manufacturer",
+    "model",
+    "model_id",
+    "name",
+    "serial_number",
+    "suggested_area",
+    "sw_version",
+    "via_device",
+}
 ENTITY_ID = re.compile(r"^[a-z_]+\.[a-z0-9]+(_[a-z0-9]+)*$")  # what Home Assistant accepts as an entity id
 
 
 def _messages(labels: tuple[str, ...] = ("siren", "gun_shot")) -> dict[str, dict]:
-    return {topic: json.loads(payload) for topic, payload in
-            discovery_messages(Topics("earshot", DEVICE), "homeassistant", labels, MODEL, "0.1.0")}
+    return {
+        topic: json.loads(payload)
+        for topic, payload in discovery_messages(
+            Topics("earshot", DEVICE), "homeassistant", labels, MODEL, "0.1.0"
+        )
+    }
 
 
 def test_item5_discovery_uses_the_current_schema() -> None:
@@ -215,27 +287,47 @@ def test_item6_an_event_entity_per_alert_label() -> None:
 
 
 def test_item6_diagnostic_entities_read_the_agent_status(
-        mosquitto_broker: Mosquitto, watcher: Subscriber, tmp_path: Path) -> None:
+    mosquitto_broker: Mosquitto, watcher: Subscriber, tmp_path: Path
+) -> None:
     publisher = _started(_publisher(mosquitto_broker, tmp_path / "queue"))
-    publisher.publish_state("agent", {"healthy": False, "reason": "audio stalled: no samples for 6.0 s",
-                                      "audio_stalled": True, "model": MODEL})
-    wanted = {f"homeassistant/{platform}/{NODE}/{name}/config" for platform, name in (
-        ("binary_sensor", "connectivity"), ("binary_sensor", "audio_stalled"), ("sensor", "model"),
-        ("sensor", "queue_depth"))}
+    publisher.publish_state(
+        "agent",
+        {
+            "healthy": False,
+            "reason": "audio stalled: no samples for 6.0 s",
+            "audio_stalled": True,
+            "model": MODEL,
+        },
+    )
+    wanted = {
+        f"homeassistant/{platform}/{NODE}/{name}/config"
+        for platform, name in (
+            ("binary_sensor", "connectivity"),
+            ("binary_sensor", "audio_stalled"),
+            ("sensor", "model"),
+            ("sensor", "queue_depth"),
+        )
+    }
     configs = _configs(watcher.wait_for(lambda ms: wanted <= set(_configs(ms))))
-    diagnostic = {topic.split("/")[-2]: config for topic, config in configs.items()
-                  if config.get("entity_category") == "diagnostic"}
+    diagnostic = {
+        topic.split("/")[-2]: config
+        for topic, config in configs.items()
+        if config.get("entity_category") == "diagnostic"
+    }
     assert set(diagnostic) == {"connectivity", "audio_stalled", "model", "queue_depth"}
     connectivity = diagnostic["connectivity"]
     assert connectivity["device_class"] == "connectivity" and "availability_topic" not in connectivity
     assert connectivity["state_topic"] == f"earshot/{DEVICE}/availability"
     assert (connectivity["payload_on"], connectivity["payload_off"]) == ("online", "offline")
     status_topic = diagnostic["model"]["state_topic"]
-    status = watcher.wait_for(lambda ms: _index(ms, status_topic, bool) >= 0)[_index(
-        watcher.messages, status_topic, bool)]
+    status = watcher.wait_for(lambda ms: _index(ms, status_topic, bool) >= 0)[
+        _index(watcher.messages, status_topic, bool)
+    ]
     assert json.loads(status.payload)["queue_depth"] == 0
-    rendered = {name: _render(diagnostic[name]["value_template"], status.payload.decode())
-                for name in ("audio_stalled", "model", "queue_depth")}
+    rendered = {
+        name: _render(diagnostic[name]["value_template"], status.payload.decode())
+        for name in ("audio_stalled", "model", "queue_depth")
+    }
     assert rendered == {"audio_stalled": "ON", "model": "tiny 1", "queue_depth": "0"}
     assert diagnostic["audio_stalled"]["device_class"] == "problem"
     late = Subscriber(mosquitto_broker.port, status_topic, client_id="late")
@@ -259,10 +351,16 @@ def test_the_deploy_acl_lets_a_sensor_do_all_of_this(tmp_path: Path) -> None:
         pytest.skip("mosquitto is not installed")
     passwords = tmp_path / "passwd"
     for n, user in enumerate((DEVICE, "homeassistant")):
-        subprocess.run(["mosquitto_passwd", "-b", *(["-c"] if n == 0 else []), str(passwords), user, "pw"],
-                       check=True, capture_output=True)
-    broker = Mosquitto(tmp_path / "acl-broker", extra_conf="allow_anonymous false\n"
-                       f"password_file {passwords}\nacl_file {REPO / 'deploy/mosquitto/acl'}\n")
+        subprocess.run(
+            ["mosquitto_passwd", "-b", *(["-c"] if n == 0 else []), str(passwords), user, "pw"],
+            check=True,
+            capture_output=True,
+        )
+    broker = Mosquitto(
+        tmp_path / "acl-broker",
+        extra_conf="allow_anonymous false\n"
+        f"password_file {passwords}\nacl_file {REPO / 'deploy/mosquitto/acl'}\n",
+    )
     broker.start()
     seen: list[tuple[str, bytes]] = []
     ha = _login_client(broker.port, "homeassistant", "pw", seen)
@@ -270,10 +368,19 @@ def test_the_deploy_acl_lets_a_sensor_do_all_of_this(tmp_path: Path) -> None:
     try:
         ha.subscribe("homeassistant/#", qos=1)
         ha.publish(stale, "{}", qos=1, retain=True).wait_for_publish(5)
-        config = MqttConfig(url=broker.url, username=DEVICE, password="pw", reconnect_min_s=0.1,
-                            reconnect_max_s=0.5)
-        sensor = _started(make_mqtt_publisher(config, QueueConfig(dir=str(tmp_path / "queue")), DEVICE,
-                                              ("siren",), MODEL, AgentMetrics(CollectorRegistry())))
+        config = MqttConfig(
+            url=broker.url, username=DEVICE, password="pw", reconnect_min_s=0.1, reconnect_max_s=0.5
+        )
+        sensor = _started(
+            make_mqtt_publisher(
+                config,
+                QueueConfig(dir=str(tmp_path / "queue")),
+                DEVICE,
+                ("siren",),
+                MODEL,
+                AgentMetrics(CollectorRegistry()),
+            )
+        )
         event_config = f"homeassistant/event/{NODE}/siren/config"
         _wait(lambda: (event_config, b"") not in seen and any(t == event_config for t, _ in seen))
         _wait(lambda: (stale, b"") in seen)  # it may read its own configs, to remove stale ones
@@ -314,8 +421,9 @@ class SilentMic:
 def test_item6_the_pipeline_reports_the_agent_status_every_few_seconds(tmp_path: Path) -> None:
     model = OnnxModel.load(band_energy_model(tmp_path / "tiny.onnx"), allow_ungated=True)
     recorder = StatusRecorder()
-    pipeline = Pipeline(AgentConfig(device_id=DEVICE), model, SilentMic(), publishers=[recorder],
-                        stall_after_s=0.3)
+    pipeline = Pipeline(
+        AgentConfig(device_id=DEVICE), model, SilentMic(), publishers=[recorder], stall_after_s=0.3
+    )
     pipeline.status_every_s = 0.1
     runner = threading.Thread(target=pipeline.run)
     runner.start()
@@ -325,7 +433,9 @@ def test_item6_the_pipeline_reports_the_agent_status_every_few_seconds(tmp_path:
         pipeline.stop()
         runner.join(10)
     identity = {"name": model.metadata.name, "version": model.metadata.version, "sha256": model.sha256}
-    assert recorder.states[0] == ("agent", {"healthy": True, "reason": "ok", "audio_stalled": False,
-                                            "model": identity})
+    assert recorder.states[0] == (
+        "agent",
+        {"healthy": True, "reason": "ok", "audio_stalled": False, "model": identity},
+    )
     stalled = next(state for _, state in recorder.states if state["audio_stalled"])
     assert not stalled["healthy"] and stalled["reason"].startswith("audio stalled")

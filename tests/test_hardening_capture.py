@@ -50,14 +50,19 @@ def fill(mount: Path) -> None:
 def capture_clips(directory: Path, count: int) -> tuple[ClipCapture, AgentMetrics]:
     """Alert ``count`` times with 1 s of audio around each, then close (all writes are attempted)."""
     metrics = AgentMetrics(CollectorRegistry())
-    capture = ClipCapture(CaptureConfig(enabled=True, dir=str(directory), pre_roll_s=0.5, post_roll_s=0.5),
-                          RATE, metrics)
+    capture = ClipCapture(
+        CaptureConfig(enabled=True, dir=str(directory), pre_roll_s=0.5, post_roll_s=0.5), RATE, metrics
+    )
     capture.start()
     noise = np.random.default_rng(0).normal(0, 0.1, RATE).astype(np.float32)
     for n in range(count):
         capture.hear(noise)
-        event = {"label": "siren", "kind": "start", "event_id": str(uuid.uuid4()),
-                 "started_at": f"2026-01-01T00:00:{n:02d}.000Z"}
+        event = {
+            "label": "siren",
+            "kind": "start",
+            "event_id": str(uuid.uuid4()),
+            "started_at": f"2026-01-01T00:00:{n:02d}.000Z",
+        }
         capture.publish_event(event, (n + 1) * RATE)
     capture.hear(noise)
     capture.close()
@@ -70,7 +75,8 @@ def failures(metrics: AgentMetrics) -> float | None:
 
 @pytest.mark.parametrize("trouble", ["read-only", "full"])
 def test_a_clip_dir_that_cannot_be_written_is_one_line_a_metric_and_no_part_files(
-        small_fs: Path, trouble: str, caplog: pytest.LogCaptureFixture) -> None:
+    small_fs: Path, trouble: str, caplog: pytest.LogCaptureFixture
+) -> None:
     directory = small_fs / "captures"
     directory.mkdir()
     (make_read_only if trouble == "read-only" else fill)(small_fs)

@@ -27,16 +27,34 @@ SIREN_AT_S = 20.0  # far into the file: with --fast it is processed in well unde
 def street() -> np.ndarray:
     """20 s of quiet noise, 3 s of siren, 3 s of quiet noise, at 16 kHz."""
     siren = siren_sweep(3.0) + noise(3.0, amplitude=0.05, seed=1)
-    return np.concatenate([noise(SIREN_AT_S, amplitude=0.05), siren,
-                           noise(3.0, amplitude=0.05, seed=2)]).astype(np.float32)
+    return np.concatenate(
+        [noise(SIREN_AT_S, amplitude=0.05), siren, noise(3.0, amplitude=0.05, seed=2)]
+    ).astype(np.float32)
 
 
 def events(path: Path, model: Path, env: dict[str, str] | None = None) -> list[dict]:
     """The agent's events for ``path`` with --fast, each checked against the event schema."""
-    command = [sys.executable, "-m", "edge_agent.cli", "agent", "--source", str(path), "--model", str(model),
-               "--fast", "--mqtt", "none"]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=120, cwd=ROOT,
-                            env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})})
+    command = [
+        sys.executable,
+        "-m",
+        "edge_agent.cli",
+        "agent",
+        "--source",
+        str(path),
+        "--model",
+        str(model),
+        "--fast",
+        "--mqtt",
+        "none",
+    ]
+    result = subprocess.run(
+        command,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})},
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     found = [json.loads(line) for line in result.stdout.splitlines()]
     validator = jsonschema.Draft202012Validator(SCHEMA, format_checker=jsonschema.FormatChecker())
@@ -82,8 +100,9 @@ def test_a_bwf_origination_time_dates_the_events(tmp_path: Path, siren_model: Pa
     assert unix(start["started_at"]) == pytest.approx(recorded + start["source"]["started_s"], abs=0.002)
 
 
-def test_a_zoned_date_tag_dates_the_events_and_a_bare_year_does_not(tmp_path: Path,
-                                                                      siren_model: Path) -> None:
+def test_a_zoned_date_tag_dates_the_events_and_a_bare_year_does_not(
+    tmp_path: Path, siren_model: Path
+) -> None:
     for tag, clock in (("2026-05-01T12:00:00+02:00", "file"), ("2026", "read")):
         path = tmp_path / f"tagged-{clock}.flac"
         with sf.SoundFile(path, "w", 16000, 1, format="FLAC") as handle:
@@ -93,14 +112,31 @@ def test_a_zoned_date_tag_dates_the_events_and_a_bare_year_does_not(tmp_path: Pa
         assert start["source"]["clock"] == clock, tag
         if clock == "file":
             expected = datetime(2026, 5, 1, 10, 0, tzinfo=timezone.utc).timestamp()
-            assert unix(start["started_at"]) == pytest.approx(expected + start["source"]["started_s"],
-                                                              abs=0.002)
+            assert unix(start["started_at"]) == pytest.approx(
+                expected + start["source"]["started_s"], abs=0.002
+            )
 
 
 def test_live_sources_carry_no_source_block(siren_model: Path) -> None:
     pcm = (np.clip(street()[: 16000 * 26], -1, 1) * 32767).astype("<i2").tobytes()
-    result = subprocess.run([sys.executable, "-m", "edge_agent.cli", "agent", "--source", "-", "--model",
-                             str(siren_model), "--mqtt", "none"], input=pcm, capture_output=True,
-                            timeout=120, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "edge_agent.cli",
+            "agent",
+            "--source",
+            "-",
+            "--model",
+            str(siren_model),
+            "--mqtt",
+            "none",
+        ],
+        input=pcm,
+        capture_output=True,
+        timeout=120,
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
     found = [json.loads(line) for line in result.stdout.splitlines()]
     assert found and all("source" not in event for event in found), result.stderr[-2000:]

@@ -28,9 +28,15 @@ def limit_memory() -> None:
 
 def earshot(*args: str, stdin: bytes = b"", timeout: float = 120) -> subprocess.CompletedProcess:
     """``earshot ...`` in a fresh process with a memory limit."""
-    return subprocess.run([sys.executable, "-m", "edge_agent.cli", *args], input=stdin, capture_output=True,
-                          timeout=timeout, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
-                          preexec_fn=limit_memory)
+    return subprocess.run(
+        [sys.executable, "-m", "edge_agent.cli", *args],
+        input=stdin,
+        capture_output=True,
+        timeout=timeout,
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        preexec_fn=limit_memory,
+    )
 
 
 def one_line_error(result: subprocess.CompletedProcess, command: str, *fragments: str) -> str:
@@ -44,8 +50,13 @@ def one_line_error(result: subprocess.CompletedProcess, command: str, *fragments
 
 def siren_clip(rate: int = 16000) -> np.ndarray:
     """1 s of noise, 2 s of siren, 2 s of noise."""
-    return np.concatenate([noise(1.0, rate, 0.05), siren_sweep(2.0, rate) + noise(2.0, rate, 0.05, seed=1),
-                           noise(2.0, rate, 0.05, seed=2)])
+    return np.concatenate(
+        [
+            noise(1.0, rate, 0.05),
+            siren_sweep(2.0, rate) + noise(2.0, rate, 0.05, seed=1),
+            noise(2.0, rate, 0.05, seed=2),
+        ]
+    )
 
 
 # --- item 21: sample rates and buffer sizes ----------------------------------------------------------
@@ -62,15 +73,34 @@ def wav_claiming(tmp_path: Path, rate: int) -> Path:
 
 @pytest.mark.parametrize("rate", [2**31 - 1, 1, 999, 768001])
 def test_a_wav_header_with_an_absurd_rate_is_one_line(tmp_path: Path, siren_model: Path, rate: int) -> None:
-    result = earshot("agent", "--source", str(wav_claiming(tmp_path, rate)), "--model", str(siren_model),
-                     "--fast", "--mqtt", "none")
+    result = earshot(
+        "agent",
+        "--source",
+        str(wav_claiming(tmp_path, rate)),
+        "--model",
+        str(siren_model),
+        "--fast",
+        "--mqtt",
+        "none",
+    )
     one_line_error(result, "agent", f"{rate} Hz", "1000..768000")
 
 
 def test_raw_stdin_whose_ring_buffer_would_be_huge_is_one_line(siren_model: Path) -> None:
     # 10 s of 768 kHz x 64 channels of int16 is 983 MB of ring buffer.
-    result = earshot("agent", "--source", "-", "--stdin-rate", "768000", "--stdin-channels", "64",
-                     "--model", str(siren_model), "--mqtt", "none")
+    result = earshot(
+        "agent",
+        "--source",
+        "-",
+        "--stdin-rate",
+        "768000",
+        "--stdin-channels",
+        "64",
+        "--model",
+        str(siren_model),
+        "--mqtt",
+        "none",
+    )
     one_line_error(result, "agent", "ring buffer", "audio.ring_seconds")
 
 
@@ -94,8 +124,9 @@ def test_odd_but_real_rates_still_run(tmp_path: Path, siren_model: Path) -> None
 # --- item 23: nested TOML, credentials in URLs, idle metrics connections -----------------------------
 
 
-@pytest.mark.parametrize("value", ["[" * 5000 + "]" * 5000, "{ a = " * 2000 + "1" + " }" * 2000],
-                         ids=["arrays", "inline-tables"])
+@pytest.mark.parametrize(
+    "value", ["[" * 5000 + "]" * 5000, "{ a = " * 2000 + "1" + " }" * 2000], ids=["arrays", "inline-tables"]
+)
 def test_deeply_nested_toml_is_a_one_line_config_error(tmp_path: Path, value: str) -> None:
     path = tmp_path / "deep.toml"
     path.write_text(f"[detector]\nthresholds = {value}\n")
@@ -106,19 +137,27 @@ def test_deeply_nested_toml_is_a_one_line_config_error(tmp_path: Path, value: st
 SECRET = "S3cret-Pa55"
 
 
-@pytest.mark.parametrize("flag, url, key, hint", [
-    ("--mqtt", f"mqtt://sensor:{SECRET}@broker.local:1883", "mqtt.url", "EARSHOT_MQTT_PASSWORD"),
-    ("--mqtt", f"mqtts://{SECRET}@broker.local", "mqtt.url", "mqtt.username"),
-    ("--webhook", f"https://sensor:{SECRET}@hooks.local/earshot", "webhook.url", "EARSHOT_WEBHOOK_TOKEN"),
-])
+@pytest.mark.parametrize(
+    "flag, url, key, hint",
+    [
+        ("--mqtt", f"mqtt://sensor:{SECRET}@broker.local:1883", "mqtt.url", "EARSHOT_MQTT_PASSWORD"),
+        ("--mqtt", f"mqtts://{SECRET}@broker.local", "mqtt.url", "mqtt.username"),
+        ("--webhook", f"https://sensor:{SECRET}@hooks.local/earshot", "webhook.url", "EARSHOT_WEBHOOK_TOKEN"),
+    ],
+)
 def test_credentials_in_a_url_are_refused_and_never_echoed(flag: str, url: str, key: str, hint: str) -> None:
     result = earshot("agent", flag, url, "--check-config", "/dev/null")
     line = one_line_error(result, "agent", key, hint)
     assert SECRET not in line and "sensor" not in line, line
     variable = f"EARSHOT_{key.split('.')[0].upper()}_URL"
-    from_env = subprocess.run([sys.executable, "-m", "edge_agent.cli", "agent", "--check-config",
-                               "/dev/null"], capture_output=True, text=True, cwd=ROOT, timeout=60,
-                              env={**os.environ, "PYTHONPATH": str(ROOT), variable: url})
+    from_env = subprocess.run(
+        [sys.executable, "-m", "edge_agent.cli", "agent", "--check-config", "/dev/null"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=60,
+        env={**os.environ, "PYTHONPATH": str(ROOT), variable: url},
+    )
     assert from_env.returncode == 2 and SECRET not in from_env.stderr + from_env.stdout, from_env.stderr
 
 
@@ -157,8 +196,13 @@ def test_idle_connections_to_the_metrics_port_are_closed() -> None:
 
 def run_into_closed_pipe(*args: str, lines: int) -> tuple[int, str]:
     """``earshot ARGS | head -n LINES``: read that many lines, close the pipe; (exit code, stderr)."""
-    process = subprocess.Popen([sys.executable, "-m", "edge_agent.cli", *args], stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    process = subprocess.Popen(
+        [sys.executable, "-m", "edge_agent.cli", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
     for _ in range(lines):
         process.stdout.readline()
     process.stdout.close()
@@ -181,8 +225,21 @@ def test_a_closed_pipe_ends_quietly(command: str, long_clip: Path, siren_model: 
     config.write_text("[detector]\ncooldown_s = 0\nend_after_s = 0.3\n")
     args, lines = {
         "listen": (["listen", "--source", str(long_clip), "--model", str(siren_model), "--fast"], 1),
-        "agent events": (["agent", "--source", str(long_clip), "--model", str(siren_model), "--fast",
-                          "--config", str(config), "--mqtt", "none"], 1),
+        "agent events": (
+            [
+                "agent",
+                "--source",
+                str(long_clip),
+                "--model",
+                str(siren_model),
+                "--fast",
+                "--config",
+                str(config),
+                "--mqtt",
+                "none",
+            ],
+            1,
+        ),
         "check-config": (["agent", "--check-config", str(config)], 0),
         "list-devices": (["agent", "--list-devices"], 0),
     }[command]

@@ -23,19 +23,28 @@ from edge_agent.publishers.mqtt import MqttPublisher, make_mqtt_publisher
 mosquitto_broker = broker_support.mosquitto_broker
 
 
-
 def publisher(url: str, tmp_path: Path, device_id: str = "pole-1", **mqtt: object) -> MqttPublisher:
     """An MQTT output with fast retries (0.1 s doubling to 0.4 s)."""
-    config = MqttConfig(url=url, discovery=False, reconnect_min_s=0.1, reconnect_max_s=0.4, keepalive_s=5,
-                        **mqtt)  # type: ignore[arg-type]
-    return make_mqtt_publisher(config, QueueConfig(dir=str(tmp_path / "queue" / device_id)), device_id,
-                               ("siren",), {"name": "m", "version": "1", "sha256": "0" * 64}, AgentMetrics())
+    config = MqttConfig(
+        url=url, discovery=False, reconnect_min_s=0.1, reconnect_max_s=0.4, keepalive_s=5, **mqtt
+    )  # type: ignore[arg-type]
+    return make_mqtt_publisher(
+        config,
+        QueueConfig(dir=str(tmp_path / "queue" / device_id)),
+        device_id,
+        ("siren",),
+        {"name": "m", "version": "1", "sha256": "0" * 64},
+        AgentMetrics(),
+    )
 
 
 def warnings_of(caplog: pytest.LogCaptureFixture) -> list[str]:
     """WARNING and above from the MQTT output."""
-    return [r.getMessage() for r in caplog.records
-            if r.name.startswith("edge_agent.publishers.mqtt") and r.levelno >= logging.WARNING]
+    return [
+        r.getMessage()
+        for r in caplog.records
+        if r.name.startswith("edge_agent.publishers.mqtt") and r.levelno >= logging.WARNING
+    ]
 
 
 @pytest.fixture()
@@ -70,7 +79,8 @@ def run_for(output: MqttPublisher, seconds: float) -> None:
 
 
 def test_no_connack_is_a_warning_with_the_reason_once_not_every_retry(
-        closing_server: int, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    closing_server: int, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     caplog.set_level(logging.DEBUG)
     run_for(publisher(f"mqtt://127.0.0.1:{closing_server}", tmp_path), 2.5)
     warned = warnings_of(caplog)
@@ -79,8 +89,9 @@ def test_no_connack_is_a_warning_with_the_reason_once_not_every_retry(
     assert f"127.0.0.1:{closing_server}" in warned[0], warned
 
 
-def test_an_unreachable_broker_is_one_warning_with_the_reason(tmp_path: Path,
-                                                       caplog: pytest.LogCaptureFixture) -> None:
+def test_an_unreachable_broker_is_one_warning_with_the_reason(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     caplog.set_level(logging.DEBUG)
     port = broker_support.free_port()  # nothing listens
     run_for(publisher(f"mqtt://127.0.0.1:{port}", tmp_path), 1.5)
@@ -88,8 +99,9 @@ def test_an_unreachable_broker_is_one_warning_with_the_reason(tmp_path: Path,
     assert len(warned) == 1 and "refused" in warned[0].lower(), warned
 
 
-def test_an_untrusted_broker_certificate_is_one_warning_naming_it(tmp_path: Path,
-                                                                   caplog: pytest.LogCaptureFixture) -> None:
+def test_an_untrusted_broker_certificate_is_one_warning_naming_it(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     if broker_support.mosquitto_binary() is None or openssl_binary() is None:
         pytest.skip("needs mosquitto and openssl")
     pki = make_test_pki(tmp_path / "pki")
@@ -104,8 +116,9 @@ def test_an_untrusted_broker_certificate_is_one_warning_naming_it(tmp_path: Path
     assert len(warned) == 1 and "over TLS" in warned[0] and "CERTIFICATE_VERIFY_FAILED" in warned[0], warned
 
 
-def test_a_refused_connect_is_one_warning_not_an_error_per_retry(tmp_path: Path,
-                                                                 caplog: pytest.LogCaptureFixture) -> None:
+def test_a_refused_connect_is_one_warning_not_an_error_per_retry(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     if broker_support.mosquitto_binary() is None:
         pytest.skip("mosquitto is not installed")
     broker = Mosquitto(tmp_path / "auth", extra_conf="allow_anonymous false")
@@ -121,7 +134,8 @@ def test_a_refused_connect_is_one_warning_not_an_error_per_retry(tmp_path: Path,
 
 
 def test_two_agents_with_one_client_id_are_told_why_they_keep_dropping(
-        mosquitto_broker: Mosquitto, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    mosquitto_broker: Mosquitto, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     caplog.set_level(logging.INFO)
     first = publisher(mosquitto_broker.url, tmp_path / "a", device_id="pole-1")
     second = publisher(mosquitto_broker.url, tmp_path / "b", device_id="pole-1")

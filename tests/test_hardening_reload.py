@@ -56,12 +56,24 @@ CHILD = textwrap.dedent("""
 def test_a_1_gib_file_at_the_model_path_is_refused_unread(tmp_path: Path) -> None:
     live = band_energy_model(tmp_path / "live.onnx")
     write_card(live)
-    child = subprocess.run([sys.executable, "-c", CHILD, str(live)], capture_output=True, text=True,
-                           cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=120)
+    child = subprocess.run(
+        [sys.executable, "-c", CHILD, str(live)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        timeout=120,
+    )
     assert child.returncode == 0, child.stderr[-3000:]
     outcome = json.loads(child.stdout)
-    assert outcome == {"changed": False, "forced": False, "read_bytes": outcome["read_bytes"], "offered": 0,
-                       "failed": 2.0, "still_scores": True}, child.stderr[-3000:]
+    assert outcome == {
+        "changed": False,
+        "forced": False,
+        "read_bytes": outcome["read_bytes"],
+        "offered": 0,
+        "failed": 2.0,
+        "still_scores": True,
+    }, child.stderr[-3000:]
     assert outcome["read_bytes"] < 1 << 20, "the 1 GiB file was read"
     refusals = [line for line in child.stderr.splitlines() if "refused" in line]
     assert len(refusals) == 2 and all("1024 MiB" in line for line in refusals), child.stderr[-3000:]

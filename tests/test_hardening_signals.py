@@ -20,10 +20,25 @@ EXIT_WITHIN_S = 8.0  # a deadlocked agent never exits; a healthy one needs well 
 def start_agent(model: Path, *extra: str) -> subprocess.Popen:
     """The real agent on a stdin pipe that stays open (a live source that never ends by itself)."""
     return subprocess.Popen(
-        [sys.executable, "-m", "edge_agent.cli", "agent", "--source", "-", "--model", str(model),
-         "--mqtt", "none", *extra],
-        stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=ROOT,
-        env={**os.environ, "PYTHONPATH": str(ROOT)})
+        [
+            sys.executable,
+            "-m",
+            "edge_agent.cli",
+            "agent",
+            "--source",
+            "-",
+            "--model",
+            str(model),
+            "--mqtt",
+            "none",
+            *extra,
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
 
 
 def read_until(agent: subprocess.Popen, text: str, seen: list[str], timeout: float = 60.0) -> bool:
@@ -67,8 +82,9 @@ def storm(pid: int, seconds: float) -> None:
             except ProcessLookupError:  # it exited: that is the point
                 return
 
-    senders = [threading.Thread(target=send, args=(s,)) for s in (signal.SIGHUP, signal.SIGTERM,
-                                                                   signal.SIGINT)]
+    senders = [
+        threading.Thread(target=send, args=(s,)) for s in (signal.SIGHUP, signal.SIGTERM, signal.SIGINT)
+    ]
     for sender in senders:
         sender.start()
     for sender in senders:
@@ -107,5 +123,6 @@ def test_sighup_during_startup_does_not_kill_the_agent(siren_model: Path) -> Non
         alive = read_until(agent, READY, seen)
         agent.send_signal(signal.SIGTERM)
         code = finish(agent, EXIT_WITHIN_S, seen)
-        assert alive and code == 0, (f"SIGHUP {fraction * ready_after:.2f} s into start-up: exit {code}\n"
-                                     + "".join(seen))
+        assert alive and code == 0, (
+            f"SIGHUP {fraction * ready_after:.2f} s into start-up: exit {code}\n" + "".join(seen)
+        )

@@ -14,14 +14,21 @@ REPO = Path(__file__).resolve().parents[1]
 
 # MQTT 3.1.1 §1.5.3: U+0000 is forbidden, C0/C1 controls and noncharacters must not be relied on
 # (mosquitto drops the connection); surrogates are not UTF-8 at all.
-BAD_TEXT = {"NUL": "pole\x00", "DEL": "pole\x7f", "C0": "pole\x1b", "C1": "pole\x9f",
-            "U+FFFF": "pole\uffff", "U+FFFE": "pole\ufffe", "U+FDD0": "pole\ufdd0",
-            "U+1FFFF": "pole\U0001ffff", "surrogate": "pole\ud800"}
+BAD_TEXT = {
+    "NUL": "pole\x00",
+    "DEL": "pole\x7f",
+    "C0": "pole\x1b",
+    "C1": "pole\x9f",
+    "U+FFFF": "pole\uffff",
+    "U+FFFE": "pole\ufffe",
+    "U+FDD0": "pole\ufdd0",
+    "U+1FFFF": "pole\U0001ffff",
+    "surrogate": "pole\ud800",
+}
 
 
 @pytest.mark.parametrize("name", sorted(BAD_TEXT))
-@pytest.mark.parametrize("key", ["device_id", "mqtt.topic_prefix", "mqtt.discovery_prefix",
-                                 "mqtt.client_id"])
+@pytest.mark.parametrize("key", ["device_id", "mqtt.topic_prefix", "mqtt.discovery_prefix", "mqtt.client_id"])
 def test_mqtt_forbidden_characters_are_config_errors(name: str, key: str) -> None:
     section, _, field = key.rpartition(".")
     overrides = {section: {field: BAD_TEXT[name]}} if section else {field: BAD_TEXT[name]}
@@ -48,8 +55,17 @@ def test_a_listen_label_that_makes_an_invalid_topic_is_refused(label: str) -> No
 
 
 def test_ordinary_names_still_pass() -> None:
-    config = load_config(environ={}, overrides={"device_id": "lamppost-17.north_ÄÖ", "mqtt": {
-        "topic_prefix": "city-sensors", "discovery_prefix": "homeassistant", "client_id": "earshot-17"}})
+    config = load_config(
+        environ={},
+        overrides={
+            "device_id": "lamppost-17.north_ÄÖ",
+            "mqtt": {
+                "topic_prefix": "city-sensors",
+                "discovery_prefix": "homeassistant",
+                "client_id": "earshot-17",
+            },
+        },
+    )
     assert config.device_id == "lamppost-17.north_ÄÖ"
     assert DetectorConfig(listen=("siren", "car_horn", "$odd")).listen[-1] == "$odd"  # '$' only matters first
 

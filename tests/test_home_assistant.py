@@ -26,9 +26,18 @@ ENTITY = "earshot_test_device"  # entity ids are <platform>.earshot_<device id a
 SIREN, GUN_SHOT = f"binary_sensor.{ENTITY}_siren", f"binary_sensor.{ENTITY}_gun_shot"
 SOUND_LEVEL = f"sensor.{ENTITY}_sound_level"
 LEVEL_SUMMARY = {
-    "schema": "earshot.level/1", "device_id": "test-device", "started_at": "2026-11-30T21:59:00.000Z",
-    "ended_at": "2026-11-30T22:00:00.000Z", "period": "minute", "laeq": 61.24, "lamax": 78.1, "la10": 64.0,
-    "la90": 48.5, "lceq": 70.3, "calibrated": True, "unit": "dB",
+    "schema": "earshot.level/1",
+    "device_id": "test-device",
+    "started_at": "2026-11-30T21:59:00.000Z",
+    "ended_at": "2026-11-30T22:00:00.000Z",
+    "period": "minute",
+    "laeq": 61.24,
+    "lamax": 78.1,
+    "la10": 64.0,
+    "la90": 48.5,
+    "lceq": 70.3,
+    "calibrated": True,
+    "unit": "dB",
 }
 
 
@@ -43,8 +52,9 @@ def readme_automation(heading: str) -> str:
 @pytest.fixture()
 def home_assistant(mosquitto_broker: Mosquitto, tmp_path: Path) -> Iterator[HomeAssistant]:
     """A started Home Assistant with the README's automation for its version."""
-    ha = HomeAssistant(tmp_path / "ha", mosquitto_broker.port,
-                       automations=readme_automation("Home Assistant before 2024.10"))
+    ha = HomeAssistant(
+        tmp_path / "ha", mosquitto_broker.port, automations=readme_automation("Home Assistant before 2024.10")
+    )
     try:
         ha.start()
         yield ha
@@ -57,7 +67,8 @@ def _state(snapshot: dict[str, dict], entity_id: str) -> str | None:
 
 
 def test_home_assistant_sees_the_sensor_right(
-        home_assistant: HomeAssistant, mosquitto_broker: Mosquitto, tmp_path: Path) -> None:
+    home_assistant: HomeAssistant, mosquitto_broker: Mosquitto, tmp_path: Path
+) -> None:
     ha, began = home_assistant, time.monotonic()
     queue = str(tmp_path / "queue")
     crashed = PublisherProcess(mosquitto_broker.url, queue, ("siren", "gun_shot", "car_horn"))
@@ -84,12 +95,16 @@ def test_home_assistant_sees_the_sensor_right(
     # Item 6: the event entity and the diagnostic entities.
     restarted.publish(contract_event(label="gun_shot", kind="start", score=0.77))
     restarted.publish(contract_event(label="gun_shot", kind="end", score=0.77))
-    snapshot = ha.wait_for(lambda s: s.get(f"event.{ENTITY}_gun_shot", {}).get("attributes", {}).get(
-        "event_type") == "end")
+    snapshot = ha.wait_for(
+        lambda s: s.get(f"event.{ENTITY}_gun_shot", {}).get("attributes", {}).get("event_type") == "end"
+    )
     assert snapshot[f"event.{ENTITY}_gun_shot"]["attributes"]["score"] == 0.77
-    diagnostics = {f"binary_sensor.{ENTITY}_connectivity": "on",
-                   f"binary_sensor.{ENTITY}_audio_stalled": "off", f"sensor.{ENTITY}_model": "tiny 1",
-                   f"sensor.{ENTITY}_queue_depth": "0"}
+    diagnostics = {
+        f"binary_sensor.{ENTITY}_connectivity": "on",
+        f"binary_sensor.{ENTITY}_audio_stalled": "off",
+        f"sensor.{ENTITY}_model": "tiny 1",
+        f"sensor.{ENTITY}_queue_depth": "0",
+    }
     ha.wait_for(lambda s: {entity: _state(s, entity) for entity in diagnostics} == diagnostics)
     # Issue 13: the per-minute level summary is a sound_pressure sensor in dBA, the rest its attributes.
     restarted.publish_level(LEVEL_SUMMARY)
@@ -100,14 +115,21 @@ def test_home_assistant_sees_the_sensor_right(
     # Item 3: Home Assistant restarts; scores and attributes come back.
     ha.stop()
     restart_s = ha.start()
-    snapshot = ha.wait_for(lambda s: _state(s, f"sensor.{ENTITY}_gun_shot_score") == "0.77"
-                           and s[GUN_SHOT]["attributes"].get("score") == 0.77)
+    snapshot = ha.wait_for(
+        lambda s: (
+            _state(s, f"sensor.{ENTITY}_gun_shot_score") == "0.77"
+            and s[GUN_SHOT]["attributes"].get("score") == 0.77
+        )
+    )
     assert _state(snapshot, SIREN) == "off"
     assert {entity: _state(snapshot, entity) for entity in diagnostics} == diagnostics
     assert _state(snapshot, SOUND_LEVEL) == "61.24"  # retained: back after the restart
     restarted.close()
-    ha.wait_for(lambda s: _state(s, f"binary_sensor.{ENTITY}_connectivity") == "off"
-                and _state(s, SIREN) == "unavailable")
+    ha.wait_for(
+        lambda s: (
+            _state(s, f"binary_sensor.{ENTITY}_connectivity") == "off" and _state(s, SIREN) == "unavailable"
+        )
+    )
     errors = [line for line in ha.log().splitlines() if " ERROR " in line and "notify" not in line]
     assert not errors, errors
     print(f"Home Assistant session {time.monotonic() - began:.1f} s, restart {restart_s:.1f} s")

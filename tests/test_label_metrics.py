@@ -43,8 +43,11 @@ def test_every_label_of_the_model_is_scraped_before_any_detection(tmp_path: Path
             body = response.read().decode()
     finally:
         server.shutdown()
-    samples = {(s.name, s.labels.get("label")): s.value
-               for family in text_string_to_metric_families(body) for s in family.samples}
+    samples = {
+        (s.name, s.labels.get("label")): s.value
+        for family in text_string_to_metric_families(body)
+        for s in family.samples
+    }
     for name in PER_LABEL:
         missing = [label for label in model.labels if (name, label) not in samples]
         assert not missing, f"{name} has no series for {missing}"

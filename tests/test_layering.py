@@ -33,9 +33,11 @@ def upward_imports(path: Path) -> list[str]:
     tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
     if own is None:  # scripts: any import is allowed
         return []
-    return [f"{relative}:{line}: {relative.parts[0]} imports {module}"
-            for line, module in imported_modules(tree)
-            if LAYERS.get(module.split(".")[0], 0) > own]
+    return [
+        f"{relative}:{line}: {relative.parts[0]} imports {module}"
+        for line, module in imported_modules(tree)
+        if LAYERS.get(module.split(".")[0], 0) > own
+    ]
 
 
 def test_every_import_points_down_a_layer() -> None:

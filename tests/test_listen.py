@@ -24,8 +24,14 @@ LINE = re.compile(r"^\s*(\d+\.\d{3})s  (.+)$")
 
 def listen(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
     """``earshot listen`` in a fresh process, stdout a pipe (not a TTY)."""
-    return subprocess.run([sys.executable, "-m", "edge_agent.cli", "listen", *args], capture_output=True,
-                          text=True, timeout=timeout, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    return subprocess.run(
+        [sys.executable, "-m", "edge_agent.cli", "listen", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
 
 
 @pytest.fixture(scope="module")
@@ -88,10 +94,13 @@ def test_a_file_gives_one_line_per_window_with_the_siren_rising(siren_file: Path
     assert any(re.search(r"siren \[[#.|]{10}\] 0\.\d\d!", line) for line in lines)  # the open episode
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--top-k", "0"], "earshot listen: --top-k: must be >= 1, got 0"),
-    (["--source", "/nonexistent.wav"], "earshot listen: audio file not found: /nonexistent.wav"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--top-k", "0"], "earshot listen: --top-k: must be >= 1, got 0"),
+        (["--source", "/nonexistent.wav"], "earshot listen: audio file not found: /nonexistent.wav"),
+    ],
+)
 def test_bad_input_is_one_line(args: list[str], message: str, siren_file: Path, siren_model: Path) -> None:
     result = listen("--source", str(siren_file), "--model", str(siren_model), *args)
     assert result.returncode == 2
@@ -102,20 +111,27 @@ def test_bad_input_is_one_line(args: list[str], message: str, siren_file: Path, 
 def test_under_tmux_the_bars_redraw_in_place(siren_file: Path, siren_model: Path, tmp_path: Path) -> None:
     session = f"earshot-listen-{os.getpid()}"
     done = tmp_path / "done"
-    command = (f"cd {ROOT} && PYTHONPATH={ROOT} {sys.executable} -m edge_agent.cli listen "
-               f"--source {siren_file} --model {siren_model} --top-k 4; touch {done}; sleep 30")
-    subprocess.run(["tmux", "new-session", "-d", "-s", session, "-x", "120", "-y", "30", command], check=True,
-                   timeout=10)
+    command = (
+        f"cd {ROOT} && PYTHONPATH={ROOT} {sys.executable} -m edge_agent.cli listen "
+        f"--source {siren_file} --model {siren_model} --top-k 4; touch {done}; sleep 30"
+    )
+    subprocess.run(
+        ["tmux", "new-session", "-d", "-s", session, "-x", "120", "-y", "30", command], check=True, timeout=10
+    )
     try:
         screens = []
         deadline = time.monotonic() + 30
         while not done.exists() and time.monotonic() < deadline:  # real-time paced: ~7 s
             time.sleep(0.5)
-            screens.append(subprocess.run(["tmux", "capture-pane", "-p", "-t", session], capture_output=True,
-                                          text=True, timeout=10).stdout)
+            screens.append(
+                subprocess.run(
+                    ["tmux", "capture-pane", "-p", "-t", session], capture_output=True, text=True, timeout=10
+                ).stdout
+            )
         assert done.exists(), screens[-1:]
-        final = subprocess.run(["tmux", "capture-pane", "-p", "-t", session], capture_output=True, text=True,
-                               timeout=10).stdout
+        final = subprocess.run(
+            ["tmux", "capture-pane", "-p", "-t", session], capture_output=True, text=True, timeout=10
+        ).stdout
     finally:
         subprocess.run(["tmux", "kill-session", "-t", session], capture_output=True, timeout=10)
     for screen in [*screens, final]:

@@ -70,8 +70,11 @@ def test_scrape_over_http_reports_values(metrics: AgentMetrics) -> None:
     finally:
         server.shutdown()
     assert status == 200 and content_type.startswith("text/plain")
-    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
-               for family in text_string_to_metric_families(body) for s in family.samples}
+    samples = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(body)
+        for s in family.samples
+    }
     assert samples[("earshot_audio_seconds_total", ())] == 2.5
     assert samples[("earshot_detections_total", (("label", "siren"),))] == 1.0
     assert samples[("earshot_last_score", (("label", "siren"),))] == pytest.approx(0.91)
@@ -86,8 +89,13 @@ def test_an_output_s_delivery_series_exist_at_zero_once_it_is_set_up(metrics: Ag
     metrics.events_delivered.labels(output="mqtt").inc()
     value = metrics.registry.get_sample_value
     webhook = {"output": "webhook"}
-    for name in ("earshot_queue_depth", "earshot_queue_dropped_total", "earshot_events_delivered_total",
-                 "earshot_delivery_failures_total", "earshot_delivery_latency_seconds_count"):
+    for name in (
+        "earshot_queue_depth",
+        "earshot_queue_dropped_total",
+        "earshot_events_delivered_total",
+        "earshot_delivery_failures_total",
+        "earshot_delivery_latency_seconds_count",
+    ):
         assert value(name, webhook) == 0, name
     assert value("earshot_events_delivered_total", {"output": "mqtt"}) == 1
 

@@ -40,13 +40,17 @@ def test_a_modified_model_is_refused_even_when_ungated_is_allowed(model: Path) -
             OnnxModel.load(model, allow_ungated=allow)
 
 
-@pytest.mark.parametrize(("gate", "gate_sha", "reason"), [
-    (None, None, "the card has no gate record"),
-    (False, None, "the release gate did not pass"),
-    (True, "0" * 64, "the gate record is for a different file"),
-])
-def test_ungated_models_need_allow_ungated(model: Path, gate: bool | None, gate_sha: str | None,
-                                           reason: str, caplog: pytest.LogCaptureFixture) -> None:
+@pytest.mark.parametrize(
+    ("gate", "gate_sha", "reason"),
+    [
+        (None, None, "the card has no gate record"),
+        (False, None, "the release gate did not pass"),
+        (True, "0" * 64, "the gate record is for a different file"),
+    ],
+)
+def test_ungated_models_need_allow_ungated(
+    model: Path, gate: bool | None, gate_sha: str | None, reason: str, caplog: pytest.LogCaptureFixture
+) -> None:
     write_card(model, gate=gate, gate_sha256=gate_sha)
     with pytest.raises(ModelError, match=f"is not cleared to run: {reason}.*--allow-ungated"):
         OnnxModel.load(model)
@@ -74,8 +78,12 @@ def test_ungated_runs_set_the_metric(tmp_path: Path, model: Path) -> None:
     config = AgentConfig(audio=AudioConfig(source=str(audio), fast=True))
     Pipeline(config, loaded, open_source(config.audio, 16000), metrics=metrics).run()
     assert metrics.registry.get_sample_value("earshot_model_ungated") == 1.0
-    assert metrics.registry.get_sample_value(
-        "earshot_model_info", {"name": "band-energy", "version": "test-1", "sha256": loaded.sha256}) == 1.0
+    assert (
+        metrics.registry.get_sample_value(
+            "earshot_model_info", {"name": "band-energy", "version": "test-1", "sha256": loaded.sha256}
+        )
+        == 1.0
+    )
 
 
 def test_broken_model_files_are_one_line_errors(tmp_path: Path, model: Path) -> None:

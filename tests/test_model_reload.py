@@ -45,8 +45,9 @@ def install(staged: Path, live: Path) -> None:
         os.replace(temporary, target)
 
 
-def staged_model(directory: Path, version: str, *, tampered: bool = False,
-                 params: FrontendParams | None = None) -> Path:
+def staged_model(
+    directory: Path, version: str, *, tampered: bool = False, params: FrontendParams | None = None
+) -> Path:
     """A model + card ready to install; ``tampered`` changes the file after its card was written."""
     path = band_energy_model(directory / version / "live.onnx", version=version, params=params)
     write_card(path)
@@ -69,7 +70,7 @@ class Feeder:
 
     def send(self, samples: np.ndarray) -> None:
         for start in range(0, len(samples), CHUNK):
-            chunk = samples[start:start + CHUNK]
+            chunk = samples[start : start + CHUNK]
             os.write(self.fd, to_s16le(chunk))
             self.frames += len(chunk)
             time.sleep(0.005)
@@ -104,8 +105,14 @@ def streaming_pipeline(live: Path, metrics: AgentMetrics, windows: list[WindowRe
     source = StdinSource(RATE, 1, 512, stream=os.fdopen(read_fd, "rb", buffering=0))
     config = AgentConfig(device_id="test-pole", audio=AudioConfig(source="-"), detector=DETECTOR)
     out = io.StringIO()
-    pipeline = Pipeline(config, OnnxModel.load(live), source, metrics=metrics,
-                        publishers=[StdoutPublisher(out)], on_window=windows.append)
+    pipeline = Pipeline(
+        config,
+        OnnxModel.load(live),
+        source,
+        metrics=metrics,
+        publishers=[StdoutPublisher(out)],
+        on_window=windows.append,
+    )
     return pipeline, Feeder(write_fd), out
 
 
@@ -114,7 +121,8 @@ def reloads(metrics: AgentMetrics, result: str) -> float:
 
 
 def test_file_change_swaps_a_good_model_and_refuses_a_tampered_one_without_dropping_audio(
-        tmp_path: Path, live_model: Path) -> None:
+    tmp_path: Path, live_model: Path
+) -> None:
     metrics, windows = AgentMetrics(), []
     pipeline, feeder, out = streaming_pipeline(live_model, metrics, windows)
     first = pipeline.model.sha256
@@ -141,8 +149,12 @@ def test_file_change_swaps_a_good_model_and_refuses_a_tampered_one_without_dropp
     assert [e["model"]["sha256"] for e in events][-2:] == [second, second]  # the tampered one never ran
     assert pipeline.model.sha256 == second and pipeline.health() == (True, "ok")
     assert reloads(metrics, "ok") == 1 and reloads(metrics, "failed") == 1
-    assert metrics.registry.get_sample_value("earshot_model_info", {"name": "band-energy", "version": "b",
-                                                                      "sha256": second}) == 1
+    assert (
+        metrics.registry.get_sample_value(
+            "earshot_model_info", {"name": "band-energy", "version": "b", "sha256": second}
+        )
+        == 1
+    )
     # No audio dropped: every sample written was windowed, and the windows run on without a gap.
     assert pipeline.ring.frames_written == feeder.frames == pipeline.windower.samples_received
     assert pipeline.ring.overruns == 0
@@ -151,8 +163,9 @@ def test_file_change_swaps_a_good_model_and_refuses_a_tampered_one_without_dropp
     assert [w.window.index for w in windows] == list(range(expected_count))
 
 
-def test_incompatible_models_are_refused_with_a_reason(tmp_path: Path, live_model: Path,
-                                                        caplog: pytest.LogCaptureFixture) -> None:
+def test_incompatible_models_are_refused_with_a_reason(
+    tmp_path: Path, live_model: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     metrics = AgentMetrics()
     pipeline, feeder, _ = streaming_pipeline(live_model, metrics, [])
     reloader = ModelReloader(pipeline, live_model, threads=1, allow_ungated=False, poll_s=0)
@@ -206,10 +219,26 @@ def test_sighup_reloads_the_real_agent_and_refuses_a_tampered_model(tmp_path: Pa
     config = tmp_path / "agent.toml"
     config.write_text("[detector]\nend_after_s = 0.5\ncooldown_s = 0.5\n[model]\nreload_poll_s = 0\n")
     agent = subprocess.Popen(
-        [sys.executable, "-m", "edge_agent.cli", "agent", "--source", "-", "--model", str(live_model),
-         "--config", str(config), "--mqtt", "none"],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT,
-        env={**os.environ, "PYTHONPATH": str(ROOT)})
+        [
+            sys.executable,
+            "-m",
+            "edge_agent.cli",
+            "agent",
+            "--source",
+            "-",
+            "--model",
+            str(live_model),
+            "--config",
+            str(config),
+            "--mqtt",
+            "none",
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
     seen: list[str] = []
     try:
         agent.stdin.write(to_s16le(siren_then_quiet(1)))

@@ -33,16 +33,28 @@ mosquitto_broker = broker_support.mosquitto_broker  # the fixture: a real broker
 
 def _config(broker: Mosquitto, tmp_path: Path, **overrides: object) -> MqttConfig:
     """Fast reconnects so outage tests stay short."""
-    values = {"url": broker.url, "reconnect_min_s": 0.1, "reconnect_max_s": 0.5, "keepalive_s": 5,
-              **overrides}
+    values = {
+        "url": broker.url,
+        "reconnect_min_s": 0.1,
+        "reconnect_max_s": 0.5,
+        "keepalive_s": 5,
+        **overrides,
+    }
     return MqttConfig(**values)  # type: ignore[arg-type]
 
 
-def _publisher(config: MqttConfig, queue_dir: Path, metrics: AgentMetrics | None = None,
-               max_events: int = 10000) -> MqttPublisher:
+def _publisher(
+    config: MqttConfig, queue_dir: Path, metrics: AgentMetrics | None = None, max_events: int = 10000
+) -> MqttPublisher:
     """The MQTT output as the agent builds it, its disk queue under ``queue_dir``."""
-    return make_mqtt_publisher(config, QueueConfig(dir=str(queue_dir), max_events=max_events), DEVICE,
-                               ["siren", "gun_shot"], MODEL, metrics or AgentMetrics(CollectorRegistry()))
+    return make_mqtt_publisher(
+        config,
+        QueueConfig(dir=str(queue_dir), max_events=max_events),
+        DEVICE,
+        ["siren", "gun_shot"],
+        MODEL,
+        metrics or AgentMetrics(CollectorRegistry()),
+    )
 
 
 def _sample(publisher: MqttPublisher, name: str, labels: dict[str, str] | None = None) -> float | None:
@@ -108,7 +120,8 @@ def test_events_state_availability_and_discovery(mosquitto_broker: Mosquitto, tm
 
 
 def test_retained_topics_reach_a_late_subscriber_and_discovery_can_be_off(
-        mosquitto_broker: Mosquitto, tmp_path: Path) -> None:
+    mosquitto_broker: Mosquitto, tmp_path: Path
+) -> None:
     publisher = _publisher(_config(mosquitto_broker, tmp_path, discovery=False), tmp_path / "queue")
     publisher.start()
     publisher.publish_event(contract_event(kind="start"), 0)
@@ -127,7 +140,8 @@ def test_retained_topics_reach_a_late_subscriber_and_discovery_can_be_off(
 
 @pytest.mark.parametrize("stop_signal", [signal.SIGTERM, signal.SIGKILL], ids=["stopped", "killed"])
 def test_broker_restart_mid_stream_loses_nothing_in_order_exactly_once(
-        mosquitto_broker: Mosquitto, tmp_path: Path, stop_signal: int) -> None:
+    mosquitto_broker: Mosquitto, tmp_path: Path, stop_signal: int
+) -> None:
     subscriber = Subscriber(mosquitto_broker.port, "earshot/+/event/#")
     metrics = AgentMetrics(CollectorRegistry())
     publisher = _publisher(_config(mosquitto_broker, tmp_path), tmp_path / "queue", metrics)
@@ -181,8 +195,12 @@ def _spawn_publisher(url: str, tmp_path: Path, events: list[dict]) -> subprocess
     """A separate publishing process (so that it can be SIGKILLed); returns once its events are queued."""
     events_file = tmp_path / f"events-{time.monotonic_ns()}.jsonl"
     events_file.write_text("".join(json.dumps(e) + "\n" for e in events))
-    process = subprocess.Popen([sys.executable, "-c", PUBLISHER_PROCESS, url, str(tmp_path / "queue"),
-                                str(events_file)], cwd=REPO, stdout=subprocess.PIPE, text=True)
+    process = subprocess.Popen(
+        [sys.executable, "-c", PUBLISHER_PROCESS, url, str(tmp_path / "queue"), str(events_file)],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     assert process.stdout is not None and process.stdout.readline().startswith("queued")
     return process
 
@@ -193,7 +211,8 @@ def _kill(process: subprocess.Popen[str]) -> None:
 
 
 def test_last_will_offline_when_the_publisher_is_sigkilled(
-        mosquitto_broker: Mosquitto, tmp_path: Path) -> None:
+    mosquitto_broker: Mosquitto, tmp_path: Path
+) -> None:
     subscriber = Subscriber(mosquitto_broker.port, f"earshot/{DEVICE}/availability")
     process = _spawn_publisher(mosquitto_broker.url, tmp_path, [contract_event()])
     subscriber.wait_for(lambda ms: [m.payload for m in ms][-1:] == [b"online"])
@@ -203,7 +222,8 @@ def test_last_will_offline_when_the_publisher_is_sigkilled(
 
 
 def test_queue_survives_a_sigkilled_publisher_while_the_broker_is_down(
-        mosquitto_broker: Mosquitto, tmp_path: Path) -> None:
+    mosquitto_broker: Mosquitto, tmp_path: Path
+) -> None:
     subscriber = Subscriber(mosquitto_broker.port, "earshot/+/event/#")
     mosquitto_broker.stop()
     first = [contract_event(n=n) for n in range(5)]
@@ -235,16 +255,19 @@ def _wait(predicate, timeout: float = 10.0) -> None:  # noqa: ANN001
 
 
 def test_username_password_auth_and_the_password_never_logged(
-        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     if broker_support.mosquitto_binary() is None:
         pytest.skip("mosquitto is not installed")
     secret = "s3cret-Pa55-do-not-log"
     passwords = tmp_path / "passwd"
-    subprocess.run(["mosquitto_passwd", "-b", "-c", str(passwords), "sensor", secret], check=True,
-                   capture_output=True)
+    subprocess.run(
+        ["mosquitto_passwd", "-b", "-c", str(passwords), "sensor", secret], check=True, capture_output=True
+    )
     passwords.chmod(0o600)
-    broker = Mosquitto(tmp_path / "auth-broker",
-                       extra_conf=f"allow_anonymous false\npassword_file {passwords}\n")
+    broker = Mosquitto(
+        tmp_path / "auth-broker", extra_conf=f"allow_anonymous false\npassword_file {passwords}\n"
+    )
     broker.start()
     caplog.set_level("DEBUG")
     try:
@@ -271,19 +294,61 @@ def _openssl(*args: str | Path) -> None:
 def _test_pki(directory: Path) -> dict[str, Path]:
     """A throwaway CA, a server certificate for 127.0.0.1 and a client certificate, made with openssl."""
     directory.mkdir(parents=True)
-    files = {name: directory / f"{name}.pem" for name in ("ca", "ca-key", "server", "server-key",
-                                                           "client", "client-key")}
-    _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=earshot test CA",
-             "-keyout", files["ca-key"], "-out", files["ca"])
-    for name, subject, extension in (("server", "/CN=127.0.0.1", "subjectAltName=IP:127.0.0.1"),
-                                     ("client", "/CN=sensor", "extendedKeyUsage=clientAuth")):
+    files = {
+        name: directory / f"{name}.pem"
+        for name in ("ca", "ca-key", "server", "server-key", "client", "client-key")
+    }
+    _openssl(
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=earshot test CA",
+        "-keyout",
+        files["ca-key"],
+        "-out",
+        files["ca"],
+    )
+    for name, subject, extension in (
+        ("server", "/CN=127.0.0.1", "subjectAltName=IP:127.0.0.1"),
+        ("client", "/CN=sensor", "extendedKeyUsage=clientAuth"),
+    ):
         request = directory / f"{name}.csr"
-        _openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", subject, "-keyout", files[f"{name}-key"],
-                 "-out", request)
+        _openssl(
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-subj",
+            subject,
+            "-keyout",
+            files[f"{name}-key"],
+            "-out",
+            request,
+        )
         extfile = directory / f"{name}.ext"
         extfile.write_text(extension + "\n")
-        _openssl("x509", "-req", "-in", request, "-CA", files["ca"], "-CAkey", files["ca-key"],
-                 "-CAcreateserial", "-days", "2", "-extfile", extfile, "-out", files[name])
+        _openssl(
+            "x509",
+            "-req",
+            "-in",
+            request,
+            "-CA",
+            files["ca"],
+            "-CAkey",
+            files["ca-key"],
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-extfile",
+            extfile,
+            "-out",
+            files[name],
+        )
     return files
 
 
@@ -292,21 +357,32 @@ def test_tls_with_a_client_certificate(tmp_path: Path) -> None:
         pytest.skip("mosquitto or openssl is not installed")
     pki = _test_pki(tmp_path / "pki")
     port = broker_support.free_port()
-    broker = Mosquitto(tmp_path / "tls-broker", port=port, listener=f"listener {port} 127.0.0.1\n"
-                       f"cafile {pki['ca']}\ncertfile {pki['server']}\nkeyfile {pki['server-key']}\n"
-                       "require_certificate true")
+    broker = Mosquitto(
+        tmp_path / "tls-broker",
+        port=port,
+        listener=f"listener {port} 127.0.0.1\n"
+        f"cafile {pki['ca']}\ncertfile {pki['server']}\nkeyfile {pki['server-key']}\n"
+        "require_certificate true",
+    )
     broker.start()
     try:
-        config = _config(broker, tmp_path, url=f"mqtts://127.0.0.1:{port}", tls_ca=str(pki["ca"]),
-                         tls_cert=str(pki["client"]), tls_key=str(pki["client-key"]))
+        config = _config(
+            broker,
+            tmp_path,
+            url=f"mqtts://127.0.0.1:{port}",
+            tls_ca=str(pki["ca"]),
+            tls_cert=str(pki["client"]),
+            tls_key=str(pki["client-key"]),
+        )
         publisher = _publisher(config, tmp_path / "queue")
         publisher.start()
         publisher.publish_event(contract_event(), 0)
         _wait(lambda: _sample(publisher, "earshot_events_delivered_total", MQTT) == 1)
         publisher.close(2)
         # The server certificate is verified: trusting another certificate as CA never connects.
-        untrusting = _publisher(dataclasses.replace(config, tls_ca=str(pki["client"])),
-                                tmp_path / "untrusting")
+        untrusting = _publisher(
+            dataclasses.replace(config, tls_ca=str(pki["client"])), tmp_path / "untrusting"
+        )
         untrusting.start()
         time.sleep(1.0)
         assert _sample(untrusting, "earshot_mqtt_connected") == 0
@@ -317,7 +393,8 @@ def test_tls_with_a_client_certificate(tmp_path: Path) -> None:
 
 
 def test_overflow_during_an_outage_drops_the_oldest_counted_and_delivers_the_rest_in_order(
-        mosquitto_broker: Mosquitto, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    mosquitto_broker: Mosquitto, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     subscriber = Subscriber(mosquitto_broker.port, "earshot/+/event/#")
     mosquitto_broker.stop()
     metrics = AgentMetrics(CollectorRegistry())

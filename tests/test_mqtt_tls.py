@@ -35,7 +35,8 @@ MODEL = {"name": "tiny", "version": "1", "sha256": "0" * 64}
 
 pytestmark = pytest.mark.skipif(
     mosquitto_binary() is None or shutil.which("mosquitto_passwd") is None or openssl_binary() is None,
-    reason="needs mosquitto and openssl: apt-get install mosquitto mosquitto-clients openssl")
+    reason="needs mosquitto and openssl: apt-get install mosquitto mosquitto-clients openssl",
+)
 
 
 @dataclass
@@ -48,18 +49,24 @@ class Broker:
     plain_port: int
 
 
-def render_example(directory: Path, pki: Pki, tls_port: int, plain_port: int, require_cert: bool,
-                   log_path: Path) -> str:
+def render_example(
+    directory: Path, pki: Pki, tls_port: int, plain_port: int, require_cert: bool, log_path: Path
+) -> str:
     """deploy/mosquitto/mosquitto.conf with the test's ports, files and logging; nothing else changes."""
     passwd, acl = directory / "earshot.passwd", directory / "earshot.acl"
     shutil.copy(EXAMPLE / "acl", acl)
     for user, secret in ((DEVICE, SECRET), ("homeassistant", CONSUMER_SECRET)):
         create = [] if passwd.exists() else ["-c"]
-        subprocess.run(["mosquitto_passwd", "-b", *create, str(passwd), user, secret], check=True,
-                       capture_output=True, timeout=30)
+        subprocess.run(
+            ["mosquitto_passwd", "-b", *create, str(passwd), user, secret],
+            check=True,
+            capture_output=True,
+            timeout=30,
+        )
     passwd.chmod(0o600)
     replacements = {
-        "/etc/mosquitto/earshot.passwd": str(passwd), "/etc/mosquitto/earshot.acl": str(acl),
+        "/etc/mosquitto/earshot.passwd": str(passwd),
+        "/etc/mosquitto/earshot.acl": str(acl),
         "/etc/mosquitto/certs/ca.crt": str(pki.ca_cert),
         "/etc/mosquitto/certs/server.crt": str(pki.server_cert),
         "/etc/mosquitto/certs/server.key": str(pki.server_key),
@@ -72,8 +79,12 @@ def render_example(directory: Path, pki: Pki, tls_port: int, plain_port: int, re
         assert old in text, f"the example no longer contains {old!r}"
         text = text.replace(old, new)
     # Run as the test's user (root would drop to 'mosquitto' and lose access to tmp_path), log to a file.
-    lines = [f"user {getpass.getuser()}", f"log_dest file {log_path}", "log_type all",
-             "connection_messages true"]
+    lines = [
+        f"user {getpass.getuser()}",
+        f"log_dest file {log_path}",
+        "log_type all",
+        "connection_messages true",
+    ]
     return text + "\n" + "\n".join(lines) + "\n"
 
 
@@ -87,8 +98,9 @@ def start_broker(directory: Path, pki: Pki, require_cert: bool = False) -> Broke
     """Start mosquitto with the rendered example config."""
     tls_port, plain_port = free_port(), free_port()
     broker = Mosquitto(directory, port=tls_port)
-    broker.conf_path.write_text(render_example(directory, pki, tls_port, plain_port, require_cert,
-                                               broker.log_path))
+    broker.conf_path.write_text(
+        render_example(directory, pki, tls_port, plain_port, require_cert, broker.log_path)
+    )
     broker.start()
     wait_for_port(plain_port)
     return Broker(broker, pki, tls_port, plain_port)
@@ -140,13 +152,20 @@ def wait_until(predicate, timeout: float = 10.0) -> bool:  # noqa: ANN001
 def publisher(broker: Broker, tmp_path: Path, **overrides: object) -> MqttPublisher:
     """The agent's MQTT output for ``broker``'s TLS port, built exactly as the agent builds it."""
     values: dict[str, object] = {
-        "url": f"mqtts://127.0.0.1:{broker.tls_port}", "username": DEVICE, "password": SECRET,
-        "tls_ca": str(broker.pki.ca_cert), "reconnect_min_s": 0.1, "reconnect_max_s": 0.5, "keepalive_s": 5,
-        **overrides}
+        "url": f"mqtts://127.0.0.1:{broker.tls_port}",
+        "username": DEVICE,
+        "password": SECRET,
+        "tls_ca": str(broker.pki.ca_cert),
+        "reconnect_min_s": 0.1,
+        "reconnect_max_s": 0.5,
+        "keepalive_s": 5,
+        **overrides,
+    }
     config = MqttConfig(**values)  # type: ignore[arg-type]
     queue = QueueConfig(dir=str(tmp_path / "queue"))
-    return make_mqtt_publisher(config, queue, DEVICE, ["siren", "gun_shot"], MODEL,
-                               AgentMetrics(CollectorRegistry()))
+    return make_mqtt_publisher(
+        config, queue, DEVICE, ["siren", "gun_shot"], MODEL, AgentMetrics(CollectorRegistry())
+    )
 
 
 def sample(pub: MqttPublisher, name: str, labels: dict[str, str] | None = None) -> float | None:
@@ -155,7 +174,8 @@ def sample(pub: MqttPublisher, name: str, labels: dict[str, str] | None = None) 
 
 
 def test_publisher_connects_with_tls_and_password_and_the_event_arrives(
-        broker: Broker, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    broker: Broker, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     caplog.set_level(logging.DEBUG)
     consumer = Consumer(broker.plain_port)
     pub = publisher(broker, tmp_path)
@@ -166,8 +186,11 @@ def test_publisher_connects_with_tls_and_password_and_the_event_arrives(
         assert sample(pub, "earshot_mqtt_connected") == 1
         assert wait_until(lambda: sample(pub, "earshot_events_delivered_total", {"output": "mqtt"}) == 1)
         # The ACL lets the sensor write its own discovery configs and state as well.
-        assert wait_until(lambda: any(t.startswith("homeassistant/binary_sensor/earshot_lamp-7/")
-                                      for t in consumer.topics())), consumer.topics()
+        assert wait_until(
+            lambda: any(
+                t.startswith("homeassistant/binary_sensor/earshot_lamp-7/") for t in consumer.topics()
+            )
+        ), consumer.topics()
         assert (f"earshot/{DEVICE}/availability", b"online") in consumer.messages
     finally:
         pub.close(2)
@@ -189,8 +212,11 @@ def test_acl_keeps_a_sensor_inside_its_own_topics(broker: Broker) -> None:
         rogue.connect("127.0.0.1", broker.tls_port, keepalive=10)
         rogue.loop_start()
         # Publishes are ordered on one connection: once the allowed one arrives, the others had their chance.
-        for topic in ("earshot/other-device/event/siren", "homeassistant/sensor/earshot_other/x/config",
-                      f"earshot/{DEVICE}/event/siren"):
+        for topic in (
+            "earshot/other-device/event/siren",
+            "homeassistant/sensor/earshot_other/x/config",
+            f"earshot/{DEVICE}/event/siren",
+        ):
             rogue.publish(topic, b"{}", qos=1).wait_for_publish(5)
         assert wait_until(lambda: f"earshot/{DEVICE}/event/siren" in consumer.topics())
         assert consumer.topics() == [f"earshot/{DEVICE}/event/siren"]
@@ -201,7 +227,8 @@ def test_acl_keeps_a_sensor_inside_its_own_topics(broker: Broker) -> None:
 
 
 def test_wrong_password_is_refused_with_a_clear_log_line_and_no_secret(
-        broker: Broker, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    broker: Broker, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     caplog.set_level(logging.DEBUG)
     wrong = "wrong-Pa55word-also-secret"
     pub = publisher(broker, tmp_path, password=wrong)
@@ -219,12 +246,14 @@ def test_wrong_password_is_refused_with_a_clear_log_line_and_no_secret(
 
 
 def test_client_certificate_is_required_when_the_broker_demands_it(
-        tmp_path: Path, pki: Pki, caplog: pytest.LogCaptureFixture) -> None:
+    tmp_path: Path, pki: Pki, caplog: pytest.LogCaptureFixture
+) -> None:
     running = start_broker(tmp_path / "mtls", pki, require_cert=True)
     consumer = Consumer(running.plain_port)
     without = publisher(running, tmp_path / "without")
-    with_cert = publisher(running, tmp_path / "with", tls_cert=str(pki.client_cert),
-                          tls_key=str(pki.client_key))
+    with_cert = publisher(
+        running, tmp_path / "with", tls_cert=str(pki.client_cert), tls_key=str(pki.client_key)
+    )
     try:
         without.start()
         with_cert.start()

@@ -31,9 +31,29 @@ def imported_modules(importtime_log: str) -> set[str]:
 def test_the_agent_never_imports_training_libraries(tmp_path: Path, siren_model: Path) -> None:
     clip = write_audio(tmp_path / "siren.wav", siren_sweep(3.0) + noise(3.0, amplitude=0.05))
     result = subprocess.run(
-        [sys.executable, "-X", "importtime", "-m", "edge_agent.cli", "agent", "--source", str(clip),
-         "--model", str(siren_model), "--fast", "--mqtt", "none", "--metrics-port", str(free_port())],
-        capture_output=True, text=True, timeout=120, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
+        [
+            sys.executable,
+            "-X",
+            "importtime",
+            "-m",
+            "edge_agent.cli",
+            "agent",
+            "--source",
+            str(clip),
+            "--model",
+            str(siren_model),
+            "--fast",
+            "--mqtt",
+            "none",
+            "--metrics-port",
+            str(free_port()),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     assert '"kind":"start"' in result.stdout  # the whole data path ran
     modules = imported_modules(result.stderr)

@@ -63,15 +63,19 @@ class SilentDevice:
 def street(tmp_path: Path, siren_at: float = 2.0, siren_s: float = 3.0, total: float = 8.0) -> Path:
     signal = noise(total, amplitude=0.05)
     start = int(siren_at * 16000)
-    signal[start:start + int(siren_s * 16000)] += siren_sweep(siren_s)
+    signal[start : start + int(siren_s * 16000)] += siren_sweep(siren_s)
     return write_audio(tmp_path / "street.wav", signal)
 
 
-def make_pipeline(model_path: Path, source_path: str, fast: bool = True,
-                  publisher: Publisher | None = None, **kwargs):
+def make_pipeline(
+    model_path: Path, source_path: str, fast: bool = True, publisher: Publisher | None = None, **kwargs
+):
     """A pipeline whose stdout output writes to the returned buffer; ``publisher`` is a second output."""
-    config = AgentConfig(device_id="test-pole", audio=AudioConfig(source=source_path, fast=fast),
-                         detector=DetectorConfig(end_after_s=1.0, cooldown_s=5.0))
+    config = AgentConfig(
+        device_id="test-pole",
+        audio=AudioConfig(source=source_path, fast=fast),
+        detector=DetectorConfig(end_after_s=1.0, cooldown_s=5.0),
+    )
     model = OnnxModel.load(model_path)
     out = io.StringIO()
     publishers = [StdoutPublisher(out)] + ([publisher] if publisher is not None else [])
@@ -80,7 +84,8 @@ def make_pipeline(model_path: Path, source_path: str, fast: bool = True,
 
 
 def test_a_siren_gives_schema_valid_start_and_end_on_stdout_and_to_the_publisher(
-        tmp_path: Path, siren_model: Path) -> None:
+    tmp_path: Path, siren_model: Path
+) -> None:
     publisher, metrics = RecordingPublisher(), AgentMetrics()
     pipeline, out = make_pipeline(siren_model, str(street(tmp_path)), publisher=publisher, metrics=metrics)
     assert pipeline.run() == 0
@@ -149,7 +154,7 @@ def test_health_reports_a_stalled_live_source(siren_model: Path) -> None:
 def test_source_failure_fails_the_run_and_is_counted(tmp_path: Path, siren_model: Path) -> None:
     path = write_audio(tmp_path / "cut.flac", noise(4.0, amplitude=0.3))
     data = path.read_bytes()
-    path.write_bytes(data[: len(data) // 2] + bytes(range(256)) * 16 + data[len(data) // 2:])
+    path.write_bytes(data[: len(data) // 2] + bytes(range(256)) * 16 + data[len(data) // 2 :])
     metrics = AgentMetrics()
     pipeline, _ = make_pipeline(siren_model, str(path), metrics=metrics)
     assert pipeline.run() == 1
@@ -206,12 +211,20 @@ class BrokenPublisher(Publisher):
 
 
 def test_a_failing_output_costs_neither_detection_nor_the_other_outputs(
-        tmp_path: Path, siren_model: Path) -> None:
-    config = AgentConfig(device_id="test-pole", audio=AudioConfig(source=str(street(tmp_path)), fast=True),
-                         detector=DetectorConfig(end_after_s=1.0, cooldown_s=5.0))
+    tmp_path: Path, siren_model: Path
+) -> None:
+    config = AgentConfig(
+        device_id="test-pole",
+        audio=AudioConfig(source=str(street(tmp_path)), fast=True),
+        detector=DetectorConfig(end_after_s=1.0, cooldown_s=5.0),
+    )
     recording = RecordingPublisher()
-    pipeline = Pipeline(config, OnnxModel.load(siren_model), open_source(config.audio, 16000),
-                        publishers=[BrokenPublisher(), recording])
+    pipeline = Pipeline(
+        config,
+        OnnxModel.load(siren_model),
+        open_source(config.audio, 16000),
+        publishers=[BrokenPublisher(), recording],
+    )
     assert pipeline.run() == 0 and pipeline.error is None
     assert [e["kind"] for e in recording.events] == ["start", "end"]
     assert pipeline.health() == (False, "broken: cannot keep events")

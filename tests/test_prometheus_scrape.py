@@ -26,8 +26,9 @@ REPO = Path(__file__).resolve().parents[1]
 DEPLOY = REPO / "deploy"
 WAIT_S = 30.0  # every wait is bounded; a scrape every second leaves plenty of margin
 
-pytestmark = pytest.mark.skipif(shutil.which("prometheus") is None,
-                                reason="the prometheus server is missing: apt-get install prometheus")
+pytestmark = pytest.mark.skipif(
+    shutil.which("prometheus") is None, reason="the prometheus server is missing: apt-get install prometheus"
+)
 
 
 def stop(process: subprocess.Popen) -> None:
@@ -72,14 +73,31 @@ def agent(tmp_path_factory: pytest.TempPathFactory, webhook: str) -> Iterator[in
     tmp_path = tmp_path_factory.mktemp("agent")
     model = band_energy_model(tmp_path / "tiny.onnx")
     write_card(model, gate=True)
-    audio = np.concatenate([noise(2.0, amplitude=0.02, seed=1), siren_sweep(4.0),
-                            noise(40.0, amplitude=0.02, seed=2)])
+    audio = np.concatenate(
+        [noise(2.0, amplitude=0.02, seed=1), siren_sweep(4.0), noise(40.0, amplitude=0.02, seed=2)]
+    )
     recording = write_audio(tmp_path / "siren.wav", audio)
     port = free_port()
-    command = [sys.executable, "-m", "edge_agent.cli", "agent", "--source", str(recording),
-               "--model", str(model), "--mqtt", "none", "--metrics-port", str(port)]
-    env = {**os.environ, "EARSHOT_DEVICE_ID": "scrape-test", "EARSHOT_WEBHOOK_URL": webhook,
-           "EARSHOT_QUEUE_DIR": str(tmp_path / "queue")}
+    command = [
+        sys.executable,
+        "-m",
+        "edge_agent.cli",
+        "agent",
+        "--source",
+        str(recording),
+        "--model",
+        str(model),
+        "--mqtt",
+        "none",
+        "--metrics-port",
+        str(port),
+    ]
+    env = {
+        **os.environ,
+        "EARSHOT_DEVICE_ID": "scrape-test",
+        "EARSHOT_WEBHOOK_URL": webhook,
+        "EARSHOT_QUEUE_DIR": str(tmp_path / "queue"),
+    }
     # Logs go to files: an unread pipe could fill up and stall the process under test.
     with open(tmp_path / "agent.log", "w") as log:
         process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=log)
@@ -99,14 +117,21 @@ def prometheus(tmp_path_factory: pytest.TempPathFactory, agent: int) -> Iterator
         "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n"
         f"rule_files:\n  - {tmp_path / 'alerts.yml'}\n"
         "scrape_configs:\n  - job_name: earshot\n    static_configs:\n"
-        f"      - targets: ['127.0.0.1:{agent}']\n")
+        f"      - targets: ['127.0.0.1:{agent}']\n"
+    )
     port = free_port()
     log = open(tmp_path / "prometheus.log", "w")  # noqa: SIM115 - closed when the server stops
     process = subprocess.Popen(
-        ["prometheus", f"--config.file={tmp_path / 'prometheus.yml'}",
-         f"--storage.tsdb.path={tmp_path / 'tsdb'}", f"--web.listen-address=127.0.0.1:{port}",
-         "--log.level=warn"],
-        stdout=subprocess.DEVNULL, stderr=log)
+        [
+            "prometheus",
+            f"--config.file={tmp_path / 'prometheus.yml'}",
+            f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+            f"--web.listen-address=127.0.0.1:{port}",
+            "--log.level=warn",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=log,
+    )
     try:
         wait_for_port(port, timeout=WAIT_S)
         wait_until_ready(f"http://127.0.0.1:{port}", process, tmp_path / "prometheus.log")

@@ -67,14 +67,19 @@ class Broken(Recording):
 
 
 def test_make_publishers_builds_every_configured_output_capture_first(tmp_path: Path) -> None:
-    config = AgentConfig(device_id="pole-7", mqtt=MqttConfig(url="mqtt://127.0.0.1:1"),
-                         webhook=WebhookConfig(url="http://127.0.0.1:1/hook"),
-                         queue=QueueConfig(dir=str(tmp_path / "queue")),
-                         capture=CaptureConfig(enabled=True, dir=str(tmp_path / "clips")))
+    config = AgentConfig(
+        device_id="pole-7",
+        mqtt=MqttConfig(url="mqtt://127.0.0.1:1"),
+        webhook=WebhookConfig(url="http://127.0.0.1:1/hook"),
+        queue=QueueConfig(dir=str(tmp_path / "queue")),
+        capture=CaptureConfig(enabled=True, dir=str(tmp_path / "clips")),
+    )
     publishers = make_publishers(config, 16000, MODEL, AgentMetrics(CollectorRegistry()))
     assert [p.name for p in publishers] == ["capture", "stdout", "mqtt", "webhook"]
     assert sorted(p.name for p in (tmp_path / "queue").glob("*.sqlite3")) == [
-        "earshot_pole-7.mqtt.sqlite3", "earshot_pole-7.webhook.sqlite3"]
+        "earshot_pole-7.mqtt.sqlite3",
+        "earshot_pole-7.webhook.sqlite3",
+    ]
     for publisher in publishers:
         publisher.close(0.1)
 
@@ -86,14 +91,19 @@ def test_defaults_are_stdout_only_and_stdout_can_be_turned_off() -> None:
     assert make_publishers(quiet, 16000, MODEL, metrics) == []
 
 
-def test_a_failing_output_costs_the_others_nothing_and_turns_health_red(tmp_path: Path,
-                                                                        siren_model: Path) -> None:
-    config = AgentConfig(device_id="test-pole", audio=AudioConfig(source=str(street(tmp_path)), fast=True),
-                         detector=DetectorConfig(end_after_s=1.0, cooldown_s=5.0))
+def test_a_failing_output_costs_the_others_nothing_and_turns_health_red(
+    tmp_path: Path, siren_model: Path
+) -> None:
+    config = AgentConfig(
+        device_id="test-pole",
+        audio=AudioConfig(source=str(street(tmp_path)), fast=True),
+        detector=DetectorConfig(end_after_s=1.0, cooldown_s=5.0),
+    )
     out, broken, recording = io.StringIO(), Broken(), Recording()
     publishers = [broken, *make_publishers(config, 16000, MODEL, AgentMetrics(), out=out), recording]
-    pipeline = Pipeline(config, OnnxModel.load(siren_model), open_source(config.audio, 16000),
-                        publishers=publishers)
+    pipeline = Pipeline(
+        config, OnnxModel.load(siren_model), open_source(config.audio, 16000), publishers=publishers
+    )
     assert pipeline.run() == 0
     printed = [json.loads(line) for line in out.getvalue().splitlines()]
     assert [e["kind"] for e in recording.events] == ["start", "end"] and recording.events == printed

@@ -62,8 +62,15 @@ def site(siren_model: Path) -> Iterator[Path]:
 
 def agent_argv(site: Path) -> list[str]:
     """``earshot agent`` on the short recording, with MQTT pointed at a port where nothing listens."""
-    return ["--source", str(site / "quiet.wav"), "--fast", "--mqtt", f"mqtt://127.0.0.1:{free_port()}",
-            "--model", str(site / "siren.onnx")]
+    return [
+        "--source",
+        str(site / "quiet.wav"),
+        "--fast",
+        "--mqtt",
+        f"mqtt://127.0.0.1:{free_port()}",
+        "--model",
+        str(site / "siren.onnx"),
+    ]
 
 
 def agent_env(site: Path) -> dict[str, str]:
@@ -89,16 +96,19 @@ def leave_queue_as_root(queue_dir: Path, ending: str, events: int = EVENTS) -> N
         queue.close()
     """)
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=env, capture_output=True, text=True,
-                          timeout=60)
+    done = subprocess.run(
+        [sys.executable, "-c", script], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60
+    )
     expected = -signal.SIGKILL if ending == "kill" else 0
     assert done.returncode == expected, done.stderr
 
 
 def snapshot(directory: Path) -> dict[str, tuple[str, int, int]]:
     """Every file in ``directory``: sha256, owner and mode, to prove the agent left them untouched."""
-    return {path.name: (hashlib.sha256(path.read_bytes()).hexdigest(), path.stat().st_uid,
-                        path.stat().st_mode) for path in sorted(directory.iterdir())}
+    return {
+        path.name: (hashlib.sha256(path.read_bytes()).hexdigest(), path.stat().st_uid, path.stat().st_mode)
+        for path in sorted(directory.iterdir())
+    }
 
 
 def queued_payloads(queue_dir: Path) -> list[str]:
@@ -173,8 +183,9 @@ def test_read_only_queue_refuses_to_start_with_the_file_untouched(site: Path, ca
 
 
 @pytest.mark.parametrize("length", [240, 232], ids=["db name too long", "wal name too long"])
-def test_name_too_long_is_a_setup_error_not_corruption(tmp_path: Path, length: int,
-                                                      caplog: pytest.LogCaptureFixture) -> None:
+def test_name_too_long_is_a_setup_error_not_corruption(
+    tmp_path: Path, length: int, caplog: pytest.LogCaptureFixture
+) -> None:
     """Item 11: a device id that makes a file name too long is named as such, nothing moved aside."""
     # earshot_<id>.mqtt.sqlite3 is 21 + len(id) bytes and most file systems allow 255: 240 makes the
     # database's own name too long, 232 only its -wal's.
@@ -191,8 +202,12 @@ def test_a_queue_dir_that_cannot_be_created_is_a_setup_error(tmp_path: Path) -> 
     """Item 11: queue.dir under a regular file is one line naming queue.dir and the reason."""
     (tmp_path / "file").write_text("x")
     with pytest.raises(OutputSetupError, match=r"^queue\.dir: .*Not a directory"):
-        open_output_queue(QueueConfig(dir=str(tmp_path / "file" / "queue")), "mqtt", DEVICE,
-                          AgentMetrics(CollectorRegistry()))
+        open_output_queue(
+            QueueConfig(dir=str(tmp_path / "file" / "queue")),
+            "mqtt",
+            DEVICE,
+            AgentMetrics(CollectorRegistry()),
+        )
 
 
 def corrupt_page(path: Path, page: int) -> None:
@@ -204,7 +219,8 @@ def corrupt_page(path: Path, page: int) -> None:
 
 @pytest.mark.parametrize("damage", ["not a database", "malformed"])
 def test_only_a_really_corrupt_queue_is_moved_aside_and_its_events_counted(
-        tmp_path: Path, damage: str, caplog: pytest.LogCaptureFixture) -> None:
+    tmp_path: Path, damage: str, caplog: pytest.LogCaptureFixture
+) -> None:
     """Item 10/11: corruption moves db, -wal and -shm aside together, loudly, counting what was lost."""
     path = tmp_path / "q.sqlite3"
     queue = DiskQueue(path, 10_000)
@@ -251,7 +267,8 @@ def fill_queue(queue: DiskQueue) -> tuple[int, int]:
 
 
 def test_full_disk_recovers_when_the_broker_returns_without_a_restart(
-        small_disk: Path, caplog: pytest.LogCaptureFixture) -> None:
+    small_disk: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     """Item 12: a queue that filled the disk deletes what is delivered, then stores new events again."""
     metrics = AgentMetrics(CollectorRegistry())
     queue = DiskQueue(small_disk / "q.sqlite3", 1_000_000, metrics)
@@ -283,8 +300,12 @@ def test_full_disk_never_resends_a_delivered_event_and_recovers_when_space_retur
             except OSError:
                 break
     posts: list[bytes] = []
-    webhook = WebhookPublisher(WebhookConfig(url="http://127.0.0.1:9/hook"), queue, metrics,
-                               post=lambda body, headers: posts.append(body) or PostResult(200, "OK"))
+    webhook = WebhookPublisher(
+        WebhookConfig(url="http://127.0.0.1:9/hook"),
+        queue,
+        metrics,
+        post=lambda body, headers: posts.append(body) or PostResult(200, "OK"),
+    )
     webhook.start()
     deadline = time.monotonic() + 10
     while len(posts) < 5 and time.monotonic() < deadline:
@@ -313,11 +334,20 @@ def make_read_only(queue: DiskQueue) -> None:
 def test_mqtt_and_webhook_health_report_a_queue_that_cannot_store_events(tmp_path: Path) -> None:
     """Item 13: a failed put makes the output unhealthy (so /healthz is 503); a good put clears it."""
     metrics = AgentMetrics(CollectorRegistry())
-    mqtt = make_mqtt_publisher(MqttConfig(url=f"mqtt://127.0.0.1:{free_port()}"),
-                               QueueConfig(dir=str(tmp_path)), DEVICE, ["siren"], {}, metrics)
-    webhook = WebhookPublisher(WebhookConfig(url="http://127.0.0.1:9/hook"),
-                               open_output_queue(QueueConfig(dir=str(tmp_path)), "webhook", DEVICE, metrics),
-                               metrics, post=lambda body, headers: PostResult(0, "down"))
+    mqtt = make_mqtt_publisher(
+        MqttConfig(url=f"mqtt://127.0.0.1:{free_port()}"),
+        QueueConfig(dir=str(tmp_path)),
+        DEVICE,
+        ["siren"],
+        {},
+        metrics,
+    )
+    webhook = WebhookPublisher(
+        WebhookConfig(url="http://127.0.0.1:9/hook"),
+        open_output_queue(QueueConfig(dir=str(tmp_path)), "webhook", DEVICE, metrics),
+        metrics,
+        post=lambda body, headers: PostResult(0, "down"),
+    )
     event = {"label": "siren", "kind": "start", "event_id": "e1"}
     for output in (mqtt, webhook):
         assert output.health() == (True, "ok")
@@ -340,9 +370,26 @@ def test_a_second_agent_on_the_same_queue_fails_at_start_naming_the_first(site: 
     env = {**os.environ, "PYTHONPATH": str(ROOT), **agent_env(site)}
     log = (site / "first.log").open("w")
     first = subprocess.Popen(
-        [sys.executable, "-m", "edge_agent.cli", "agent", "--source", "-", "--stdin-rate", "16000",
-         "--mqtt", f"mqtt://127.0.0.1:{free_port()}", "--model", str(site / "siren.onnx")],
-        stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=log, cwd=ROOT, env=env)
+        [
+            sys.executable,
+            "-m",
+            "edge_agent.cli",
+            "agent",
+            "--source",
+            "-",
+            "--stdin-rate",
+            "16000",
+            "--mqtt",
+            f"mqtt://127.0.0.1:{free_port()}",
+            "--model",
+            str(site / "siren.onnx"),
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        stderr=log,
+        cwd=ROOT,
+        env=env,
+    )
     try:
         assert first.stdin is not None
         first.stdin.write(to_s16le(siren_sweep(0.5)))  # a live source: stdin stays open
@@ -351,8 +398,14 @@ def test_a_second_agent_on_the_same_queue_fails_at_start_naming_the_first(site: 
         while "outputs" not in (site / "first.log").read_text() and time.monotonic() < deadline:
             assert first.poll() is None, (site / "first.log").read_text()
             time.sleep(0.1)
-        second = subprocess.run([sys.executable, "-m", "edge_agent.cli", "agent", *agent_argv(site)],
-                                cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+        second = subprocess.run(
+            [sys.executable, "-m", "edge_agent.cli", "agent", *agent_argv(site)],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert second.returncode == 2, second.stderr
         line = second.stderr.strip().splitlines()[-1]
         assert line.startswith("earshot agent: queue.dir: ") and f"pid {first.pid}" in line, line

@@ -76,9 +76,11 @@ def test_the_node_red_function_drops_repeats_of_real_events() -> None:
     function = _node_red_flow()["function"]["func"]
     first, second = contract_event(kind="start", n=1), contract_event(kind="start", n=2)
     # Node-RED's function node: ``msg`` in, the returned message (or null) out, ``context`` per node.
-    script = ("const store = {}; const context = {get: k => store[k], set: (k, v) => { store[k] = v; }};\n"
-              f"const run = new Function('msg', 'context', {json.dumps(function)});\n"
-              f"const out = {json.dumps([first, first, second])}.map(p => run({{payload: p}}, context));\n"
-              "console.log(JSON.stringify(out.map(m => m && m.topic)));")
+    script = (
+        "const store = {}; const context = {get: k => store[k], set: (k, v) => { store[k] = v; }};\n"
+        f"const run = new Function('msg', 'context', {json.dumps(function)});\n"
+        f"const out = {json.dumps([first, first, second])}.map(p => run({{payload: p}}, context));\n"
+        "console.log(JSON.stringify(out.map(m => m && m.topic)));"
+    )
     result = subprocess.run([node, "-e", script], capture_output=True, text=True, timeout=30, check=True)
     assert json.loads(result.stdout) == ["test-device: siren", None, "test-device: siren"]

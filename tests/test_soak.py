@@ -46,7 +46,7 @@ def write_soak_audio(path: Path, seconds: int) -> int:
             chunk = noise(min(60, seconds - minute), RATE, amplitude=0.02, seed=minute)
             # Bursts at 30 s into every third minute, never in the last minute (no open episode at the end).
             if minute % SIREN_EVERY_S == 0 and minute + 120 <= seconds:
-                chunk[30 * RATE: 34 * RATE] += siren_sweep(4.0, RATE)
+                chunk[30 * RATE : 34 * RATE] += siren_sweep(4.0, RATE)
                 bursts += 1
             out.write(chunk)
     return bursts
@@ -85,7 +85,7 @@ def offline_starts(path: Path, model_path: Path) -> int:
     detector = Detector(model.labels, DetectorConfig(), model.metadata.thresholds)
     starts = 0
     for first in range(0, len(windows), 1024):
-        batch = np.ascontiguousarray(windows[first: first + 1024])[:, None]  # (batch, 1, n_mels, n_frames)
+        batch = np.ascontiguousarray(windows[first : first + 1024])[:, None]  # (batch, 1, n_mels, n_frames)
         for i, row in enumerate(model.scores(batch)):  # (n_classes,)
             now = ((first + i) * hop + params.window_samples) / RATE
             starts += sum(d.kind == "start" for d in detector.update(row, now))
@@ -106,21 +106,43 @@ def scrape(port: int) -> dict[str, float]:
     """The agent's unlabelled metric samples, by name."""
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as response:
         text = response.read().decode()
-    return {sample.name: sample.value for family in text_string_to_metric_families(text)
-            for sample in family.samples if not sample.labels}
+    return {
+        sample.name: sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if not sample.labels
+    }
 
 
 def test_an_hour_replayed_fast_holds_rss_flat_no_overruns_and_matches_offline(
-        hour: tuple[Path, int], siren_model: Path, tmp_path: Path) -> None:
+    hour: tuple[Path, int], siren_model: Path, tmp_path: Path
+) -> None:
     path, bursts = hour
     port = free_port()
     events, log = tmp_path / "events.jsonl", tmp_path / "agent.log"
     with events.open("w") as out, log.open("w") as err:
         started = time.monotonic()
-        agent = subprocess.Popen([sys.executable, "-m", "edge_agent.cli", "agent", "--source", str(path),
-                                  "--model", str(siren_model), "--fast", "--mqtt", "none",
-                                  "--metrics-port", str(port)], stdout=out, stderr=err, cwd=ROOT,
-                                 env={**os.environ, "PYTHONPATH": str(ROOT)})
+        agent = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "edge_agent.cli",
+                "agent",
+                "--source",
+                str(path),
+                "--model",
+                str(siren_model),
+                "--fast",
+                "--mqtt",
+                "none",
+                "--metrics-port",
+                str(port),
+            ],
+            stdout=out,
+            stderr=err,
+            cwd=ROOT,
+            env={**os.environ, "PYTHONPATH": str(ROOT)},
+        )
         samples: list[tuple[float, float, dict[str, float]]] = []  # (wall s, RSS MB, metrics)
         try:
             while agent.poll() is None and time.monotonic() - started < 600:
@@ -144,14 +166,19 @@ def test_an_hour_replayed_fast_holds_rss_flat_no_overruns_and_matches_offline(
     starts = sum(json.loads(line)["kind"] == "start" for line in events.read_text().splitlines())
     offline = offline_starts(path, siren_model)
     figures = {
-        "audio_s": SOAK_SECONDS, "wall_s": round(wall, 1), "speed_x_realtime": round(SOAK_SECONDS / wall, 1),
+        "audio_s": SOAK_SECONDS,
+        "wall_s": round(wall, 1),
+        "speed_x_realtime": round(SOAK_SECONDS / wall, 1),
         "rtf_gauge": round(last[2]["earshot_realtime_factor"], 5),
-        "rss_start_mb": round(first[1], 1), "rss_end_mb": round(last[1], 1),
+        "rss_start_mb": round(first[1], 1),
+        "rss_end_mb": round(last[1], 1),
         "rss_start_at_audio_s": round(first[2]["earshot_audio_seconds_total"]),
         "rss_end_at_audio_s": round(last[2]["earshot_audio_seconds_total"]),
         "rss_max_mb": round(max(s[1] for s in warm), 1),
         "overruns": last[2]["earshot_ring_buffer_overruns_total"],
-        "detections": starts, "offline_detections": offline, "sirens_in_file": bursts,
+        "detections": starts,
+        "offline_detections": offline,
+        "sirens_in_file": bursts,
     }
     print("\nsoak figures:", json.dumps(figures))
     assert last[2]["earshot_audio_seconds_total"] >= 0.9 * SOAK_SECONDS  # the end sample is near the end

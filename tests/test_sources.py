@@ -33,7 +33,7 @@ def test_ring_buffer_wraps_and_keeps_order() -> None:
     data = np.arange(40, dtype=np.float32)[:, None]
     got = []
     for i in range(0, 40, 4):
-        assert ring.write(data[i:i + 4])
+        assert ring.write(data[i : i + 4])
         got.append(ring.read(3))
         got.append(ring.read(1))
     np.testing.assert_array_equal(np.concatenate(got), data)
@@ -97,7 +97,7 @@ def test_a_file_that_breaks_mid_stream_closes_the_ring_with_the_error(tmp_path: 
     path = write_audio(tmp_path / "cut.flac", noise(3.0, amplitude=0.3))
     data = path.read_bytes()
     garbage = bytes(range(256)) * 16
-    path.write_bytes(data[: len(data) // 2] + garbage + data[len(data) // 2:])  # libsndfile fails mid-read
+    path.write_bytes(data[: len(data) // 2] + garbage + data[len(data) // 2 :])  # libsndfile fails mid-read
     samples, ring = drain(FileSource(str(path), 1024, fast=True))
     assert ring.error is not None and ring.error.startswith(f"cannot read file {path}: ")
     assert 0 < len(samples) < 48000  # what came before the damage was delivered

@@ -27,11 +27,17 @@ def test_agent_config_and_front_end_keep_their_messages() -> None:
         FrontendParams.from_dict({"n_melz": 64})
 
 
-@pytest.mark.parametrize(("text", "message"), [
-    ("[tresholds]\n", r"^unknown policy key: 'tresholds' \(allowed: \[thresholds\] and \[attack\] tables\)$"),
-    (EVERY_THRESHOLD + "[attack]\nsteps = 3\n", r"^unknown policy key: attack\.steps$"),
-    ("[thresholds]\nmin_speed = 3\n", r"^unknown policy key: thresholds\.min_speed$"),
-])
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (
+            "[tresholds]\n",
+            r"^unknown policy key: 'tresholds' \(allowed: \[thresholds\] and \[attack\] tables\)$",
+        ),
+        (EVERY_THRESHOLD + "[attack]\nsteps = 3\n", r"^unknown policy key: attack\.steps$"),
+        ("[thresholds]\nmin_speed = 3\n", r"^unknown policy key: thresholds\.min_speed$"),
+    ],
+)
 def test_gate_policy_keeps_its_messages(text: str, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         parse_policy(text)

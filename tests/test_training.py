@@ -89,7 +89,7 @@ def test_cached_window_crops_equal_the_agents_window_features(dataset_dirs: tupl
     windows = WindowDataset(features, PARAMS.n_frames, hop_frames=16)
     assert len(windows) == len(window_starts(features.clip(0).shape[1], PARAMS.n_frames, 16)) > 1
     start = window_starts(features.clip(0).shape[1], PARAMS.n_frames, 16)[2]
-    samples = wave[start * PARAMS.hop_length: start * PARAMS.hop_length + PARAMS.window_samples]
+    samples = wave[start * PARAMS.hop_length : start * PARAMS.hop_length + PARAMS.window_samples]
     expected = TorchLogMel(PARAMS)(samples.unsqueeze(0))[0, 0]  # (n_mels, frames)
     crop, _ = windows[2]
     torch.testing.assert_close(torch.log(crop + PARAMS.log_offset), expected, atol=1e-4, rtol=1e-4)
@@ -111,8 +111,9 @@ def test_augmentation_only_in_training_mode(dataset_dirs: tuple[Path, Path]) -> 
     a = torch.stack([augmented[i][0] for i in range(6)])
     b = torch.stack([augmented[i][0] for i in range(6)])
     assert a.shape == (6, 1, PARAMS.n_mels, PARAMS.n_frames) and not torch.equal(a, b)
-    plain = train_dataset(corpus.clips, None, PARAMS, TrainConfig(noise_p=0, gain_db=0, freq_mask=0,
-                                                                  time_mask=0))
+    plain = train_dataset(
+        corpus.clips, None, PARAMS, TrainConfig(noise_p=0, gain_db=0, freq_mask=0, time_mask=0)
+    )
     crop_only = RandomCropDataset(corpus.clips, PARAMS.n_frames)
     torch.manual_seed(1)
     x, _ = plain[3]
@@ -133,8 +134,9 @@ def test_training_is_deterministic_and_learns(dataset_dirs: tuple[Path, Path]) -
     second = fit(TINY, train, val, corpus.noise, PARAMS, cfg, n_classes=10)
     for key, value in first.model.state_dict().items():
         assert torch.equal(value, second.model.state_dict()[key]), key
-    timeless = [[{k: v for k, v in h.items() if k != "seconds"} for h in run.history]
-                for run in (first, second)]
+    timeless = [
+        [{k: v for k, v in h.items() if k != "seconds"} for h in run.history] for run in (first, second)
+    ]
     assert timeless[0] == timeless[1]
     assert max(h["val_accuracy"] for h in first.history) > 0.6  # chance is 1/3
 
@@ -144,18 +146,47 @@ def test_esc10_negatives_exclude_the_shared_class(dataset_dirs: tuple[Path, Path
     assert {r.group for r in negatives} == {"rain", "chainsaw"} and all(r.label == -1 for r in negatives)
 
 
-def test_cli_cross_validation_writes_reports_and_checkpoints(dataset_dirs: tuple[Path, Path],
-                                                             tmp_path: Path) -> None:
+def test_cli_cross_validation_writes_reports_and_checkpoints(
+    dataset_dirs: tuple[Path, Path], tmp_path: Path
+) -> None:
     out = tmp_path / "out"
-    code = train_main(["--data-root", str(dataset_dirs[0]), "--compare", "--archs", "rnn", "crnn",
-                       "--folds", "1", "2", "--epochs", "2", "--crops-per-clip", "1", "--batch-size", "8",
-                       "--threads", "1", "--out", str(out), "--device", "cpu"])
+    code = train_main(
+        [
+            "--data-root",
+            str(dataset_dirs[0]),
+            "--compare",
+            "--archs",
+            "rnn",
+            "crnn",
+            "--folds",
+            "1",
+            "2",
+            "--epochs",
+            "2",
+            "--crops-per-clip",
+            "1",
+            "--batch-size",
+            "8",
+            "--threads",
+            "1",
+            "--out",
+            str(out),
+            "--device",
+            "cpu",
+        ]
+    )
     assert code == 0
     table = json.loads((out / "comparison.json").read_text())
     assert set(table) == {"rnn", "crnn"}
     for entry in table.values():
-        assert set(entry) == {"mean_accuracy", "std_accuracy", "macro_f1", "params", "macs_per_window",
-                              "folds"}
+        assert set(entry) == {
+            "mean_accuracy",
+            "std_accuracy",
+            "macro_f1",
+            "params",
+            "macs_per_window",
+            "folds",
+        }
         assert set(entry["folds"]) == {"1", "2"} and entry["params"] > 0 and entry["macs_per_window"] > 0
     report = json.loads((out / "rnn" / "report.json").read_text())
     assert len(report["folds"]["1"]["per_class_recall"]) == 10 and report["wall_s"] >= 0
@@ -173,12 +204,31 @@ def test_cli_cross_validation_writes_reports_and_checkpoints(dataset_dirs: tuple
     assert model(torch.zeros(3, 1, PARAMS.n_mels, PARAMS.n_frames)).shape == (3, 10)
 
 
-def test_cli_all_folds_default_model_has_thresholds_and_open_set_rates(dataset_dirs: tuple[Path, Path],
-                                                                       tmp_path: Path) -> None:
+def test_cli_all_folds_default_model_has_thresholds_and_open_set_rates(
+    dataset_dirs: tuple[Path, Path], tmp_path: Path
+) -> None:
     out = tmp_path / "out"
-    code = train_main(["--data-root", str(dataset_dirs[0]), "--all-folds", "--arch", "rnn", "--epochs", "2",
-                       "--crops-per-clip", "1", "--batch-size", "8", "--threads", "1", "--out", str(out),
-                       "--device", "cpu"])
+    code = train_main(
+        [
+            "--data-root",
+            str(dataset_dirs[0]),
+            "--all-folds",
+            "--arch",
+            "rnn",
+            "--epochs",
+            "2",
+            "--crops-per-clip",
+            "1",
+            "--batch-size",
+            "8",
+            "--threads",
+            "1",
+            "--out",
+            str(out),
+            "--device",
+            "cpu",
+        ]
+    )
     assert code == 0
     checkpoint = load_checkpoint(out / "default" / "rnn.pt")
     assert checkpoint.fold is None

@@ -18,9 +18,13 @@ SHARED = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
 US8K, ESC10 = SHARED / "urbansound8k-subset", SHARED / "esc10"
 PARAMS = FrontendParams()
 
-pytestmark = [pytest.mark.shared_data,
-              pytest.mark.skipif(not (US8K / "metadata").is_dir() or not ESC10.is_dir(),
-                                 reason="shared data not present at ../shared/data")]
+pytestmark = [
+    pytest.mark.shared_data,
+    pytest.mark.skipif(
+        not (US8K / "metadata").is_dir() or not ESC10.is_dir(),
+        reason="shared data not present at ../shared/data",
+    ),
+]
 
 
 def _every_nth(records: list, fold: int, n: int) -> list:

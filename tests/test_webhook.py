@@ -27,8 +27,9 @@ DEVICE = "webhook-test"
 WEBHOOK = {"output": "webhook"}
 
 
-def make_webhook(url: str, tmp_path: Path, metrics: AgentMetrics | None = None, **overrides: object
-                 ) -> WebhookPublisher:
+def make_webhook(
+    url: str, tmp_path: Path, metrics: AgentMetrics | None = None, **overrides: object
+) -> WebhookPublisher:
     """The webhook output exactly as ``make_publishers`` builds it, with short retry delays."""
     values = {"url": url, "retry_min_s": 0.05, "retry_max_s": 0.2, "timeout_s": 2.0, **overrides}
     config = WebhookConfig(**values)  # type: ignore[arg-type]
@@ -141,18 +142,27 @@ DOWN_AT_S = 10.0
 @pytest.mark.slow
 @pytest.mark.skipif(mosquitto_binary() is None, reason="mosquitto is not installed")
 def test_the_agent_loses_nothing_while_its_webhook_is_down_30_s_beside_mqtt_and_stdout(
-        tmp_path: Path, siren_model: Path) -> None:
+    tmp_path: Path, siren_model: Path
+) -> None:
     audio = street_with_sirens(tmp_path / "street.flac")
     broker = Mosquitto(tmp_path / "broker")
     broker.start()
     subscriber = Subscriber(broker.port, f"earshot/{DEVICE}/event/#", client_id="webhook-test-subscriber")
     sink = HttpSink().start()
-    env = {"EARSHOT_DEVICE_ID": DEVICE, "EARSHOT_QUEUE_DIR": str(tmp_path / "queue"),
-           "EARSHOT_WEBHOOK_RETRY_MIN_S": "0.1", "EARSHOT_WEBHOOK_RETRY_MAX_S": "0.5",
-           "EARSHOT_WEBHOOK_TOKEN": "agent-token", "EARSHOT_DETECTOR_COOLDOWN_S": "1",
-           "EARSHOT_DETECTOR_END_AFTER_S": "0.5"}
-    agent = PrintingAgent(["--source", str(audio), "--model", str(siren_model), "--mqtt", broker.url,
-                           "--webhook", sink.url], env, tmp_path / "agent.log")
+    env = {
+        "EARSHOT_DEVICE_ID": DEVICE,
+        "EARSHOT_QUEUE_DIR": str(tmp_path / "queue"),
+        "EARSHOT_WEBHOOK_RETRY_MIN_S": "0.1",
+        "EARSHOT_WEBHOOK_RETRY_MAX_S": "0.5",
+        "EARSHOT_WEBHOOK_TOKEN": "agent-token",
+        "EARSHOT_DETECTOR_COOLDOWN_S": "1",
+        "EARSHOT_DETECTOR_END_AFTER_S": "0.5",
+    }
+    agent = PrintingAgent(
+        ["--source", str(audio), "--model", str(siren_model), "--mqtt", broker.url, "--webhook", sink.url],
+        env,
+        tmp_path / "agent.log",
+    )
     printed = agent.printed
     try:
         time.sleep(DOWN_AT_S)
@@ -172,9 +182,11 @@ def test_the_agent_loses_nothing_while_its_webhook_is_down_30_s_beside_mqtt_and_
     sent = [event for _, event in printed]
     during = [event["event_id"] for at, event in printed if down_at <= at < up_at]
     arrival = {r.body["event_id"]: r.at for r in sink.received if r.status == 200}
-    print(f"\nwebhook outage {OUTAGE_S:.0f} s: events {len(sent)} (during outage {len(during)}), webhook got "
-          f"{len(sink.accepted())}, MQTT got {len(subscriber.messages)}; backlog delivered "
-          f"{max(arrival[e] for e in during) - up_at:.2f} s after the endpoint returned")
+    print(
+        f"\nwebhook outage {OUTAGE_S:.0f} s: events {len(sent)} (during outage {len(during)}), webhook got "
+        f"{len(sink.accepted())}, MQTT got {len(subscriber.messages)}; backlog delivered "
+        f"{max(arrival[e] for e in during) - up_at:.2f} s after the endpoint returned"
+    )
     assert len(sent) == 32 and len(during) >= 10
     assert sink.accepted() == sent  # nothing lost, nothing twice, in order, identical to stdout
     assert [json.loads(m.payload) for m in subscriber.messages] == sent  # MQTT unaffected

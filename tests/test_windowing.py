@@ -12,7 +12,7 @@ def windows_for(signal: np.ndarray, window: int, hop: int, block: int) -> list[W
     windower = Windower(window, hop)
     out = []
     for i in range(0, len(signal), block):
-        out += windower.push(signal[i:i + block])
+        out += windower.push(signal[i : i + block])
     return out + windower.flush()
 
 
@@ -21,7 +21,7 @@ def test_windows_sit_at_multiples_of_the_hop() -> None:
     windows = windows_for(signal, window=40, hop=20, block=7)
     assert [w.start for w in windows] == [0, 20, 40, 60]
     for w in windows:
-        np.testing.assert_array_equal(w.samples, signal[w.start:w.start + 40])
+        np.testing.assert_array_equal(w.samples, signal[w.start : w.start + 40])
     assert not any(w.padded for w in windows)  # 60 + 40 = 100 covers the end exactly
 
 
@@ -31,7 +31,8 @@ def test_chunking_never_changes_the_windows() -> None:
     for block in (1, 256, 999, 4000):
         got = windows_for(signal, 1000, 256, block)
         assert [(w.index, w.start, w.padded) for w in got] == [
-            (w.index, w.start, w.padded) for w in reference]
+            (w.index, w.start, w.padded) for w in reference
+        ]
         for a, b in zip(got, reference, strict=True):
             np.testing.assert_array_equal(a.samples, b.samples)
 

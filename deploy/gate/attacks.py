@@ -42,7 +42,7 @@ def waveform_model(checkpoint: Checkpoint) -> WaveformClassifier:
 def predict(model: torch.nn.Module, windows: np.ndarray, batch: int = 64) -> np.ndarray:
     """(n, samples) -> (n, classes) logits as numpy."""
     with torch.no_grad():
-        out = [model(torch.from_numpy(windows[i: i + batch])).numpy() for i in range(0, len(windows), batch)]
+        out = [model(torch.from_numpy(windows[i : i + batch])).numpy() for i in range(0, len(windows), batch)]
     return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
 
 
@@ -54,15 +54,17 @@ def snr_db(clean: np.ndarray, perturbed: np.ndarray) -> np.ndarray:
         return 20 * np.log10(signal / delta)
 
 
-def run_deepfool(fmodel: fb.PyTorchModel, windows: np.ndarray, labels: np.ndarray,
-                 config: AttackConfig) -> tuple[np.ndarray, np.ndarray]:
+def run_deepfool(
+    fmodel: fb.PyTorchModel, windows: np.ndarray, labels: np.ndarray, config: AttackConfig
+) -> tuple[np.ndarray, np.ndarray]:
     """L2 DeepFool over every class: (clipped adversarials (n, samples), minimal SNR dB (n,))."""
-    attack = fb.attacks.L2DeepFoolAttack(steps=config.deepfool_steps, candidates=None,
-                                         overshoot=config.deepfool_overshoot, loss="logits")
+    attack = fb.attacks.L2DeepFoolAttack(
+        steps=config.deepfool_steps, candidates=None, overshoot=config.deepfool_overshoot, loss="logits"
+    )
     adversarials, snrs = [], []
     for i in tqdm(range(0, len(windows), config.batch), desc="DeepFool", unit="batch"):
-        x = torch.from_numpy(windows[i: i + config.batch])  # (batch, samples)
-        y = torch.from_numpy(labels[i: i + config.batch])  # (batch,)
+        x = torch.from_numpy(windows[i : i + config.batch])  # (batch, samples)
+        y = torch.from_numpy(labels[i : i + config.batch])  # (batch,)
         _, clipped, success = attack(fmodel, x, y, epsilons=None)
         clipped_np = clipped.numpy()
         snr = snr_db(x.numpy(), clipped_np)
@@ -71,24 +73,30 @@ def run_deepfool(fmodel: fb.PyTorchModel, windows: np.ndarray, labels: np.ndarra
     return np.concatenate(adversarials), np.concatenate(snrs)
 
 
-def run_pgd(fmodel: fb.PyTorchModel, windows: np.ndarray, labels: np.ndarray,
-            config: AttackConfig) -> dict[str, np.ndarray]:
+def run_pgd(
+    fmodel: fb.PyTorchModel, windows: np.ndarray, labels: np.ndarray, config: AttackConfig
+) -> dict[str, np.ndarray]:
     """LinfPGD and L2PGD at every SNR budget; returns the clipped adversarials per run."""
-    attacks = {name: PGD_KINDS[name](steps=config.pgd_steps, rel_stepsize=config.pgd_rel_stepsize,
-                                 random_start=True) for name in ATTACKS}
+    attacks = {
+        name: PGD_KINDS[name](steps=config.pgd_steps, rel_stepsize=config.pgd_rel_stepsize, random_start=True)
+        for name in ATTACKS
+    }
     out = {f"{a}_{b}db": np.empty_like(windows) for a in ATTACKS for b in BUDGETS_DB}
     for i in tqdm(range(0, len(windows), config.batch), desc="PGD", unit="batch"):
-        x = torch.from_numpy(windows[i: i + config.batch])  # (batch, samples)
-        y = torch.from_numpy(labels[i: i + config.batch])  # (batch,)
+        x = torch.from_numpy(windows[i : i + config.batch])  # (batch, samples)
+        y = torch.from_numpy(labels[i : i + config.batch])  # (batch,)
         for name, attack in attacks.items():
             for budget in BUDGETS_DB:
                 epsilon = torch.from_numpy(epsilons_for(x.numpy(), budget, name))  # (batch,)
-                out[f"{name}_{budget}db"][i: i + len(x)] = per_clip_pgd(attack, fmodel, x, y, epsilon).numpy()
+                out[f"{name}_{budget}db"][i : i + len(x)] = per_clip_pgd(
+                    attack, fmodel, x, y, epsilon
+                ).numpy()
     return out
 
 
-def attack_all(checkpoint: Checkpoint, windows: np.ndarray, labels: np.ndarray,
-               config: AttackConfig) -> AttackResult:
+def attack_all(
+    checkpoint: Checkpoint, windows: np.ndarray, labels: np.ndarray, config: AttackConfig
+) -> AttackResult:
     """Run DeepFool and PGD on correctly classified windows (n, samples) with their labels (n,)."""
     if windows.size and (windows.min() < BOUNDS[0] or windows.max() > BOUNDS[1]):
         raise ValueError("attack inputs must lie within the bounds (-1, 1)")

@@ -53,8 +53,9 @@ def _balanced(records: list[ClipRecord], limit: int | None, seed: int) -> list[C
     return chosen if limit is None else chosen[:limit]
 
 
-def held_out_records(data_root: str | Path, checkpoint: Checkpoint, fold: int | None
-                     ) -> tuple[list[ClipRecord], str]:
+def held_out_records(
+    data_root: str | Path, checkpoint: Checkpoint, fold: int | None
+) -> tuple[list[ClipRecord], str]:
     """The clips the model never trained on: ``fold``, else its test fold, else its validation split."""
     if fold is not None:
         records = read_urbansound8k(data_root)
@@ -65,8 +66,14 @@ def held_out_records(data_root: str | Path, checkpoint: Checkpoint, fold: int | 
     return split.heldout, split.heldout_name
 
 
-def load_held_out(records: list[ClipRecord], source: str, params: FrontendParams, labels: tuple[str, ...],
-                  max_clips: int | None = None, seed: int = 0) -> HeldOut:
+def load_held_out(
+    records: list[ClipRecord],
+    source: str,
+    params: FrontendParams,
+    labels: tuple[str, ...],
+    max_clips: int | None = None,
+    seed: int = 0,
+) -> HeldOut:
     """Decode the held-out clips (those of the model's classes) and pick each one's loudest window."""
     chosen = _balanced([r for r in records if URBANSOUND8K_LABELS[r.label] in labels], max_clips, seed)
     length, hop = params.window_samples, params.hop_length
@@ -87,5 +94,7 @@ def load_noise_bank(esc10_root: str | Path, params: FrontendParams, seed: int = 
     for i in np.random.default_rng(seed).permutation(len(records)):
         by_class.setdefault(records[i].group, []).append(records[i])
     chosen = [r for group in sorted(by_class) for r in by_class[group][:NOISE_CLIPS_PER_CLASS]]
-    return [np.clip(load_waveform(r.path, params).numpy(), -1.0, 1.0)
-            for r in tqdm(chosen, desc="noise bank", unit="clip", mininterval=2.0)]
+    return [
+        np.clip(load_waveform(r.path, params).numpy(), -1.0, 1.0)
+        for r in tqdm(chosen, desc="noise bank", unit="clip", mininterval=2.0)
+    ]

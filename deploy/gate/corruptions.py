@@ -28,7 +28,7 @@ class Window:
     def at(self, start: int) -> np.ndarray:
         """The window starting at ``start``, clamped inside the clip: (length,)."""
         start = int(np.clip(start, 0, len(self.clip) - self.length))
-        return self.clip[start: start + self.length]
+        return self.clip[start : start + self.length]
 
     @property
     def audio(self) -> np.ndarray:
@@ -85,12 +85,16 @@ def corruption_suite(noise_bank: list[np.ndarray], sample_rate: int) -> dict[str
         def corrupt(window: Window, rng: np.random.Generator) -> np.ndarray:
             clip = noise_bank[int(rng.integers(len(noise_bank)))]
             start = int(rng.integers(0, len(clip) - window.length + 1))
-            return mix_at_snr(window.audio, clip[start: start + window.length], snr_db)
+            return mix_at_snr(window.audio, clip[start : start + window.length], snr_db)
+
         return corrupt
 
     def time_shift(window: Window, rng: np.random.Generator) -> np.ndarray:
-        starts = [s for s in (window.start - shift, window.start + shift)
-                  if 0 <= s <= len(window.clip) - window.length]
+        starts = [
+            s
+            for s in (window.start - shift, window.start + shift)
+            if 0 <= s <= len(window.clip) - window.length
+        ]
         if not starts:  # a clip no longer than the window: it loops, so rotate it
             return np.roll(window.audio, shift)
         return window.at(starts[int(rng.integers(len(starts)))])

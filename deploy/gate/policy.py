@@ -16,14 +16,28 @@ from edge_agent.strict import reject_unknown
 
 ATTACKS = ("linf", "l2")
 BUDGETS_DB = (40, 30)
-CORRUPTIONS = ("noise_20db", "noise_10db", "noise_0db", "gain_plus12db", "gain_minus12db", "time_shift",
-               "clipping", "bandlimit_4khz", "mulaw_8bit")
+CORRUPTIONS = (
+    "noise_20db",
+    "noise_10db",
+    "noise_0db",
+    "gain_plus12db",
+    "gain_minus12db",
+    "time_shift",
+    "clipping",
+    "bandlimit_4khz",
+    "mulaw_8bit",
+)
 
 
 def _figure_bounds() -> dict[str, str]:
     """Every figure the gate measures -> 'min' or 'max' (which side of its threshold passes)."""
-    bounds = {"attacked_clips": "min", "clean_accuracy": "min", "int8_clean_accuracy": "min",
-              "int8_drop": "max", "deepfool_median_snr_db": "max"}
+    bounds = {
+        "attacked_clips": "min",
+        "clean_accuracy": "min",
+        "int8_clean_accuracy": "min",
+        "int8_drop": "max",
+        "deepfool_median_snr_db": "max",
+    }
     for attack in ATTACKS:
         for budget in BUDGETS_DB:
             bounds[f"robust_accuracy_{attack}_{budget}db"] = "min"
@@ -88,8 +102,10 @@ class Policy:
 
     def judge(self, figures: dict[str, float | None]) -> list[Check]:
         """Hold every figure against its threshold, in policy order."""
-        return [Check(name, FIGURE_BOUNDS[name], threshold, figures.get(name))
-                for name, threshold in self.thresholds.items()]
+        return [
+            Check(name, FIGURE_BOUNDS[name], threshold, figures.get(name))
+            for name, threshold in self.thresholds.items()
+        ]
 
 
 def parse_policy(text: str, sha256: str = "") -> Policy:
@@ -99,8 +115,11 @@ def parse_policy(text: str, sha256: str = "") -> Policy:
     except tomllib.TOMLDecodeError as error:
         raise ValueError(f"policy is not valid TOML: {error}") from error
     tables = ("thresholds", "attack")
-    reject_unknown(data, tables, lambda keys: f"unknown policy key: {keys[0]!r} (allowed: [thresholds] and "
-                   "[attack] tables)")
+    reject_unknown(
+        data,
+        tables,
+        lambda keys: f"unknown policy key: {keys[0]!r} (allowed: [thresholds] and [attack] tables)",
+    )
     return Policy(_thresholds(data.get("thresholds", {})), sha256, _attack(data.get("attack", {})))
 
 

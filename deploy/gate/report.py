@@ -31,19 +31,31 @@ def _plot_accuracy_vs_snr(m: Measurement, path: Path) -> None:
     clean = m.figures["clean_accuracy"] or 0.0
     if len(snrs):
         # A clip survives budget b unless DeepFool flipped it with less perturbation (higher SNR) than b.
-        ax.plot(budgets, [clean * np.mean(snrs < b) for b in budgets], color="grey",
-                label="DeepFool upper bound (L2)")
+        ax.plot(
+            budgets,
+            [clean * np.mean(snrs < b) for b in budgets],
+            color="grey",
+            label="DeepFool upper bound (L2)",
+        )
     for attack, marker in zip(ATTACKS, "os", strict=True):
         for prefix, style in (("", "-"), ("int8_", "--")):
             values = [m.figures.get(f"{prefix}robust_accuracy_{attack}_{b}db") for b in BUDGETS_DB]
             if any(v is None for v in values):
                 continue
-            ax.plot(BUDGETS_DB, [clean * v for v in values], style, marker=marker,
-                    label=f"{'INT8 ONNX' if prefix else 'PyTorch'} {attack.upper()} PGD")
+            ax.plot(
+                BUDGETS_DB,
+                [clean * v for v in values],
+                style,
+                marker=marker,
+                label=f"{'INT8 ONNX' if prefix else 'PyTorch'} {attack.upper()} PGD",
+            )
     ax.axhline(clean, color="black", linewidth=0.8, linestyle=":", label="clean")
-    ax.set(xlabel="perturbation budget (SNR dB; right = smaller perturbation)",
-           ylabel="accuracy over all held-out clips", ylim=(0, 1.02),
-           title="Accuracy against attack budget (robust share x clean accuracy)")
+    ax.set(
+        xlabel="perturbation budget (SNR dB; right = smaller perturbation)",
+        ylabel="accuracy over all held-out clips",
+        ylim=(0, 1.02),
+        title="Accuracy against attack budget (robust share x clean accuracy)",
+    )
     ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -58,8 +70,11 @@ def _plot_deepfool(m: Measurement, path: Path) -> None:
     if median is not None:
         ax.axvline(median, color="red", label=f"median {median:.1f} dB")
         ax.legend()
-    ax.set(xlabel="minimal L2 perturbation, SNR dB (higher = more fragile)", ylabel="clips",
-           title=f"DeepFool minimal perturbation ({len(finite)} of {len(m.deepfool_snr_db)} clips flipped)")
+    ax.set(
+        xlabel="minimal L2 perturbation, SNR dB (higher = more fragile)",
+        ylabel="clips",
+        title=f"DeepFool minimal perturbation ({len(finite)} of {len(m.deepfool_snr_db)} clips flipped)",
+    )
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -97,24 +112,35 @@ def _plot_spectrograms(m: Measurement, params: FrontendParams, labels: tuple[str
 
 
 def _markdown(report: dict) -> str:
-    lines = [f"# Robustness gate: {'PASSED' if report['passed'] else 'FAILED'}", "",
-             f"- model: `{report['model']['path']}` (sha256 `{report['model']['sha256']}`)",
-             f"- PyTorch checkpoint attacked: `{report['checkpoint']['path']}`",
-             f"- policy: `{report['policy']['path']}` (sha256 `{report['policy']['sha256'][:16]}...`)",
-             f"- held out: {report['held_out']}, {report['clips']} clips (loudest 1-s window each); "
-             f"corruptions judged on the {report['corruptions_judged_by']} model", "",
-             "| figure | value | bound | status |", "|---|---|---|---|"]
+    lines = [
+        f"# Robustness gate: {'PASSED' if report['passed'] else 'FAILED'}",
+        "",
+        f"- model: `{report['model']['path']}` (sha256 `{report['model']['sha256']}`)",
+        f"- PyTorch checkpoint attacked: `{report['checkpoint']['path']}`",
+        f"- policy: `{report['policy']['path']}` (sha256 `{report['policy']['sha256'][:16]}...`)",
+        f"- held out: {report['held_out']}, {report['clips']} clips (loudest 1-s window each); "
+        f"corruptions judged on the {report['corruptions_judged_by']} model",
+        "",
+        "| figure | value | bound | status |",
+        "|---|---|---|---|",
+    ]
     for check in report["checks"]:
         value = "n/a" if check["value"] is None else f"{check['value']:.4g}"
         bound = ">=" if check["side"] == "min" else "<="
         lines.append(f"| {check['figure']} | {value} | {bound} {check['threshold']:g} | {check['status']} |")
-    lines += ["", *[f"Note: {note}" for note in report["notes"]], "",
-              *[f"![{name}]({name})" for name in PLOTS], ""]
+    lines += [
+        "",
+        *[f"Note: {note}" for note in report["notes"]],
+        "",
+        *[f"![{name}]({name})" for name in PLOTS],
+        "",
+    ]
     return "\n".join(lines)
 
 
-def write_report(out_dir: Path, report: dict, m: Measurement, params: FrontendParams,
-                 labels: tuple[str, ...]) -> None:
+def write_report(
+    out_dir: Path, report: dict, m: Measurement, params: FrontendParams, labels: tuple[str, ...]
+) -> None:
     """Write report.json, report.md and the four plots into ``out_dir``."""
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "report.json").write_text(json.dumps(report, indent=2, sort_keys=True) + "\n")
@@ -136,5 +162,7 @@ def write_gate_record(card_path: Path, card: dict, record: dict) -> None:
 
 def checks_to_json(checks: list[Check]) -> list[dict]:
     """Checks as plain dicts for report.json."""
-    return [{"figure": c.figure, "side": c.side, "threshold": c.threshold, "value": c.value,
-             "status": c.status} for c in checks]
+    return [
+        {"figure": c.figure, "side": c.side, "threshold": c.threshold, "value": c.value, "status": c.status}
+        for c in checks
+    ]

@@ -52,23 +52,27 @@ def accuracy(logits: np.ndarray, labels: np.ndarray) -> float:
     return float(np.mean(np.argmax(logits, axis=1) == labels)) if len(labels) else 0.0
 
 
-def _adversarial_figures(result: AttackResult, labels: np.ndarray, torch_model: Classifier,
-                         onnx_model: Classifier | None) -> dict[str, float | None]:
+def _adversarial_figures(
+    result: AttackResult, labels: np.ndarray, torch_model: Classifier, onnx_model: Classifier | None
+) -> dict[str, float | None]:
     # A clip DeepFool could not flip has SNR -inf (it needs more than any perturbation found), so it
     # pulls the median down; a median of -inf means most clips resisted and is reported as not measured.
     median = float(np.median(result.deepfool_snr_db)) if len(result.deepfool_snr_db) else None
     figures: dict[str, float | None] = {
-        "deepfool_median_snr_db": median if median is not None and np.isfinite(median) else None}
+        "deepfool_median_snr_db": median if median is not None and np.isfinite(median) else None
+    }
     for run, adversarials in result.pgd_adversarials.items():
         attacked = len(labels) > 0
         figures[f"robust_accuracy_{run}"] = accuracy(torch_model(adversarials), labels) if attacked else None
-        figures[f"int8_robust_accuracy_{run}"] = (accuracy(onnx_model(adversarials), labels)
-                                                  if onnx_model and attacked else None)
+        figures[f"int8_robust_accuracy_{run}"] = (
+            accuracy(onnx_model(adversarials), labels) if onnx_model and attacked else None
+        )
     return figures
 
 
-def _corruption_accuracy(held: HeldOut, model: Classifier, noise_bank: list[np.ndarray],
-                         sample_rate: int, seed: int) -> dict[str, float]:
+def _corruption_accuracy(
+    held: HeldOut, model: Classifier, noise_bank: list[np.ndarray], sample_rate: int, seed: int
+) -> dict[str, float]:
     suite = corruption_suite(noise_bank, sample_rate)
     out = {}
     for index, (name, corrupt) in enumerate(suite.items()):
@@ -85,9 +89,13 @@ def _example(result: AttackResult, clean: np.ndarray, labels: np.ndarray, torch_
         return {}
     pick = finite[np.argsort(result.deepfool_snr_db[finite])[len(finite) // 2]]
     adversarial = result.deepfool_adversarials[pick]
-    return {"clean": clean[pick], "adversarial": adversarial, "label": int(labels[pick]),
-            "adversarial_label": int(np.argmax(torch_model(adversarial[None]), axis=1)[0]),
-            "snr_db": float(result.deepfool_snr_db[pick])}
+    return {
+        "clean": clean[pick],
+        "adversarial": adversarial,
+        "label": int(labels[pick]),
+        "adversarial_label": int(np.argmax(torch_model(adversarial[None]), axis=1)[0]),
+        "snr_db": float(result.deepfool_snr_db[pick]),
+    }
 
 
 def measure(target: Target, config: GateConfig) -> Measurement:
@@ -96,8 +104,9 @@ def measure(target: Target, config: GateConfig) -> Measurement:
     fold = config.fold if config.fold is not None else checkpoint.fold
     records, source = held_out_records(config.data_root, checkpoint, fold)
     noise_bank = load_noise_bank(config.noise_root, checkpoint.frontend, config.seed)
-    held = load_held_out(records, source, checkpoint.frontend, checkpoint.labels, config.max_clips,
-                         config.seed)
+    held = load_held_out(
+        records, source, checkpoint.frontend, checkpoint.labels, config.max_clips, config.seed
+    )
     if not held.windows:
         raise ValueError(f"{source} holds no clips of the model's classes")
     module = waveform_model(checkpoint)
@@ -107,8 +116,7 @@ def measure(target: Target, config: GateConfig) -> Measurement:
     clean_logits = torch_model(clean)
     figures: dict[str, float | None] = {"clean_accuracy": accuracy(clean_logits, held.labels)}
     figures["int8_clean_accuracy"] = accuracy(int8_model(clean), held.labels) if int8_model else None
-    figures["int8_drop"] = (figures["clean_accuracy"] - figures["int8_clean_accuracy"]
-                            if int8_model else None)
+    figures["int8_drop"] = figures["clean_accuracy"] - figures["int8_clean_accuracy"] if int8_model else None
     correct = np.argmax(clean_logits, axis=1) == held.labels
     figures["attacked_clips"] = float(correct.sum())
     result = attack_all(checkpoint, clean[correct], held.labels[correct], config.attack)
@@ -119,10 +127,17 @@ def measure(target: Target, config: GateConfig) -> Measurement:
     rate = checkpoint.frontend.sample_rate
     corrupted = {"clean": base, **_corruption_accuracy(held, judge, noise_bank, rate, config.seed)}
     figures.update({f"drop_{name}": base - acc for name, acc in corrupted.items() if name != "clean"})
-    return Measurement(figures, fold, source, len(held.windows), result.deepfool_snr_db.tolist(), corrupted,
-                       "ONNX" if target.onnx else "PyTorch",
-                       _example(result, clean[correct], held.labels[correct], torch_model),
-                       _notes(target, fold, attacked=bool(correct.any())))
+    return Measurement(
+        figures,
+        fold,
+        source,
+        len(held.windows),
+        result.deepfool_snr_db.tolist(),
+        corrupted,
+        "ONNX" if target.onnx else "PyTorch",
+        _example(result, clean[correct], held.labels[correct], torch_model),
+        _notes(target, fold, attacked=bool(correct.any())),
+    )
 
 
 def _notes(target: Target, fold: int | None, attacked: bool) -> list[str]:
@@ -131,17 +146,24 @@ def _notes(target: Target, fold: int | None, attacked: bool) -> list[str]:
     if target.onnx is None:
         notes.append("A checkpoint was judged: no INT8 transfer figures, no model card to write.")
     elif target.int8 is None:
-        notes.append("No INT8 model (the ONNX file is FP32 and its card names no INT8 twin): "
-                     "INT8 figures not measured.")
+        notes.append(
+            "No INT8 model (the ONNX file is FP32 and its card names no INT8 twin): "
+            "INT8 figures not measured."
+        )
     elif target.int8 is not target.onnx:
-        notes.append(f"The shipped ONNX file is FP32; INT8 figures come from its twin "
-                     f"{target.int8_path.name}.")
+        notes.append(
+            f"The shipped ONNX file is FP32; INT8 figures come from its twin {target.int8_path.name}."
+        )
     if fold is None:
-        notes.append("The model trained on every fold: it is judged on its validation split, recordings it "
-                     "never trained on but from the same folds (and so the same recording conditions).")
+        notes.append(
+            "The model trained on every fold: it is judged on its validation split, recordings it "
+            "never trained on but from the same folds (and so the same recording conditions)."
+        )
     elif target.checkpoint.fold != fold:
-        notes.append(f"Fold {fold} is not the checkpoint's held-out fold ({target.checkpoint.fold}): "
-                     "if the model trained on it, every figure here is optimistic.")
+        notes.append(
+            f"Fold {fold} is not the checkpoint's held-out fold ({target.checkpoint.fold}): "
+            "if the model trained on it, every figure here is optimistic."
+        )
     if not attacked:
         notes.append("No clip was classified correctly, so nothing was attacked.")
     return notes

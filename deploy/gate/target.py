@@ -31,7 +31,9 @@ class OnnxClassifier:
 
     def logits(self, windows: np.ndarray, batch: int = 64) -> np.ndarray:
         """(n, samples) float32 -> (n, classes) logits."""
-        out = [self.model.logits(self.frontend(windows[i: i + batch])) for i in range(0, len(windows), batch)]
+        out = [
+            self.model.logits(self.frontend(windows[i : i + batch])) for i in range(0, len(windows), batch)
+        ]
         return np.concatenate(out) if out else np.zeros((0, len(self.metadata.labels)), np.float32)
 
 
@@ -54,8 +56,10 @@ def _read_card(model_path: Path, model_sha: str) -> tuple[Path, dict]:
     """The card beside the model, which must exist and match the file (the agent's own tamper check)."""
     card = verified_card(model_path, model_sha)
     if card is None:
-        raise ValueError(f"{model_path} has no model card (expected {card_path(model_path)}); "
-                         "export it with 'earshot export'")
+        raise ValueError(
+            f"{model_path} has no model card (expected {card_path(model_path)}); "
+            "export it with 'earshot export'"
+        )
     return card_path(model_path), card
 
 
@@ -72,8 +76,10 @@ def _source_checkpoint(card: dict, card_file: Path, override: Path | None) -> Pa
         raise ValueError(f"source checkpoint not found: {path} (pass it with --checkpoint)")
     actual = file_sha256(path)
     if actual != source["sha256"]:
-        raise ValueError(f"checkpoint {path} is not the one this model was exported from "
-                         f"(sha256 {actual[:12]}..., card says {str(source['sha256'])[:12]}...)")
+        raise ValueError(
+            f"checkpoint {path} is not the one this model was exported from "
+            f"(sha256 {actual[:12]}..., card says {str(source['sha256'])[:12]}...)"
+        )
     return path
 
 

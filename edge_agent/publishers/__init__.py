@@ -41,7 +41,12 @@ def make_publishers(
 
         publishers.append(
             make_mqtt_publisher(
-                config.mqtt, config.queue, config.device_id, config.detector.listen, model, metrics,
+                config.mqtt,
+                config.queue,
+                config.device_id,
+                config.detector.listen,
+                model,
+                metrics,
                 level_unit(config),
             )
         )

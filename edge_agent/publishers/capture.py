@@ -243,9 +243,14 @@ class ClipCapture(Publisher):
             logger.debug("clip %s not written: %s", name, error)
             return
         self._failure_logged_at = now
-        logger.warning("clip %s not written to %s: %s; detection goes on, failures are counted in "
-                       "earshot_clip_write_failures_total and logged every %.0f min", name, self.directory,
-                       _first_line(error), FAILURE_LOG_EVERY_S / 60)
+        logger.warning(
+            "clip %s not written to %s: %s; detection goes on, failures are counted in "
+            "earshot_clip_write_failures_total and logged every %.0f min",
+            name,
+            self.directory,
+            _first_line(error),
+            FAILURE_LOG_EVERY_S / 60,
+        )
 
     def _remove_partials(self) -> None:
         """Clips a crash left half-written (only names the agent makes)."""

@@ -441,8 +441,8 @@ def _connect(path: Path) -> sqlite3.Connection:
     except sqlite3.Error:
         db.close()
         raise
-    # isolation_level=None is autocommit; ``with db`` still wraps multi-statement puts in one transaction.
-    db.isolation_level = ""
+    # isolation_level=None was autocommit for the set-up; now ``with db`` wraps each put in one transaction.
+    db.isolation_level = "DEFERRED"
     return db
 
 

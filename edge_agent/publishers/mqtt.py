@@ -88,9 +88,13 @@ class MqttPublisher(Publisher):
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._sender = threading.Thread(target=self._run_sender, name="earshot-mqtt-sender", daemon=True)
-        self._connection_log = ConnectionLog(str(config.host), int(config.port or 0),
-                                             client_id_for(config, topics.device_id), config.tls,
-                                             config.reconnect_max_s)  # WARNINGs, rate-limited
+        self._connection_log = ConnectionLog(
+            str(config.host),
+            int(config.port or 0),
+            client_id_for(config, topics.device_id),
+            config.tls,
+            config.reconnect_max_s,
+        )  # WARNINGs, rate-limited
         client.on_connect = self._on_connect
         client.on_connect_fail = self._on_connect_fail
         client.on_disconnect = self._on_disconnect
@@ -136,8 +140,11 @@ class MqttPublisher(Publisher):
     def close(self, timeout: float = 5.0) -> None:
         """Try to deliver what is queued within ``timeout`` s, then go ``offline``; the rest stays on disk."""
         deadline = time.monotonic() + timeout
-        drain(lambda: self._connected.is_set() and bool(self.queue.depth() or self._inflight), deadline,
-              self._wake)
+        drain(
+            lambda: self._connected.is_set() and bool(self.queue.depth() or self._inflight),
+            deadline,
+            self._wake,
+        )
         self._stop.set()
         self._wake.set()
         if self._sender.is_alive():
@@ -171,8 +178,12 @@ class MqttPublisher(Publisher):
         logger.info("MQTT: connected to %s:%s", self.config.host, self.config.port)
         self._connection_log.connected()
         if self.config.discovery:  # a clean session: subscriptions are made on every connect
-            client.subscribe([(f"{self.config.discovery_prefix}/status", 1),
-                              (config_filter(self.config.discovery_prefix, self.topics.device_id), 1)])
+            client.subscribe(
+                [
+                    (f"{self.config.discovery_prefix}/status", 1),
+                    (config_filter(self.config.discovery_prefix, self.topics.device_id), 1),
+                ]
+            )
         self._drain_first = True
         with self._retained_lock:
             self._publish_all()
@@ -324,7 +335,8 @@ def _make_client(config: MqttConfig, device_id: str, topics: Topics) -> mqtt.Cli
     paho_logger = logging.getLogger(f"{__name__}.paho")
     client.on_log = lambda _client, _userdata, _level, line: paho_logger.debug("%s", line)
     client.will_set(topics.availability, "offline", qos=1, retain=True)
-    client.reconnect_delay_set(config.reconnect_min_s, config.reconnect_max_s)  # doubles per failure
+    # Doubles per failure. paho's hints say int, but it only multiplies and sleeps: sub-second delays work.
+    client.reconnect_delay_set(config.reconnect_min_s, config.reconnect_max_s)  # type: ignore[arg-type]
     client.max_inflight_messages_set(0)  # unbounded in paho; SEND_WINDOW bounds the events we hand it
     if config.username is not None:
         client.username_pw_set(config.username, config.password)

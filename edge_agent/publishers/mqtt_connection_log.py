@@ -23,8 +23,15 @@ FLAPS = 3
 class ConnectionLog:
     """Rate-limited WARNINGs for one MQTT output's connection; called from paho's network thread."""
 
-    def __init__(self, host: str, port: int, client_id: str, tls: bool, retry_max_s: float,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        client_id: str,
+        tls: bool,
+        retry_max_s: float,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.where, self.client_id, self.tls, self.retry_max_s = f"{host}:{port}", client_id, tls, retry_max_s
         self._clock = clock
         self._said: dict[str, float] = {}  # cause -> when it was last logged
@@ -41,9 +48,15 @@ class ConnectionLog:
         """No TCP (or TLS) connection; ``error`` is paho's OSError, when known."""
         reason = str(error) if error is not None else "no connection"
         over = " over TLS" if self.tls else ""
-        self._say(f"unreachable {reason}", "MQTT: cannot reach the broker at %s%s (%s); retrying with "
-                  "backoff up to %g s, events wait in the disk queue", self.where, over, reason,
-                  self.retry_max_s)
+        self._say(
+            f"unreachable {reason}",
+            "MQTT: cannot reach the broker at %s%s (%s); retrying with "
+            "backoff up to %g s, events wait in the disk queue",
+            self.where,
+            over,
+            reason,
+            self.retry_max_s,
+        )
 
     def refused(self, reason: object) -> None:
         """The broker answered CONNACK with a failure (bad credentials, client id rejected...)."""
@@ -60,21 +73,34 @@ class ConnectionLog:
         if lasted >= FLAP_S:
             self._said.clear()  # a new outage: its first cause is news again
         if self._flaps >= FLAPS:
-            self._say("takeover", "MQTT: the broker closed the connection %d times within %g s of accepting "
-                      "it; another client probably uses client id %r (two sensors with one device_id?); give "
-                      "each sensor its own device_id or mqtt.client_id", self._flaps, FLAP_S, self.client_id)
+            self._say(
+                "takeover",
+                "MQTT: the broker closed the connection %d times within %g s of accepting "
+                "it; another client probably uses client id %r (two sensors with one device_id?); give "
+                "each sensor its own device_id or mqtt.client_id",
+                self._flaps,
+                FLAP_S,
+                self.client_id,
+            )
         else:
-            self._say("disconnected", "MQTT: disconnected (%s); events are kept in the disk queue until it "
-                      "returns", reason)
+            self._say(
+                "disconnected",
+                "MQTT: disconnected (%s); events are kept in the disk queue until it returns",
+                reason,
+            )
 
     def _closed_before_connack(self, reason: object) -> None:
         """Closed before the broker accepted us; after a refused CONNACK that is the refusal, said already."""
         if self._just_refused:
             self._just_refused = False
             return
-        self._say("no connack", "MQTT: the broker at %s closed the connection before accepting it (%s); a "
-                  "broker does this to a client id, user name or Last Will topic it rejects; retrying",
-                  self.where, reason)
+        self._say(
+            "no connack",
+            "MQTT: the broker at %s closed the connection before accepting it (%s); a "
+            "broker does this to a client id, user name or Last Will topic it rejects; retrying",
+            self.where,
+            reason,
+        )
 
     def _say(self, cause: str, message: str, *args: object) -> None:
         """WARNING unless this cause was said less than REMIND_S ago (DEBUG then)."""

@@ -88,8 +88,11 @@ class WebhookPublisher(Publisher):
     def close(self, timeout: float = 5.0) -> None:
         """Deliver what the endpoint takes within ``timeout`` s; the rest stays queued for the next run."""
         deadline = time.monotonic() + timeout
-        drain(lambda: self._sender.is_alive() and bool(self.queue.depth()) and self._failing_since is None,
-              deadline, self._wake)
+        drain(
+            lambda: self._sender.is_alive() and bool(self.queue.depth()) and self._failing_since is None,
+            deadline,
+            self._wake,
+        )
         self._stop.set()
         self._wake.set()
         if self._sender.is_alive():

@@ -42,22 +42,37 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--model", help="ONNX model (default: the packaged default model)")
     parser.add_argument("--compare-model", help="a second model, e.g. the FP32 twin of an INT8 --model")
     parser.add_argument("--threads", default="1,2", help="onnxruntime thread counts to measure (default 1,2)")
-    parser.add_argument("--hop", type=float, default=DEFAULT_HOP_SECONDS,
-                        help=f"seconds between windows (default {DEFAULT_HOP_SECONDS})")
+    parser.add_argument(
+        "--hop",
+        type=float,
+        default=DEFAULT_HOP_SECONDS,
+        help=f"seconds between windows (default {DEFAULT_HOP_SECONDS})",
+    )
     parser.add_argument("--seconds", type=float, default=60.0, help="seconds of audio per run (default 60)")
     parser.add_argument("--source", help="audio file to use (default: synthetic street noise with sirens)")
-    parser.add_argument("--input-rate", type=int, metavar="HZ",
-                        help="write the synthetic audio at this rate, e.g. 48000, so runs include resampling "
-                             "(default: the model's rate)")
+    parser.add_argument(
+        "--input-rate",
+        type=int,
+        metavar="HZ",
+        help="write the synthetic audio at this rate, e.g. 48000, so runs include resampling "
+        "(default: the model's rate)",
+    )
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
-    parser.add_argument("--naive", action="store_true",
-                        help="also time per-window librosa + PyTorch (needs the [train] extras)")
+    parser.add_argument(
+        "--naive",
+        action="store_true",
+        help="also time per-window librosa + PyTorch (needs the [train] extras)",
+    )
     parser.add_argument("--checkpoint", help="PyTorch checkpoint of --model, for --naive")
-    parser.add_argument("--alert-latency", metavar="MQTT_URL",
-                        help="also measure sound onset -> MQTT message latency through this broker "
-                             "(real time: about 5 s per burst)")
-    parser.add_argument("--bursts", type=int, default=12,
-                        help="siren bursts for --alert-latency (default 12)")
+    parser.add_argument(
+        "--alert-latency",
+        metavar="MQTT_URL",
+        help="also measure sound onset -> MQTT message latency through this broker "
+        "(real time: about 5 s per burst)",
+    )
+    parser.add_argument(
+        "--bursts", type=int, default=12, help="siren bursts for --alert-latency (default 12)"
+    )
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     return parser
 
@@ -114,9 +129,13 @@ def run_worker(spec: dict[str, Any]) -> dict[str, Any]:
     model = OnnxModel.load(spec["model"], spec["threads"], allow_ungated=True)
     timings: list[tuple[float, float]] = []  # (front-end s, model s) per window; no audio kept
     with open(os.devnull, "w") as sink:
-        pipeline = Pipeline(config, model, open_source(audio, model.frontend.sample_rate),
-                            publishers=[StdoutPublisher(sink)],
-                            on_window=lambda w: timings.append((w.frontend_s, w.model_s)))
+        pipeline = Pipeline(
+            config,
+            model,
+            open_source(audio, model.frontend.sample_rate),
+            publishers=[StdoutPublisher(sink)],
+            on_window=lambda w: timings.append((w.frontend_s, w.model_s)),
+        )
         resample_s = time_calls(pipeline.resampler, ("process", "flush"))
         level_s = time_calls(pipeline.levels, ("hear", "window")) if pipeline.levels is not None else [0.0]
         cpu_started, started = time.process_time(), time.perf_counter()
@@ -128,17 +147,30 @@ def run_worker(spec: dict[str, Any]) -> dict[str, Any]:
     split = np.array(timings) * 1e3  # (windows, 2) ms
     latency = split.sum(axis=1)
     return {
-        "threads": spec["threads"], "cores": cores, "audio_seconds": audio_s, "windows": len(timings),
-        "hop_seconds": pipeline.hop / pipeline.rate, "wall_s": wall, "cpu_s": cpu,
-        "rtf": wall / audio_s, "cpu_rtf": cpu / audio_s,
+        "threads": spec["threads"],
+        "cores": cores,
+        "audio_seconds": audio_s,
+        "windows": len(timings),
+        "hop_seconds": pipeline.hop / pipeline.rate,
+        "wall_s": wall,
+        "cpu_s": cpu,
+        "rtf": wall / audio_s,
+        "cpu_rtf": cpu / audio_s,
         "latency_ms": {f"p{q}": float(np.percentile(latency, q)) for q in (50, 95, 99)},
-        "frontend_ms": float(split[:, 0].mean()), "model_ms": float(split[:, 1].mean()),
-        "input_rate": pipeline.source.sample_rate, "resample_rtf": resample_s[0] / audio_s,
+        "frontend_ms": float(split[:, 0].mean()),
+        "model_ms": float(split[:, 1].mean()),
+        "input_rate": pipeline.source.sample_rate,
+        "resample_rtf": resample_s[0] / audio_s,
         "resample_share": resample_s[0] / wall,
-        "level_rtf": level_s[0] / audio_s, "level_share": level_s[0] / wall,
+        "level_rtf": level_s[0] / audio_s,
+        "level_share": level_s[0] / wall,
         "peak_rss_mb": peak_rss_mb(),
-        "model": {"name": model.metadata.name, "version": model.metadata.version, "sha256": model.sha256,
-                  "gated": bool(model.check and model.check.gated)},
+        "model": {
+            "name": model.metadata.name,
+            "version": model.metadata.version,
+            "sha256": model.sha256,
+            "gated": bool(model.check and model.check.gated),
+        },
     }
 
 
@@ -152,12 +184,14 @@ def time_calls(obj: Any, names: tuple[str, ...]) -> list[float]:
 
 def _timed(call: Any, spent: list[float]) -> Any:
     """``call``, adding the wall time of each call to ``spent[0]``."""
+
     def timed(*args: Any) -> Any:
         started = time.perf_counter()
         try:
             return call(*args)
         finally:
             spent[0] += time.perf_counter() - started
+
     return timed
 
 
@@ -204,8 +238,9 @@ def naive_twin(model_path: str, checkpoint: str | None) -> list[str]:
 
     missing = [name for name in ("torch", "librosa") if importlib.util.find_spec(name) is None]
     if missing:
-        raise BenchError(f"--naive needs the training extras ({missing[0]} is missing): "
-                         "pip install 'earshot[train]'")
+        raise BenchError(
+            f"--naive needs the training extras ({missing[0]} is missing): pip install 'earshot[train]'"
+        )
     twin = ["--checkpoint", checkpoint] if checkpoint else []
     run_program(NAIVE_PROGRAM, [model_path, *twin, "--check"])
     return twin
@@ -290,12 +325,17 @@ def alert_latency(model_path: str, url: str, bursts: int, hop: float) -> dict[st
         audio = siren_bursts(Path(work) / "bursts.wav", onsets, onsets[-1] + 4.0, model.frontend.sample_rate)
         # No cooldown and a short end, so every burst starts an event; N-of-M stays at its default.
         detector = DetectorConfig(listen=("siren",), cooldown_s=0.0, end_after_s=0.5)
-        config = AgentConfig(device_id=f"bench-{os.getpid()}", detector=detector, mqtt=mqtt,
-                             queue=QueueConfig(dir=str(Path(work) / "queue")),
-                             stdout=StdoutConfig(enabled=False),
-                             audio=AudioConfig(source=str(audio), fast=False, hop_seconds=hop))
-        subscriber = _Arrivals(str(mqtt.host), int(mqtt.port or 0),
-                               f"{mqtt.topic_prefix}/{config.device_id}/event/siren")
+        config = AgentConfig(
+            device_id=f"bench-{os.getpid()}",
+            detector=detector,
+            mqtt=mqtt,
+            queue=QueueConfig(dir=str(Path(work) / "queue")),
+            stdout=StdoutConfig(enabled=False),
+            audio=AudioConfig(source=str(audio), fast=False, hop_seconds=hop),
+        )
+        subscriber = _Arrivals(
+            str(mqtt.host), int(mqtt.port or 0), f"{mqtt.topic_prefix}/{config.device_id}/event/siren"
+        )
         identity = {"name": model.metadata.name, "version": model.metadata.version, "sha256": model.sha256}
         publishers = make_publishers(config, model.frontend.sample_rate, identity, AgentMetrics())
         source = open_source(config.audio, model.frontend.sample_rate)
@@ -311,8 +351,15 @@ def alert_latency(model_path: str, url: str, bursts: int, hop: float) -> dict[st
                 latencies.append((arrived - pipeline.clock_origin - onset) * 1e3)
     budget = (model.frontend.window_seconds + pipeline.hop / pipeline.rate + 0.1) * 1e3
     stats = {f"p{q}": float(np.percentile(latencies, q)) for q in (50, 95)} if latencies else {}
-    return {"alert_latency_ms": {**stats, "max": max(latencies, default=float("nan")), "bursts": bursts,
-                                 "detected": len(latencies), "target_p95": budget}}
+    return {
+        "alert_latency_ms": {
+            **stats,
+            "max": max(latencies, default=float("nan")),
+            "bursts": bursts,
+            "detected": len(latencies),
+            "target_p95": budget,
+        }
+    }
 
 
 # --- the command ----------------------------------------------------------------------------------
@@ -338,7 +385,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
             runs.append({**base, "model": args.compare_model, "threads": 1, "cores": 1})
         results = [spawn_worker(spec) for spec in _progress(runs)]
         naive = run_naive(model, twin, audio, args.hop) if twin is not None else None
-    result = summarise(results[: len(threads)], results[len(threads):], naive)
+    result = summarise(results[: len(threads)], results[len(threads) :], naive)
     if args.alert_latency:
         result.update(alert_latency(model, args.alert_latency, args.bursts, args.hop))
     return result
@@ -377,13 +424,32 @@ def _progress(runs: list[dict]) -> Any:
 def summarise(runs: list[dict], compare: list[dict], naive: dict | None) -> dict[str, Any]:
     """The headline (1 thread, 1 core), per-thread RTFs, and the optional comparisons."""
     main = runs[0]
-    out: dict[str, Any] = {key: main[key] for key in (
-        "rtf", "cpu_rtf", "latency_ms", "peak_rss_mb", "frontend_ms", "model_ms", "windows", "audio_seconds",
-        "hop_seconds", "threads", "cores", "model", "input_rate", "resample_rtf", "resample_share",
-        "level_rtf", "level_share")}
+    out: dict[str, Any] = {
+        key: main[key]
+        for key in (
+            "rtf",
+            "cpu_rtf",
+            "latency_ms",
+            "peak_rss_mb",
+            "frontend_ms",
+            "model_ms",
+            "windows",
+            "audio_seconds",
+            "hop_seconds",
+            "threads",
+            "cores",
+            "model",
+            "input_rate",
+            "resample_rtf",
+            "resample_share",
+            "level_rtf",
+            "level_share",
+        )
+    }
     out["per_thread_rtf"] = {str(r["threads"]): r["rtf"] for r in runs}
-    out["per_thread"] = {str(r["threads"]): {k: r[k] for k in ("rtf", "latency_ms", "model_ms", "cores")}
-                         for r in runs}
+    out["per_thread"] = {
+        str(r["threads"]): {k: r[k] for k in ("rtf", "latency_ms", "model_ms", "cores")} for r in runs
+    }
     if compare:
         other = compare[0]
         out["compare"] = {k: other[k] for k in ("rtf", "model_ms", "frontend_ms", "peak_rss_mb", "model")}
@@ -394,23 +460,35 @@ def summarise(runs: list[dict], compare: list[dict], naive: dict | None) -> dict
     out["targets"] = _targets(out)
     # Wall-clock RTF on a shared machine includes time other processes held the pinned core; the load
     # average says how much to trust it, and cpu_rtf is the process's own share.
-    out["machine"] = {"cpu": _cpu_name(), "python": platform.python_version(),
-                      "load_average_1m": os.getloadavg()[0], "cores_online": os.cpu_count()}
+    out["machine"] = {
+        "cpu": _cpu_name(),
+        "python": platform.python_version(),
+        "load_average_1m": os.getloadavg()[0],
+        "cores_online": os.cpu_count(),
+    }
     return out
 
 
 def _targets(out: dict[str, Any]) -> dict[str, Any]:
     """Each measured figure against its target; ``missed`` names the ones not reached."""
-    checks = {"rtf": out["rtf"] <= TARGET_RTF, "peak_rss_mb": out["peak_rss_mb"] <= TARGET_RSS_MB,
-              "level_share": out["level_share"] <= TARGET_LEVEL_SHARE}
+    checks = {
+        "rtf": out["rtf"] <= TARGET_RTF,
+        "peak_rss_mb": out["peak_rss_mb"] <= TARGET_RSS_MB,
+        "level_share": out["level_share"] <= TARGET_LEVEL_SHARE,
+    }
     if "int8_vs_fp32_speedup" in out:
         checks["int8_vs_fp32_speedup"] = out["int8_vs_fp32_speedup"] >= TARGET_INT8_SPEEDUP
     if "naive_ratio" in out:
         checks["naive_ratio"] = out["naive_ratio"] >= TARGET_NAIVE_RATIO
-    return {"rtf": TARGET_RTF, "peak_rss_mb": TARGET_RSS_MB, "int8_vs_fp32_speedup": TARGET_INT8_SPEEDUP,
-            "naive_ratio": TARGET_NAIVE_RATIO, "level_share": TARGET_LEVEL_SHARE,
-            "missed": [name for name, ok in checks.items() if not ok],
-            "met": all(checks.values())}
+    return {
+        "rtf": TARGET_RTF,
+        "peak_rss_mb": TARGET_RSS_MB,
+        "int8_vs_fp32_speedup": TARGET_INT8_SPEEDUP,
+        "naive_ratio": TARGET_NAIVE_RATIO,
+        "level_share": TARGET_LEVEL_SHARE,
+        "missed": [name for name, ok in checks.items() if not ok],
+        "met": all(checks.values()),
+    }
 
 
 def _cpu_name() -> str:
@@ -441,17 +519,23 @@ def table(result: dict[str, Any]) -> str:
     ]
     lines += [f"threads {n:<4} RTF {rtf:.5f}" for n, rtf in result["per_thread_rtf"].items()]
     if "int8_vs_fp32_speedup" in result:
-        lines.append(f"compare      model {result['compare']['model_ms']:.3f} ms/window: "
-                     f"speedup x{result['int8_vs_fp32_speedup']:.2f} (target >= {TARGET_INT8_SPEEDUP:.0f})")
+        lines.append(
+            f"compare      model {result['compare']['model_ms']:.3f} ms/window: "
+            f"speedup x{result['int8_vs_fp32_speedup']:.2f} (target >= {TARGET_INT8_SPEEDUP:.0f})"
+        )
     if "naive_ratio" in result:
-        lines.append(f"naive        {result['naive']['ms_per_window']:.3f} ms/window "
-                     f"(librosa + PyTorch): x{result['naive_ratio']:.1f} our time "
-                     f"(target >= {TARGET_NAIVE_RATIO:.0f})")
+        lines.append(
+            f"naive        {result['naive']['ms_per_window']:.3f} ms/window "
+            f"(librosa + PyTorch): x{result['naive_ratio']:.1f} our time "
+            f"(target >= {TARGET_NAIVE_RATIO:.0f})"
+        )
     if "alert_latency_ms" in result:
         alert = result["alert_latency_ms"]
-        lines.append(f"alert        onset -> MQTT p50 {alert.get('p50', float('nan')):.0f} ms  "
-                     f"p95 {alert.get('p95', float('nan')):.0f} ms (target <= {alert['target_p95']:.0f}), "
-                     f"{alert['detected']}/{alert['bursts']} bursts")
+        lines.append(
+            f"alert        onset -> MQTT p50 {alert.get('p50', float('nan')):.0f} ms  "
+            f"p95 {alert.get('p95', float('nan')):.0f} ms (target <= {alert['target_p95']:.0f}), "
+            f"{alert['detected']}/{alert['bursts']} bursts"
+        )
     missed = result["targets"]["missed"]
     lines.append("targets      " + ("met" if not missed else "NOT met: " + ", ".join(missed)))
     return "\n".join(lines)

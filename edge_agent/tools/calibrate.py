@@ -72,20 +72,29 @@ def detector_windows(hits: np.ndarray, times: np.ndarray, confirm_m: int, end_af
     return np.flatnonzero(np.cumsum(edges[:n]) > 0)
 
 
-def count_alarms(label: str, scores: np.ndarray, times: np.ndarray, threshold: float,
-                 config: DetectorConfig) -> int:
+def count_alarms(
+    label: str, scores: np.ndarray, times: np.ndarray, threshold: float, config: DetectorConfig
+) -> int:
     """How many episodes the real detector starts for ``label`` at ``threshold`` ((windows,) scores)."""
-    detector = Detector((label,), dataclasses.replace(config, listen=(label,), thresholds={label: threshold},
-                                                      top_k=1))
+    detector = Detector(
+        (label,), dataclasses.replace(config, listen=(label,), thresholds={label: threshold}, top_k=1)
+    )
     starts = 0
     for i in detector_windows(scores >= threshold, times, config.confirm_m, config.end_after_s):
         starts += sum(d.kind == "start" for d in detector.update((float(scores[i]),), float(times[i])))
     return starts
 
 
-def suggest_threshold(label: str, scores: np.ndarray, times: np.ndarray, hours: float,
-                      config: DetectorConfig, target_per_hour: float, min_threshold: float,
-                      current: float) -> Suggestion:
+def suggest_threshold(
+    label: str,
+    scores: np.ndarray,
+    times: np.ndarray,
+    hours: float,
+    config: DetectorConfig,
+    target_per_hour: float,
+    min_threshold: float,
+    current: float,
+) -> Suggestion:
     """The lowest threshold on the 0.01 grid at and above which alarms/hour stay <= the target.
 
     Scanning down from 0.99 and stopping at the first violation keeps the answer safe even where the
@@ -106,27 +115,47 @@ def suggest_threshold(label: str, scores: np.ndarray, times: np.ndarray, hours: 
     return best
 
 
-def calibrate(track: ScoreTrack, labels: Sequence[str], config: DetectorConfig, current: dict[str, float],
-              target_per_hour: float, min_threshold: float = 0.1) -> list[Suggestion]:
+def calibrate(
+    track: ScoreTrack,
+    labels: Sequence[str],
+    config: DetectorConfig,
+    current: dict[str, float],
+    target_per_hour: float,
+    min_threshold: float = 0.1,
+) -> list[Suggestion]:
     """A suggestion per label from one recording's scores."""
     hours = track.duration_s / 3600.0
     if hours <= 0:
         raise UsageError("the recording holds no audio")
-    return [suggest_threshold(label, track.scores[:, track.labels.index(label)], track.times, hours, config,
-                              target_per_hour, min_threshold, current[label]) for label in labels]
+    return [
+        suggest_threshold(
+            label,
+            track.scores[:, track.labels.index(label)],
+            track.times,
+            hours,
+            config,
+            target_per_hour,
+            min_threshold,
+            current[label],
+        )
+        for label in labels
+    ]
 
 
 def _comment(suggestion: Suggestion) -> str:
     """The per-class note in the snippet and the table."""
-    expected = (f"expected {suggestion.alarms_per_hour:.2f} false alarms/hour "
-                f"({suggestion.alarms} in the recording); was {suggestion.current:.2f}")
+    expected = (
+        f"expected {suggestion.alarms_per_hour:.2f} false alarms/hour "
+        f"({suggestion.alarms} in the recording); was {suggestion.current:.2f}"
+    )
     if suggestion.met:
         return expected
     return f"{expected}; TARGET NOT MET even at {MAX_THRESHOLD}: drop this class from detector.listen?"
 
 
-def render_toml(suggestions: Sequence[Suggestion], source: str, duration_s: float, target: float,
-                config: DetectorConfig) -> str:
+def render_toml(
+    suggestions: Sequence[Suggestion], source: str, duration_s: float, target: float, config: DetectorConfig
+) -> str:
     """A config snippet: ``[detector.thresholds]`` with a comment per class."""
     lines = [
         f"# earshot calibrate: {duration_s / 3600:.2f} h of ambient audio from {source}",
@@ -143,14 +172,17 @@ def render_table(suggestions: Sequence[Suggestion]) -> str:
     """A readable table for the terminal."""
     width = max([len("class")] + [len(s.label) for s in suggestions])
     lines = [f"{'class':<{width}}  {'threshold':>9}  {'alarms/h':>8}  {'was':>5}  note"]
-    lines += [f"{s.label:<{width}}  {s.threshold:>9.2f}  {s.alarms_per_hour:>8.2f}  {s.current:>5.2f}  "
-              f"{'ok' if s.met else f'TARGET NOT MET: too loud even at {MAX_THRESHOLD}'}"
-              for s in suggestions]
+    lines += [
+        f"{s.label:<{width}}  {s.threshold:>9.2f}  {s.alarms_per_hour:>8.2f}  {s.current:>5.2f}  "
+        f"{'ok' if s.met else f'TARGET NOT MET: too loud even at {MAX_THRESHOLD}'}"
+        for s in suggestions
+    ]
     return "\n".join(lines)
 
 
-def record_scores(config: AgentConfig, check_labels: Callable[[Sequence[str]], object] = len
-                  ) -> tuple[ScoreTrack, dict[str, float]]:
+def record_scores(
+    config: AgentConfig, check_labels: Callable[[Sequence[str]], object] = len
+) -> tuple[ScoreTrack, dict[str, float]]:
     """Run the agent's pipeline over the recording; every window's scores and the thresholds in force.
 
     ``check_labels(model_labels)`` runs once the model is loaded, before any audio, so bad arguments
@@ -168,6 +200,7 @@ def record_scores(config: AgentConfig, check_labels: Callable[[Sequence[str]], o
             times.append(result.time_s)
             rows.append(result.scores)
             progress.update(hop_s)
+
         return on_window
 
     pipeline = run_offline(config, make_callback)
@@ -177,8 +210,10 @@ def record_scores(config: AgentConfig, check_labels: Callable[[Sequence[str]], o
     labels = pipeline.detector.labels
     scores = np.stack(rows) if rows else np.zeros((0, len(labels)), np.float32)  # (windows, n_classes)
     duration = pipeline.windower.samples_received / pipeline.rate
-    return (ScoreTrack(labels, np.asarray(times, np.float64), scores, duration),
-            dict(pipeline.detector.thresholds))
+    return (
+        ScoreTrack(labels, np.asarray(times, np.float64), scores, duration),
+        dict(pipeline.detector.thresholds),
+    )
 
 
 class _NoBar:
@@ -202,29 +237,55 @@ def _progress_bar(source: str) -> Any:
         total = soundfile.info(source).duration
     except Exception:  # not a file soundfile can read (stdin): the bar runs without a total
         total = None
-    return tqdm(total=total, desc="calibrating", unit="s", file=sys.stderr, leave=False,
-                bar_format="{l_bar}{bar}| {n:.0f}/{total_fmt} s [{elapsed}<{remaining}]")
+    return tqdm(
+        total=total,
+        desc="calibrating",
+        unit="s",
+        file=sys.stderr,
+        leave=False,
+        bar_format="{l_bar}{bar}| {n:.0f}/{total_fmt} s [{elapsed}<{remaining}]",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
     """``earshot calibrate`` flags."""
-    parser = argparse.ArgumentParser(prog="earshot calibrate",
-                                     description="Suggest per-class thresholds from a recording of the site.")
-    parser.add_argument("--source", required=True,
-                        help="a recording of the site's ordinary sound (file or -); with --spl also mic")
+    parser = argparse.ArgumentParser(
+        prog="earshot calibrate", description="Suggest per-class thresholds from a recording of the site."
+    )
+    parser.add_argument(
+        "--source",
+        required=True,
+        help="a recording of the site's ordinary sound (file or -); with --spl also mic",
+    )
     parser.add_argument("--config", help="TOML config (detector timing and listened classes)")
-    parser.add_argument("--target-false-alarms-per-hour", type=float, default=1.0, metavar="RATE",
-                        help="most alarms per hour per class on ambient sound (default 1)")
-    parser.add_argument("--labels", help="comma-separated classes to calibrate, or 'all' "
-                                         "(default: the config's detector.listen)")
-    parser.add_argument("--min-threshold", type=float, default=0.1,
-                        help="never suggest a threshold below this (default 0.1)")
+    parser.add_argument(
+        "--target-false-alarms-per-hour",
+        type=float,
+        default=1.0,
+        metavar="RATE",
+        help="most alarms per hour per class on ambient sound (default 1)",
+    )
+    parser.add_argument(
+        "--labels",
+        help="comma-separated classes to calibrate, or 'all' (default: the config's detector.listen)",
+    )
+    parser.add_argument(
+        "--min-threshold", type=float, default=0.1, help="never suggest a threshold below this (default 0.1)"
+    )
     parser.add_argument("--out", help="write the TOML snippet here (default: print it)")
-    parser.add_argument("--spl", type=float, metavar="DB",
-                        help="instead: the mic's level calibration from an acoustic calibrator of this level "
-                             "(94 or 114 dB at 1 kHz) held to it; stored in --config as levels.offset_db")
-    parser.add_argument("--seconds", type=float, default=10.0,
-                        help="with --spl: seconds of the calibrator to record (default 10)")
+    parser.add_argument(
+        "--spl",
+        type=float,
+        metavar="DB",
+        help="instead: the mic's level calibration from an acoustic calibrator of this level "
+        "(94 or 114 dB at 1 kHz) held to it; stored in --config as levels.offset_db",
+    )
+    parser.add_argument(
+        "--seconds",
+        type=float,
+        default=10.0,
+        help="with --spl: seconds of the calibrator to record (default 10)",
+    )
     add_shared_flags(parser, log_level="WARNING")
     return parser
 
@@ -237,8 +298,10 @@ def _check_args(args: argparse.Namespace) -> None:
     if not (np.isfinite(args.min_threshold) and 0 <= args.min_threshold <= MAX_THRESHOLD):
         raise UsageError(f"--min-threshold: must be in 0..{MAX_THRESHOLD}, got {args.min_threshold:g}")
     if args.source == "mic" or args.source.startswith("mic:"):
-        raise UsageError("--source: calibrate needs a recording of the site, not a live mic "
-                         "(record one, e.g. arecord -f S16_LE -r 16000 -d 3600 site.wav)")
+        raise UsageError(
+            "--source: calibrate needs a recording of the site, not a live mic "
+            "(record one, e.g. arecord -f S16_LE -r 16000 -d 3600 site.wav)"
+        )
 
 
 def _labels(spec: str | None, config: AgentConfig, model_labels: Sequence[str]) -> list[str]:
@@ -250,8 +313,10 @@ def _labels(spec: str | None, config: AgentConfig, model_labels: Sequence[str]) 
     labels = [part.strip() for part in spec.split(",") if part.strip()]
     unknown = [label for label in labels if label not in model_labels]
     if unknown or not labels:
-        raise UsageError(f"--labels: {unknown[0] if unknown else spec!r} is not a label of this model "
-                         f"(labels: {', '.join(model_labels)})")
+        raise UsageError(
+            f"--labels: {unknown[0] if unknown else spec!r} is not a label of this model "
+            f"(labels: {', '.join(model_labels)})"
+        )
     return labels
 
 
@@ -265,12 +330,16 @@ def run(args: argparse.Namespace) -> int:
     args.fast, args.hop = True, None
     config = config_from_args(args)
     labels: list[str] = []
-    track, current = record_scores(config, lambda model_labels: labels.extend(
-        _labels(args.labels, config, model_labels)))
+    track, current = record_scores(
+        config, lambda model_labels: labels.extend(_labels(args.labels, config, model_labels))
+    )
     target = args.target_false_alarms_per_hour
     if track.duration_s * target < 3600:
-        logger.warning("the recording is %.1f min long: too short to measure %g alarm(s)/hour; record longer",
-                       track.duration_s / 60, target)
+        logger.warning(
+            "the recording is %.1f min long: too short to measure %g alarm(s)/hour; record longer",
+            track.duration_s / 60,
+            target,
+        )
     suggestions = calibrate(track, labels, config.detector, current, target, args.min_threshold)
     snippet = render_toml(suggestions, args.source, track.duration_s, target, config.detector)
     print(render_table(suggestions))

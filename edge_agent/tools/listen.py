@@ -26,8 +26,9 @@ CLEAR_LINE = "\x1b[2K"
 HIDE_CURSOR, SHOW_CURSOR = "\x1b[?25l", "\x1b[?25h"
 
 
-def bar(score: float, threshold: float, width: int, fill: str = "#", empty: str = ".",
-        mark: str = "|") -> str:
+def bar(
+    score: float, threshold: float, width: int, fill: str = "#", empty: str = ".", mark: str = "|"
+) -> str:
     """A ``width``-cell bar filled to ``score`` with ``mark`` at the threshold's cell."""
     filled = min(width, max(0, int(round(score * width))))
     cells = [fill] * filled + [empty] * (width - filled)
@@ -35,8 +36,14 @@ def bar(score: float, threshold: float, width: int, fill: str = "#", empty: str 
     return "".join(cells)
 
 
-def render_screen(time_s: float, ranked: Sequence[tuple[str, float]], thresholds: Mapping[str, float],
-                  listened: Sequence[str], active: Sequence[str], width: int = BAR_WIDTH) -> list[str]:
+def render_screen(
+    time_s: float,
+    ranked: Sequence[tuple[str, float]],
+    thresholds: Mapping[str, float],
+    listened: Sequence[str],
+    active: Sequence[str],
+    width: int = BAR_WIDTH,
+) -> list[str]:
     """The terminal view: a header, then one bar per class (``!`` past threshold, ALERT while active)."""
     name_width = max(len(label) for label, _ in ranked)
     lines = [f"earshot listen  t={time_s:8.2f} s   (| = threshold, * = listened class, Ctrl-C quits)"]
@@ -44,13 +51,20 @@ def render_screen(time_s: float, ranked: Sequence[tuple[str, float]], thresholds
         threshold = thresholds.get(label, 1.0)
         flag = "ALERT" if label in active else ("!" if score >= threshold else "")
         star = "*" if label in listened else " "
-        lines.append(f"{star} {label:<{name_width}} [{bar(score, threshold, width)}] {score:4.2f} "
-                     f"/ {threshold:4.2f} {flag}".rstrip())
+        lines.append(
+            f"{star} {label:<{name_width}} [{bar(score, threshold, width)}] {score:4.2f} "
+            f"/ {threshold:4.2f} {flag}".rstrip()
+        )
     return lines
 
 
-def render_line(time_s: float, ranked: Sequence[tuple[str, float]], thresholds: Mapping[str, float],
-                active: Sequence[str], width: int = LINE_BAR_WIDTH) -> str:
+def render_line(
+    time_s: float,
+    ranked: Sequence[tuple[str, float]],
+    thresholds: Mapping[str, float],
+    active: Sequence[str],
+    width: int = LINE_BAR_WIDTH,
+) -> str:
     """One window on one line, for pipes and logs: ``t label [bar] score`` per class."""
     cells = []
     for label, score in ranked:
@@ -62,8 +76,15 @@ def render_line(time_s: float, ranked: Sequence[tuple[str, float]], thresholds: 
 class Display:
     """Writes each window's view to ``out``: redrawn in place on a terminal, appended otherwise."""
 
-    def __init__(self, out: TextIO, labels: Sequence[str], thresholds: Mapping[str, float],
-                 listened: Sequence[str], k: int, tty: bool) -> None:
+    def __init__(
+        self,
+        out: TextIO,
+        labels: Sequence[str],
+        thresholds: Mapping[str, float],
+        listened: Sequence[str],
+        k: int,
+        tty: bool,
+    ) -> None:
         self.out, self.labels, self.thresholds = out, tuple(labels), dict(thresholds)
         self.listened, self.k, self.tty = tuple(listened), min(k, len(labels)), tty
         self._drawn = 0  # lines drawn last time, to move the cursor back over them
@@ -90,8 +111,9 @@ class Display:
 
 def build_parser() -> argparse.ArgumentParser:
     """``earshot listen`` flags."""
-    parser = argparse.ArgumentParser(prog="earshot listen",
-                                     description="Show live class scores as bars, thresholds marked.")
+    parser = argparse.ArgumentParser(
+        prog="earshot listen", description="Show live class scores as bars, thresholds marked."
+    )
     parser.add_argument("--source", help="mic, mic:NAME_OR_INDEX, an audio file, or - for raw s16le stdin")
     parser.add_argument("--config", help="TOML config file (thresholds, detector timing, audio)")
     parser.add_argument("--top-k", type=int, default=5, help="classes shown per window (default 5)")
@@ -105,15 +127,25 @@ def config_from_args(args: argparse.Namespace) -> AgentConfig:
     """The agent's config (file, environment, flags) with network outputs, stdout events and /metrics off:
     listening sends nothing (clip capture keeps working when configured)."""
     overrides: dict[str, Any] = {
-        "audio": {"source": args.source, "fast": args.fast, "hop_seconds": args.hop,
-                  "stdin_rate": getattr(args, "stdin_rate", None),
-                  "stdin_channels": getattr(args, "stdin_channels", None)},
+        "audio": {
+            "source": args.source,
+            "fast": args.fast,
+            "hop_seconds": args.hop,
+            "stdin_rate": getattr(args, "stdin_rate", None),
+            "stdin_channels": getattr(args, "stdin_channels", None),
+        },
         "model": {"path": args.model, "allow_ungated": args.allow_ungated},
         "mqtt": {"url": "none"},
     }
     config = load_config(args.config, overrides=overrides)
-    return AgentConfig(device_id=config.device_id, audio=config.audio, model=config.model,
-                       detector=config.detector, capture=config.capture, stdout=StdoutConfig(enabled=False))
+    return AgentConfig(
+        device_id=config.device_id,
+        audio=config.audio,
+        model=config.model,
+        detector=config.detector,
+        capture=config.capture,
+        stdout=StdoutConfig(enabled=False),
+    )
 
 
 def run_offline(config: AgentConfig, on_window: Callable[[Any], Callable[[Any], None]]) -> Any:
@@ -183,5 +215,9 @@ def _require_top_k(k: int) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point for ``earshot listen``."""
-    return run_command("listen", build_parser(), lambda args: listen(
-        config_from_args(args), args.top_k, sys.stdout, sys.stdout.isatty()), argv)
+    return run_command(
+        "listen",
+        build_parser(),
+        lambda args: listen(config_from_args(args), args.top_k, sys.stdout, sys.stdout.isatty()),
+        argv,
+    )

@@ -35,9 +35,14 @@ class PrintingAgent:
         self.printed: list[tuple[float, dict]] = []
         self.log_path = log
         self._log = log.open("w")
-        self.process = subprocess.Popen([sys.executable, "-m", "edge_agent.cli", "agent", *args],
-                                        stdout=subprocess.PIPE, stderr=self._log, text=True, cwd=ROOT,
-                                        env={**os.environ, "PYTHONPATH": str(ROOT), **env})
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "edge_agent.cli", "agent", *args],
+            stdout=subprocess.PIPE,
+            stderr=self._log,
+            text=True,
+            cwd=ROOT,
+            env={**os.environ, "PYTHONPATH": str(ROOT), **env},
+        )
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
 

@@ -25,18 +25,21 @@ TINY_FRONTEND = FrontendParams(window_seconds=0.5, n_fft=256, hop_length=128, n_
 
 def write_datasets(root: Path) -> tuple[Path, Path]:
     """training/synthetic.py's UrbanSound8K (folds 1-2, three classes, mixed formats) and ESC-10 dirs."""
-    return (write_urbansound8k(root / "us8k", folds=(1, 2), per_class=4),
-            write_esc10(root / "esc10", per_fold=1))
+    return (
+        write_urbansound8k(root / "us8k", folds=(1, 2), per_class=4),
+        write_esc10(root / "esc10", per_fold=1),
+    )
 
 
-def crops(data_root: Path, folds: tuple[int, ...], params: FrontendParams, per_clip: int,
-          rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+def crops(
+    data_root: Path, folds: tuple[int, ...], params: FrontendParams, per_clip: int, rng: np.random.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Random one-window crops of the clips in ``folds``: (n, samples) and their class indices (n,)."""
     waves, labels = [], []
     for record in (r for r in read_urbansound8k(data_root) if r.fold in folds):
         clip = load_waveform(record.path, params).numpy()
         for start in rng.integers(0, len(clip) - params.window_samples + 1, per_clip):
-            waves.append(clip[start: start + params.window_samples])
+            waves.append(clip[start : start + params.window_samples])
             labels.append(record.label)
     return torch.from_numpy(np.stack(waves)), torch.tensor(labels)
 
@@ -75,17 +78,26 @@ def export_with_card(checkpoint_path: Path, onnx_path: Path, quantise: bool = Tr
     model = checkpoint.build()
     params = checkpoint.frontend
     fp32 = onnx_path.with_suffix(".fp32.onnx")
-    torch.onnx.export(model, torch.zeros(1, 1, params.n_mels, params.n_frames), str(fp32), dynamo=False,
-                      input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
-                      dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}})
+    torch.onnx.export(
+        model,
+        torch.zeros(1, 1, params.n_mels, params.n_frames),
+        str(fp32),
+        dynamo=False,
+        input_names=[INPUT_NAME],
+        output_names=[OUTPUT_NAME],
+        dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
+    )
     if quantise:
         quantize_dynamic(str(fp32), str(onnx_path), weight_type=QuantType.QInt8)
     graph = onnx.load(str(onnx_path if quantise else fp32))
     props = ModelMetadata("tiny", "test-1", checkpoint.labels, params).to_props()
     onnx.helper.set_model_props(graph, props)
     onnx.save(graph, str(onnx_path))
-    card = {"sha256": file_sha256(onnx_path), "size_bytes": onnx_path.stat().st_size,
-            "labels": list(checkpoint.labels),
-            "source_checkpoint": {"path": str(checkpoint_path), "sha256": file_sha256(checkpoint_path)}}
+    card = {
+        "sha256": file_sha256(onnx_path),
+        "size_bytes": onnx_path.stat().st_size,
+        "labels": list(checkpoint.labels),
+        "source_checkpoint": {"path": str(checkpoint_path), "sha256": file_sha256(checkpoint_path)},
+    }
     onnx_path.with_suffix(".card.json").write_text(json.dumps(card, indent=2))
     return onnx_path

@@ -97,11 +97,20 @@ PROBES = """\
 
 def mqtt_entry(broker_port: int) -> dict:
     """``.storage/core.config_entries`` with one MQTT entry (set up through the UI in real life)."""
-    entry = {"entry_id": "earshottestmqtt0000000000000001", "version": 1, "minor_version": 1,
-             "domain": "mqtt", "title": "test broker",
-             "data": {"broker": "127.0.0.1", "port": broker_port, "discovery": True},
-             "options": {}, "pref_disable_new_entities": False, "pref_disable_polling": False,
-             "source": "user", "unique_id": None, "disabled_by": None}
+    entry = {
+        "entry_id": "earshottestmqtt0000000000000001",
+        "version": 1,
+        "minor_version": 1,
+        "domain": "mqtt",
+        "title": "test broker",
+        "data": {"broker": "127.0.0.1", "port": broker_port, "discovery": True},
+        "options": {},
+        "pref_disable_new_entities": False,
+        "pref_disable_polling": False,
+        "source": "user",
+        "unique_id": None,
+        "disabled_by": None,
+    }
     return {"version": 1, "minor_version": 1, "key": "core.config_entries", "data": {"entries": [entry]}}
 
 
@@ -123,10 +132,16 @@ class HomeAssistant:
         """Start hass and wait until its automations run and it sent its birth message; seconds taken."""
         started, mark = time.monotonic(), len(self.probe.messages)
         with open(self.log_path, "ab") as log:
-            self.process = subprocess.Popen([str(HASS), "-c", str(self.directory), "--skip-pip"],
-                                            stdout=log, stderr=subprocess.STDOUT)
-        self.probe.wait_for(lambda ms: {(m.topic, m.payload) for m in ms[mark:]} >= {
-            ("hatest/ready", b"started"), ("homeassistant/status", b"online")}, timeout=timeout)
+            self.process = subprocess.Popen(
+                [str(HASS), "-c", str(self.directory), "--skip-pip"], stdout=log, stderr=subprocess.STDOUT
+            )
+        self.probe.wait_for(
+            lambda ms: (
+                {(m.topic, m.payload) for m in ms[mark:]}
+                >= {("hatest/ready", b"started"), ("homeassistant/status", b"online")}
+            ),
+            timeout=timeout,
+        )
         return time.monotonic() - started
 
     def stop(self) -> None:
@@ -147,13 +162,17 @@ class HomeAssistant:
 
     def changes(self) -> list[dict]:
         """Every state change of an earshot entity so far, in order."""
-        return [json.loads(m.payload.decode()[len(PREFIX):]) for m in self.probe.on("hatest/change")]
+        return [json.loads(m.payload.decode()[len(PREFIX) :]) for m in self.probe.on("hatest/change")]
 
     def wait_for_change(self, entity_id: str, new: str, after: int = 0) -> int:
         """Index in ``changes()`` of the first change of ``entity_id`` to ``new`` from ``after`` on."""
+
         def found() -> list[int]:
-            return [n for n, c in enumerate(self.changes()) if n >= after and c["entity_id"] == entity_id
-                    and c["new"] == new]
+            return [
+                n
+                for n, c in enumerate(self.changes())
+                if n >= after and c["entity_id"] == entity_id and c["new"] == new
+            ]
 
         self.probe.wait_for(lambda _: bool(found()))
         return found()[0]
@@ -163,18 +182,21 @@ class HomeAssistant:
         self._dumps += 1
         request = str(self._dumps)
         mqtt_publish.single("hatest/dump", request, qos=1, hostname="127.0.0.1", port=self.broker_port)
-        reply = self.probe.wait_for(lambda ms: any(self._answer(m.payload) == request for m in ms
-                                                   if m.topic == "hatest/snapshot"))
-        payload = next(m.payload for m in reply if m.topic == "hatest/snapshot" and self._answer(m.payload)
-                       == request)
-        return {s["entity_id"]: s for s in json.loads(payload.decode()[len(PREFIX):])["states"]}
+        reply = self.probe.wait_for(
+            lambda ms: any(self._answer(m.payload) == request for m in ms if m.topic == "hatest/snapshot")
+        )
+        payload = next(
+            m.payload for m in reply if m.topic == "hatest/snapshot" and self._answer(m.payload) == request
+        )
+        return {s["entity_id"]: s for s in json.loads(payload.decode()[len(PREFIX) :])["states"]}
 
     @staticmethod
     def _answer(payload: bytes) -> str:
-        return str(json.loads(payload.decode()[len(PREFIX):])["request"])
+        return str(json.loads(payload.decode()[len(PREFIX) :])["request"])
 
-    def wait_for(self, predicate: Callable[[dict[str, dict]], bool],
-                 timeout: float = 20.0) -> dict[str, dict]:
+    def wait_for(
+        self, predicate: Callable[[dict[str, dict]], bool], timeout: float = 20.0
+    ) -> dict[str, dict]:
         """Poll snapshots until predicate(snapshot) holds; AssertionError with the last one otherwise."""
         deadline = time.monotonic() + timeout
         while True:

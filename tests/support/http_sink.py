@@ -28,8 +28,9 @@ class Received:
 class HttpSink:
     """A ThreadingHTTPServer on 127.0.0.1; ``answers`` are status codes used in order, then 200."""
 
-    def __init__(self, port: int | None = None, answers: list[int] | None = None,
-                 retry_after: str | None = None) -> None:
+    def __init__(
+        self, port: int | None = None, answers: list[int] | None = None, retry_after: str | None = None
+    ) -> None:
         self.port = port or free_port()
         self.answers = list(answers or [])
         self.retry_after = retry_after

@@ -25,7 +25,8 @@ from edge_agent.events import ModelRef, make_event
 def mosquitto_binary() -> str | None:
     """Path of the mosquitto daemon (Debian puts it in /usr/sbin, often off a user's PATH)."""
     return shutil.which("mosquitto") or next(
-        (p for p in ("/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto") if os.access(p, os.X_OK)), None)
+        (p for p in ("/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto") if os.access(p, os.X_OK)), None
+    )
 
 
 def free_port() -> int:
@@ -51,8 +52,9 @@ def wait_for_port(port: int, timeout: float = 10.0, host: str = "127.0.0.1") -> 
 class Mosquitto:
     """One mosquitto process configured in ``directory``; ``extra_conf`` adds lines (TLS, auth...)."""
 
-    def __init__(self, directory: Path, port: int | None = None, extra_conf: str = "",
-                 listener: str | None = None) -> None:
+    def __init__(
+        self, directory: Path, port: int | None = None, extra_conf: str = "", listener: str | None = None
+    ) -> None:
         binary = mosquitto_binary()
         if binary is None:
             raise FileNotFoundError("mosquitto is not installed: apt-get install mosquitto mosquitto-clients")
@@ -64,27 +66,36 @@ class Mosquitto:
         self.conf_path = self.directory / "mosquitto.conf"
         self.process: subprocess.Popen[bytes] | None = None
         (self.directory / "data").mkdir(parents=True, exist_ok=True)
-        self.conf_path.write_text("\n".join([
-            listener or f"listener {self.port} 127.0.0.1",
-            "allow_anonymous true" if "allow_anonymous" not in extra_conf else "",
-            # Started as root, mosquitto would drop to user "mosquitto" and could not write its files here.
-            f"user {getpass.getuser()}",
-            "persistence true",
-            f"persistence_location {self.directory / 'data'}/",
-            # Save after every change, so even a SIGKILLed broker keeps queued QoS 1 messages.
-            "autosave_interval 1",
-            "autosave_on_changes true",
-            "max_queued_messages 100000",
-            f"log_dest file {self.log_path}",
-            "log_type error", "log_type warning", "log_type notice", "log_type information",
-            "connection_messages true",
-            extra_conf,
-        ]) + "\n")
+        self.conf_path.write_text(
+            "\n".join(
+                [
+                    listener or f"listener {self.port} 127.0.0.1",
+                    "allow_anonymous true" if "allow_anonymous" not in extra_conf else "",
+                    # Started as root, mosquitto would drop to user "mosquitto" and not write its files here.
+                    f"user {getpass.getuser()}",
+                    "persistence true",
+                    f"persistence_location {self.directory / 'data'}/",
+                    # Save after every change, so even a SIGKILLed broker keeps queued QoS 1 messages.
+                    "autosave_interval 1",
+                    "autosave_on_changes true",
+                    "max_queued_messages 100000",
+                    f"log_dest file {self.log_path}",
+                    "log_type error",
+                    "log_type warning",
+                    "log_type notice",
+                    "log_type information",
+                    "connection_messages true",
+                    extra_conf,
+                ]
+            )
+            + "\n"
+        )
 
     def start(self, timeout: float = 10.0) -> None:
         """Start the broker and wait until it accepts connections."""
-        self.process = subprocess.Popen([self.binary, "-c", str(self.conf_path)],
-                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.process = subprocess.Popen(
+            [self.binary, "-c", str(self.conf_path)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
         try:
             wait_for_port(self.port, timeout)
         except TimeoutError:
@@ -140,8 +151,13 @@ class Received:
 class Subscriber:
     """A paho QoS 1 subscriber with a persistent session (clean_session False), recording every message."""
 
-    def __init__(self, port: int, topics: str | list[str], client_id: str = "earshot-test-subscriber",
-                 host: str = "127.0.0.1") -> None:
+    def __init__(
+        self,
+        port: int,
+        topics: str | list[str],
+        client_id: str = "earshot-test-subscriber",
+        host: str = "127.0.0.1",
+    ) -> None:
         self.messages: list[Received] = []
         self._condition = threading.Condition()
         self._topics = [topics] if isinstance(topics, str) else topics
@@ -156,14 +172,16 @@ class Subscriber:
         if not self.subscribed.wait(10):
             raise TimeoutError(f"subscriber could not subscribe on 127.0.0.1:{port}")
 
-    def _on_connect(self, client: mqtt.Client, userdata: object, flags: object, reason_code: object,
-                    properties: object) -> None:
+    def _on_connect(
+        self, client: mqtt.Client, userdata: object, flags: object, reason_code: object, properties: object
+    ) -> None:
         client.subscribe([(topic, 1) for topic in self._topics])
 
     def _on_message(self, client: mqtt.Client, userdata: object, message: mqtt.MQTTMessage) -> None:
         with self._condition:
-            self.messages.append(Received(message.topic, message.payload, bool(message.retain), time.time(),
-                                          bool(message.dup)))
+            self.messages.append(
+                Received(message.topic, message.payload, bool(message.retain), time.time(), bool(message.dup))
+            )
             self._condition.notify_all()
 
     def wait_for(self, predicate: Callable[[list[Received]], bool], timeout: float = 10.0) -> list[Received]:
@@ -185,10 +203,16 @@ class Subscriber:
         self.client.loop_stop()
 
 
-def contract_event(label: str = "siren", kind: str = "start", score: float = 0.9, n: int = 0,
-                   device_id: str = "test-device") -> dict:
+def contract_event(
+    label: str = "siren", kind: str = "start", score: float = 0.9, n: int = 0, device_id: str = "test-device"
+) -> dict:
     """A real event from the agent's own builder (earshot.event/1); ``n`` makes started_at distinct."""
-    detection = Detection(label=label, kind=kind, score=score, started_at=float(n),
-                          ended_at=float(n) + 2.0 if kind == "end" else None,
-                          top_k=((label, score), ("dog_bark", round(1.0 - score, 6))))
+    detection = Detection(
+        label=label,
+        kind=kind,
+        score=score,
+        started_at=float(n),
+        ended_at=float(n) + 2.0 if kind == "end" else None,
+        top_k=((label, score), ("dog_bark", round(1.0 - score, 6))),
+    )
     return make_event(detection, device_id, ModelRef("tiny", "1", "0" * 64), clock_origin=1_767_225_600.0)

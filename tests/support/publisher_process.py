@@ -38,10 +38,12 @@ def main(url: str, queue_dir: str, device_id: str, labels: str) -> None:
     """Connect, then publish what standard input says."""
     metrics = AgentMetrics(CollectorRegistry())
     config = MqttConfig(url=url, reconnect_min_s=0.1, reconnect_max_s=0.5, keepalive_s=5)
-    publisher = make_mqtt_publisher(config, QueueConfig(dir=queue_dir), device_id, labels.split(","), MODEL,
-                                    metrics, level_unit="dBA")
-    publisher.publish_state("agent", {"healthy": True, "reason": "ok", "audio_stalled": False,
-                                      "model": MODEL})
+    publisher = make_mqtt_publisher(
+        config, QueueConfig(dir=queue_dir), device_id, labels.split(","), MODEL, metrics, level_unit="dBA"
+    )
+    publisher.publish_state(
+        "agent", {"healthy": True, "reason": "ok", "audio_stalled": False, "model": MODEL}
+    )
     publisher.start()
     wait(lambda: metrics.registry.get_sample_value("earshot_mqtt_connected") == 1)
     print("connected", flush=True)
@@ -62,8 +64,9 @@ def main(url: str, queue_dir: str, device_id: str, labels: str) -> None:
 class PublisherProcess:
     """This file run as a process of its own, connected to ``broker_url``."""
 
-    def __init__(self, broker_url: str, queue_dir: str, labels: tuple[str, ...],
-                 device_id: str = "test-device") -> None:
+    def __init__(
+        self, broker_url: str, queue_dir: str, labels: tuple[str, ...], device_id: str = "test-device"
+    ) -> None:
         command = [sys.executable, __file__, broker_url, queue_dir, device_id, ",".join(labels)]
         self.process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         self.expect("connected")

@@ -48,8 +48,11 @@ def nobody() -> tuple[int, int]:
     return entry.pw_uid, entry.pw_gid
 
 
-def run_as_nobody(code: str, env: dict[str, str] | None = None, timeout: float = 120.0,
-                  ) -> subprocess.CompletedProcess[str]:
+def run_as_nobody(
+    code: str,
+    env: dict[str, str] | None = None,
+    timeout: float = 120.0,
+) -> subprocess.CompletedProcess[str]:
     """Run Python ``code`` as ``nobody`` (after the preloads), from the repository root."""
     uid, gid = nobody()
     drop = f"import os\nos.setgroups([])\nos.setgid({gid})\nos.setuid({uid})\n"
@@ -58,14 +61,28 @@ def run_as_nobody(code: str, env: dict[str, str] | None = None, timeout: float =
     # which must not leave root-owned files in a shared place (it once created /nonexistent/.cache).
     with tempfile.TemporaryDirectory(prefix="earshot-nobody-home-") as home:
         os.chmod(home, 0o777)
-        full_env = {**os.environ, "PYTHONPATH": str(ROOT), "HOME": home, "XDG_CACHE_HOME": f"{home}/.cache",
-                    **(env or {})}
-        return subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=full_env, capture_output=True,
-                              text=True, timeout=timeout)
+        full_env = {
+            **os.environ,
+            "PYTHONPATH": str(ROOT),
+            "HOME": home,
+            "XDG_CACHE_HOME": f"{home}/.cache",
+            **(env or {}),
+        }
+        return subprocess.run(
+            [sys.executable, "-c", script],
+            cwd=ROOT,
+            env=full_env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
 
 
-def agent_as_nobody(argv: list[str], env: dict[str, str] | None = None, timeout: float = 120.0,
-                    ) -> subprocess.CompletedProcess[str]:
+def agent_as_nobody(
+    argv: list[str],
+    env: dict[str, str] | None = None,
+    timeout: float = 120.0,
+) -> subprocess.CompletedProcess[str]:
     """``earshot agent ARGV`` as ``nobody``: the same entry point as ``python -m edge_agent.cli agent``."""
     code = f"import sys\nfrom edge_agent.cli import main\nsys.exit(main(['agent', *{argv!r}]))\n"
     return run_as_nobody(code, env, timeout)
