@@ -12,7 +12,8 @@ from pathlib import Path
 from edge_agent.frontend import FrontendParams
 from training.models import ARCHITECTURES, architecture
 from training.report import write_comparison, write_report
-from training.run import Corpus, cross_validate, load_corpus, train_default
+from training.run import Corpus, cross_validate, load_corpus, load_sources_corpus, train_default
+from training.sources import parse_sources
 from training.train import Dist, TrainConfig, setup_distributed
 
 logger = logging.getLogger(__name__)
@@ -41,7 +42,12 @@ _RECIPE_FLAGS = (
 def parse_args(argv: list[str]) -> argparse.Namespace:
     """The command line; see training/results/README.md for the commands that made the committed results."""
     parser = argparse.ArgumentParser(prog="earshot train", description=__doc__)
-    parser.add_argument("--data-root", type=Path, help="UrbanSound8K dir (metadata/ + audio/)")
+    parser.add_argument("--data-root", type=Path, help="UrbanSound8K dir (metadata/ + audio/); with "
+                        "--sources, the folder holding every source (../shared/data)")
+    parser.add_argument("--sources", type=_sources, metavar="LIST",
+                        help="train on several sources under --data-root, e.g. us8k,street-extra,esc10: "
+                        "street-extra's train half only, negatives as an 11th class 'other' "
+                        "(training/sources.py); default: --data-root is one UrbanSound8K dir")
     parser.add_argument("--arch", default="cnn", help=f"one of {', '.join(ARCHITECTURES)}, or 'best' "
                         "(highest mean accuracy in OUT/comparison.json) with --all-folds")
     parser.add_argument("--archs", nargs="+", default=list(COMPARE_ORDER), help="architectures for --compare")
@@ -76,10 +82,19 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     return args
 
 
+def _sources(text: str) -> tuple[str, ...]:
+    """``--sources`` parsed; a typo is argparse's one-line error naming the known sources."""
+    try:
+        return parse_sources(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
 def _noise_root(args: argparse.Namespace) -> Path | None:
     if args.noise_root is not None:
         return args.noise_root
-    guess = args.data_root.resolve().parent / "esc10"
+    parent = args.data_root.resolve() if args.sources else args.data_root.resolve().parent
+    guess = parent / "esc10"
     if guess.is_dir():
         return guess
     logger.warning("no ESC-10 directory found: training without background noise or open-set thresholds")
@@ -131,7 +146,10 @@ def run(args: argparse.Namespace, command: str) -> None:
     arch = best_architecture(args.out) if args.arch == "best" else args.arch
     for name in (args.archs if args.compare else [arch]):
         architecture(name)  # fail on a typo before decoding anything
-    corpus = load_corpus(args.data_root, _noise_root(args), params)
+    if args.sources:
+        corpus = load_sources_corpus(args.data_root, args.sources, _noise_root(args), params)
+    else:
+        corpus = load_corpus(args.data_root, _noise_root(args), params)
     if args.all_folds:
         report = train_default(corpus, architecture(arch), _config(args, arch), params,
                                args.out / "default" / f"{arch}.pt", dist)
@@ -167,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
 
         return adversarial.main(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    args = parse_args(argv)
+    args = parse_args(argv)  # a bad --sources is argparse's one-line usage error, status 2
     try:
         run(args, shlex.join(["earshot", "train", *argv]))
     except ValueError as error:

@@ -78,6 +78,7 @@ SPLITS: dict[str, SplitSpec] = {spec.name: spec for spec in (
 )}
 DEFAULT_SPLITS = ("street-extra", "us8k-fold10", "esc10")
 _FOLD_SPLIT = re.compile(r"us8k-fold(\d+)")
+_ESC10_FOLD_SPLIT = re.compile(r"esc10-fold(\d+)")
 
 
 def resolve_split(name: str) -> SplitSpec:
@@ -89,4 +90,8 @@ def resolve_split(name: str) -> SplitSpec:
         fold = int(match.group(1))
         return SplitSpec(name, URBANSOUND8K, f"UrbanSound8K fold {fold}; its other classes are the negatives",
                          _fold(fold))
-    raise ValueError(f"unknown split {name!r} (known: {', '.join(SPLITS)}, us8k-foldN)")
+    match = _ESC10_FOLD_SPLIT.fullmatch(name)
+    if match:  # folds 4-5 are never trained on as ``other`` (training/sources.py): an open-set test
+        fold = int(match.group(1))
+        return SplitSpec(name, ESC10, f"ESC-10 fold {fold} (false alarms only)", _fold(fold))
+    raise ValueError(f"unknown split {name!r} (known: {', '.join(SPLITS)}, us8k-foldN, esc10-foldN)")

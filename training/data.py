@@ -69,6 +69,16 @@ class ClipFeatures:
         return torch.tensor([r.label for r in self.records], dtype=torch.long)
 
 
+def concat_features(parts: list[ClipFeatures]) -> ClipFeatures:
+    """Several sources' features as one (records in order, storage concatenated along time)."""
+    if not parts:
+        raise ValueError("no training source holds any clip")
+    lengths = torch.cat([torch.diff(p.offsets) for p in parts])  # (clips,)
+    offsets = torch.cat([torch.zeros(1, dtype=torch.long), torch.cumsum(lengths, 0)])  # (clips + 1,)
+    power = torch.cat([p.power[:, p.offsets[0]: p.offsets[-1]] for p in parts], dim=1)  # (n_mels, frames)
+    return ClipFeatures(power, offsets, [r for p in parts for r in p.records])
+
+
 def read_urbansound8k(root: str | Path) -> list[ClipRecord]:
     """Clips in ``metadata/UrbanSound8K.csv`` whose audio is present; folds from the ``fold`` column."""
     root = Path(root)

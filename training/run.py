@@ -30,6 +30,7 @@ from training.metrics import (
     suggest_thresholds,
 )
 from training.models import ModelConfig, build_model
+from training.sources import OTHER, TRAIN_ONLY_FOLD, load_sources
 from training.train import (
     NO_DIST,
     Dist,
@@ -61,6 +62,7 @@ class Corpus:
     noise: ClipFeatures | None = None
     calibration: ClipFeatures | None = None
     openset_test: ClipFeatures | None = None
+    labels: tuple[str, ...] = LABELS  # the model's outputs: UrbanSound8K's ten, plus ``other`` if open-set
 
 
 def _esc10_part(negatives: ClipFeatures, folds: tuple[int, ...]) -> ClipFeatures:
@@ -77,9 +79,28 @@ def load_corpus(data_root: str | Path, noise_root: str | Path | None, params: Fr
                   _esc10_part(negatives, ESC10_CALIBRATION_FOLDS), _esc10_part(negatives, ESC10_TEST_FOLDS))
 
 
-def complexity(model_config: ModelConfig, params: FrontendParams) -> dict:
+def load_sources_corpus(data_root: Path, sources: tuple[str, ...], noise_root: Path | None,
+                        params: FrontendParams) -> Corpus:
+    """Several sources under one data root (training/sources.py); ESC-10 keeps its three roles."""
+    negatives = None
+    if noise_root is not None:
+        negatives = load_features(read_esc10_negatives(noise_root), params, desc="decode ESC-10")
+    clips, labels = load_sources(data_root, sources, negatives, params)
+    if negatives is None:
+        return Corpus(clips, labels=labels)
+    roles = (ESC10_NOISE_FOLDS, ESC10_CALIBRATION_FOLDS, ESC10_TEST_FOLDS)
+    parts = [_esc10_part(negatives, folds) for folds in roles]
+    return Corpus(clips, *parts, labels=labels)
+
+
+def testable_folds(records: list) -> list[int]:
+    """Folds a model may be tested on: every fold present but the train-only one."""
+    return [f for f in folds_present(records) if f != TRAIN_ONLY_FOLD]
+
+
+def complexity(model_config: ModelConfig, params: FrontendParams, n_classes: int = len(LABELS)) -> dict:
     """Parameters and MACs per input window."""
-    model = build_model(model_config, n_mels=params.n_mels, n_classes=len(LABELS))
+    model = build_model(model_config, n_mels=params.n_mels, n_classes=n_classes)
     return {"params": count_params(model),
             "macs_per_window": count_macs(model, (1, params.n_mels, params.n_frames))}
 
@@ -102,13 +123,13 @@ def run_fold(corpus: Corpus, model_config: ModelConfig, fold: int, cfg: TrainCon
     records = corpus.clips.records
     test = corpus.clips.subset([i for i, r in enumerate(records) if r.fold == fold])
     train, val = _train_val(corpus.clips, [i for i, r in enumerate(records) if r.fold != fold], cfg)
-    fitted = fit(model_config, train, val, corpus.noise, params, cfg, len(LABELS), dist,
+    fitted = fit(model_config, train, val, corpus.noise, params, cfg, len(corpus.labels), dist,
                  desc=f"{model_config.arch} fold {fold}")
     device = resolve_device(cfg.device, dist)
     predicted = predict_clips(fitted.model, test, params, cfg.hop_frames, device).argmax(axis=1)
-    metrics = classification_metrics(test.labels.numpy(), predicted, len(LABELS))
+    metrics = classification_metrics(test.labels.numpy(), predicted, len(corpus.labels))
     if dist.main:
-        Checkpoint(model_config, params, LABELS, fitted.model.cpu().state_dict(), fold=fold,
+        Checkpoint(model_config, params, corpus.labels, fitted.model.cpu().state_dict(), fold=fold,
                    metrics={k: metrics[k] for k in ("accuracy", "macro_f1", "macro_recall")},
                    train_config=cfg.to_dict()).save(out_dir / f"{model_config.arch}-fold{fold}.pt")
     logger.info("%s fold %s: accuracy %.3f", model_config.arch, fold, metrics["accuracy"])
@@ -116,23 +137,24 @@ def run_fold(corpus: Corpus, model_config: ModelConfig, fold: int, cfg: TrainCon
 
 
 def summarise(arch: str, model_config: ModelConfig, folds: dict[str, dict], params: FrontendParams,
-              cfg: TrainConfig, wall: float) -> dict:
+              cfg: TrainConfig, wall: float, labels: tuple[str, ...] = LABELS) -> dict:
     """Mean and sample std over folds, plus size, for report.json."""
-    report = {"arch": arch, "model_config": model_config.to_dict(), **complexity(model_config, params),
-              "labels": list(LABELS), "train_config": cfg.to_dict(), "folds": folds, "wall_s": round(wall, 1)}
+    report = {"arch": arch, "model_config": model_config.to_dict(),
+              **complexity(model_config, params, len(labels)), "labels": list(labels),
+              "train_config": cfg.to_dict(), "folds": folds, "wall_s": round(wall, 1)}
     for key in ("accuracy", "macro_f1", "macro_recall"):
         values = np.array([f[key] for f in folds.values()])
         report[f"mean_{key}"] = float(values.mean())
         report[f"std_{key}"] = float(values.std(ddof=1)) if len(values) > 1 else 0.0
     recalls = np.array([f["per_class_recall"] for f in folds.values()])
-    report["mean_per_class_recall"] = dict(zip(LABELS, recalls.mean(axis=0).round(4).tolist(), strict=True))
+    report["mean_per_class_recall"] = dict(zip(labels, recalls.mean(axis=0).round(4).tolist(), strict=True))
     return report
 
 
 def cross_validate(corpus: Corpus, model_config: ModelConfig, cfg: TrainConfig, params: FrontendParams,
                    out_dir: Path, folds: list[int] | None = None, dist: Dist = NO_DIST) -> dict:
     """Leave-one-fold-out over ``folds`` (default: every fold present)."""
-    present = folds_present(corpus.clips.records)
+    present = testable_folds(corpus.clips.records)
     folds = folds or present
     missing = sorted(set(folds) - set(present))
     if missing:
@@ -141,7 +163,8 @@ def cross_validate(corpus: Corpus, model_config: ModelConfig, cfg: TrainConfig, 
         raise ValueError("leave-one-fold-out needs at least two folds")
     start = time.perf_counter()
     entries = {str(f): run_fold(corpus, model_config, f, cfg, params, out_dir, dist) for f in folds}
-    return summarise(model_config.arch, model_config, entries, params, cfg, time.perf_counter() - start)
+    return summarise(model_config.arch, model_config, entries, params, cfg, time.perf_counter() - start,
+                     corpus.labels)
 
 
 def open_set(model: object, corpus: Corpus, val: ClipFeatures, params: FrontendParams, cfg: TrainConfig,
@@ -151,14 +174,18 @@ def open_set(model: object, corpus: Corpus, val: ClipFeatures, params: FrontendP
         scores, clips = window_scores(model, features, params, cfg.hop_frames, device)  # type: ignore[arg-type]
         return aggregate_windows(scores, clips, len(features.records), "max")
 
-    thresholds = alert_order(suggest_thresholds(clip_max(corpus.calibration), LABELS, TARGET_FPR),
-                             DEFAULT_ALERT_LABELS)
+    labels = corpus.labels
+    suggested = suggest_thresholds(clip_max(corpus.calibration), labels, TARGET_FPR)
+    thresholds = alert_order({k: v for k, v in suggested.items() if k != OTHER}, DEFAULT_ALERT_LABELS)
+    scored = tuple(label for label in labels if label != OTHER)  # ``other`` is never an alert: no threshold
     return {
         "thresholds": thresholds,
         "target_fpr": TARGET_FPR,
-        "false_positive_rate": false_positive_rates(clip_max(corpus.openset_test), LABELS, thresholds),
+        "false_positive_rate": false_positive_rates(clip_max(corpus.openset_test)[:, :len(scored)], scored,
+                                                    thresholds),
         "negative_clips": len(corpus.openset_test.records),
-        "recall_at_threshold": detection_recall(clip_max(val), val.labels.numpy(), LABELS, thresholds),
+        "recall_at_threshold": detection_recall(clip_max(val)[:, :len(scored)], val.labels.numpy(), scored,
+                                                thresholds),
         "esc10_folds": {"noise": ESC10_NOISE_FOLDS, "calibration": ESC10_CALIBRATION_FOLDS,
                         "test": ESC10_TEST_FOLDS},
     }
@@ -169,20 +196,21 @@ def train_default(corpus: Corpus, model_config: ModelConfig, cfg: TrainConfig, p
     """Train on every fold (validation split from them), add open-set thresholds, save the checkpoint."""
     start = time.perf_counter()
     train, val = _train_val(corpus.clips, list(range(len(corpus.clips.records))), cfg)
-    fitted = fit(model_config, train, val, corpus.noise, params, cfg, len(LABELS), dist,
+    fitted = fit(model_config, train, val, corpus.noise, params, cfg, len(corpus.labels), dist,
                  desc=f"{model_config.arch} all folds")
     device = resolve_device(cfg.device, dist)
     predicted = predict_clips(fitted.model, val, params, cfg.hop_frames, device).argmax(axis=1)
-    metrics = classification_metrics(val.labels.numpy(), predicted, len(LABELS))
+    metrics = classification_metrics(val.labels.numpy(), predicted, len(corpus.labels))
     opened = open_set(fitted.model, corpus, val, params, cfg, device) if corpus.calibration else {}
     summary = {k: metrics[k] for k in ("accuracy", "macro_f1", "macro_recall")}
     summary.update(evaluated_on="validation recordings held out of the training folds",
                    open_set_fpr=opened.get("false_positive_rate", {}))
     if dist.main:
-        Checkpoint(model_config, params, LABELS, fitted.model.cpu().state_dict(), fold=None, metrics=summary,
-                   train_config=cfg.to_dict(), thresholds=opened.get("thresholds", {})).save(out_path)
+        Checkpoint(model_config, params, corpus.labels, fitted.model.cpu().state_dict(), fold=None,
+                   metrics=summary, train_config=cfg.to_dict(),
+                   thresholds=opened.get("thresholds", {})).save(out_path)
     wall = time.perf_counter() - start
     report = summarise(model_config.arch, model_config, {"all": _fold_entry(fitted, metrics, wall)}, params,
-                       cfg, wall)
+                       cfg, wall, corpus.labels)
     return {**report, "checkpoint": str(out_path), "open_set": opened,
-            "folds_used": folds_present(corpus.clips.records)}
+            "folds_used": testable_folds(corpus.clips.records)}

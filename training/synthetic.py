@@ -73,3 +73,23 @@ def write_esc10(root: str | Path, per_fold: int = 2, seed: int = 1) -> Path:
         writer.writerow(["filename", "fold", "category"])
         writer.writerows(rows)
     return root
+
+
+def write_street_extra(root: str | Path, groups_per_label: int = 4, clips_per_group: int = 2,
+                       seed: int = 2) -> Path:
+    """Write a street-extra-layout ``meta.csv`` + ``audio/``: siren, gun_shot and negative recordings."""
+    root, rng = Path(root), np.random.default_rng(seed)
+    kinds = {"siren": ("noise", 5000.0), "gun_shot": ("tone", 6000.0), "negative": ("noise", 1200.0)}
+    rows = []
+    for label, (kind, freq) in kinds.items():
+        for g in range(groups_per_label):
+            for n in range(clips_per_group):
+                name = f"{label}/{label}{g}-{n}.wav"
+                (root / "audio" / label).mkdir(parents=True, exist_ok=True)
+                sf.write(str(root / "audio" / name), synth_clip(kind, freq, 16000, 2.0, rng), 16000)
+                rows.append([name, label, f"{label}-kind", f"{label}-group{g}", 2.0])
+    with (root / "meta.csv").open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["filename", "label", "category", "group", "seconds"])
+        writer.writerows(rows)
+    return root

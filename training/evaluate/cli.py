@@ -38,7 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="folder holding the sources (urbansound8k*, esc10, street-extra)")
     parser.add_argument("--splits", nargs="+", default=list(DEFAULT_SPLITS),
                         help=f"splits to report (default: {' '.join(DEFAULT_SPLITS)}; known: "
-                        f"{', '.join(SPLITS)}, us8k-foldN)")
+                        f"{', '.join(SPLITS)}, us8k-foldN, esc10-foldN)")
     parser.add_argument("--hours", type=float, help="at most this many hours of stream per split "
                         "(targets and negatives subsampled); default: every clip")
     parser.add_argument("--seed", type=int, default=0, help="stream order and gaps (default 0)")

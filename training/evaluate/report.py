@@ -79,6 +79,39 @@ def _results_table(data: dict) -> list[str]:
     return lines
 
 
+FALSE_ALARM_BUDGET = 1.0  # false alerts per hour an operator tolerates (issue 10's goal)
+
+
+def at_budget(curve: list[dict], budget: float = FALSE_ALARM_BUDGET) -> dict | None:
+    """The curve point with the best recall whose false alerts per hour stay within ``budget``.
+
+    Ties go to the higher threshold. None when no swept threshold keeps within it.
+    """
+    within = [p for p in curve if (p["false_alerts_per_hour"] or 0.0) <= budget and p["recall"] is not None]
+    return max(within, key=lambda p: (p["recall"], p["threshold"]), default=None)
+
+
+def _budget_row(split: str, label: str, result: dict, budget: float) -> str:
+    """Recall at the budget, the threshold that gives it, and what one false alert weighs on these hours."""
+    point, hours = at_budget(result["curve"], budget), result["nontarget_hours"]
+    resolution = f"{1 / hours:.1f}/h" if hours else "—"
+    weight = f"{hours:.2f} h, one alert = {resolution}"
+    if point is None:
+        return f"| {split} | {label} | none within {budget:g}/h | — | — | {weight} |"
+    recall = f"{_number(point['recall'])} ({point['detected']})"
+    return f"| {split} | {label} | {recall} | {point['threshold']:.2f} | {point['false_alerts']} | {weight} |"
+
+
+def _budget_table(data: dict, budget: float = FALSE_ALARM_BUDGET) -> list[str]:
+    lines = [f"| split | label | best recall at <= {budget:g} false alert/h | threshold | false alerts | "
+             "non-target hours |", "|---|---|---|---|---|---|"]
+    for split in data["splits"]:
+        lines += [_budget_row(split["name"], label, r, budget) for label, r in split["labels"].items()
+                  if r["recall"] is not None]
+    lines += [_budget_row(f"**{POOLED}**", label, r, budget) for label, r in data[POOLED].items()]
+    return lines
+
+
 def _streams_table(data: dict) -> list[str]:
     lines = ["| split | what | stream h | target events | negatives h (counted) | filler h | wall s | "
              "speed |", "|---|---|---|---|---|---|---|---|"]
@@ -128,7 +161,12 @@ def markdown(data: dict) -> str:
              + (f"; at most {data['hours_cap']:g} h per split" if data["hours_cap"] else "") + ".", "",
              f"Command: `{data['command']}`", "", "## Results", "", *_results_table(data), "",
              "## Streams", "", *_streams_table(data), "", f"Total wall time {data['wall_s']:.0f} s.", "",
-             "## Where the false alerts fell", "", *_false_alert_lines(data), "", "## Trade-off curves", ""]
+             "## Where the false alerts fell", "", *_false_alert_lines(data), "",
+             f"## Operating points at <= {FALSE_ALARM_BUDGET:g} false alert per hour (from the curves)", "",
+             "Read off the swept thresholds, so optimistic: the threshold is chosen on the audio it is "
+             "scored on. Where the non-target hours are under one, only zero false alerts fit the budget.",
+             "",
+             *_budget_table(data), "", "## Trade-off curves", ""]
     lines += [f"![{label}](tradeoff-{label}.png)" for label in d["listen"]]
     lines += ["", "## Definitions", "", DEFINITIONS]
     return "\n".join(lines) + "\n"

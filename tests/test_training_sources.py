@@ -1,0 +1,189 @@
+"""``earshot train --sources``: several sources, an open-set ``other`` class, no test group trained."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from edge_agent.frontend import FrontendParams
+from edge_agent.labels import URBANSOUND8K_LABELS
+from edge_agent.onnx_model import OnnxModel
+from export.cli import main as export_main
+from training.catalog import STREET_EXTRA, read_source
+from training.checkpoint import load_checkpoint
+from training.cli import main as train_main
+from training.cross_source import resolve_split, street_extra_partition
+from training.data import ClipFeatures, concat_features
+from training.evaluate.cli import main as evaluate_main
+from training.evaluate.report import at_budget
+from training.run import load_sources_corpus
+from training.sources import OPEN_SET_LABELS, OTHER, TRAIN_ONLY_FOLD, parse_sources, training_labels
+from training.synthetic import write_esc10, write_street_extra, write_urbansound8k
+
+PARAMS = FrontendParams()
+TINY_FLAGS = "--arch cnn --epochs 2 --crops-per-clip 1 --batch-size 8 --threads 1 --device cpu".split()
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """UrbanSound8K (folds 1-2), ESC-10 and street-extra side by side, as in ../shared/data."""
+    root = tmp_path_factory.mktemp("shared-data")
+    write_urbansound8k(root / "urbansound8k-subset", folds=(1, 2), per_class=2)
+    write_esc10(root / "esc10", per_fold=1)
+    write_street_extra(root / "street-extra")
+    return root
+
+
+@pytest.fixture(autouse=True)
+def _private_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("EARSHOT_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
+
+
+def test_sources_parse_aliases_and_reject_typos() -> None:
+    assert parse_sources("us8k, street-extra,esc10,us8k") == ("urbansound8k", "street-extra", "esc10")
+    assert training_labels(("urbansound8k",)) == URBANSOUND8K_LABELS
+    assert training_labels(("urbansound8k", "esc10"))[-1] == OTHER
+    with pytest.raises(ValueError, match="unknown source 'us9k'"):
+        parse_sources("us9k")
+
+
+def test_concat_features_keeps_each_clip() -> None:
+    a = ClipFeatures(torch.arange(6.0).reshape(1, 6), torch.tensor([0, 2, 6]), ["a0", "a1"])  # type: ignore[list-item]
+    b = ClipFeatures(torch.arange(3.0).reshape(1, 3), torch.tensor([0, 3]), ["b0"])  # type: ignore[list-item]
+    both = concat_features([a.subset([1]), b])
+    assert both.records == ["a1", "b0"]
+    assert both.clip(0).tolist() == [[2.0, 3.0, 4.0, 5.0]] and both.clip(1).tolist() == [[0.0, 1.0, 2.0]]
+
+
+def test_street_extra_test_groups_never_reach_training(data_root: Path) -> None:
+    corpus = load_sources_corpus(
+        data_root, ("urbansound8k", "street-extra", "esc10"), data_root / "esc10", PARAMS
+    )
+    trained = {r.path.resolve() for r in corpus.clips.records}
+    test = resolve_split("street-extra-test").select(read_source(data_root, STREET_EXTRA))
+    _, held_out = street_extra_partition(read_source(data_root, STREET_EXTRA))
+    assert test and {c.path.resolve() for c in test}.isdisjoint(trained)
+    assert {c.group for c in held_out} == {c.group for c in test}
+    street = [r for r in corpus.clips.records if r.group.startswith("street-extra:")]
+    assert street and all(r.fold == TRAIN_ONLY_FOLD for r in street)
+    names = {OPEN_SET_LABELS[r.label] for r in street}
+    assert names == {"siren", "gun_shot", OTHER}  # negatives are ``other``; targets keep their US8K labels
+    esc = [r for r in corpus.clips.records if r.group.startswith("esc10:")]
+    assert esc and all(OPEN_SET_LABELS[r.label] == OTHER for r in esc)
+    assert all("dog_bark" not in r.path.name for r in esc)  # an ESC-10 class that is one of ours
+    assert {int(r.path.name.split("-")[1]) for r in esc} == {1, 2, 3}  # folds 4-5 stay out of training
+
+
+@pytest.fixture(scope="module")
+def open_set_checkpoint(data_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny 11-label model trained for seconds on all three sources."""
+    out = tmp_path_factory.mktemp("open-set")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("EARSHOT_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
+        code = train_main(
+            [
+                "--data-root",
+                str(data_root),
+                "--sources",
+                "us8k,street-extra,esc10",
+                "--all-folds",
+                *TINY_FLAGS,
+                "--out",
+                str(out),
+            ]
+        )
+    assert code == 0
+    return out / "default" / "cnn.pt"
+
+
+def test_several_sources_train_an_open_set_model(open_set_checkpoint: Path) -> None:
+    out = open_set_checkpoint.parent.parent
+    checkpoint = load_checkpoint(open_set_checkpoint)
+    assert checkpoint.labels == OPEN_SET_LABELS
+    assert OTHER not in checkpoint.thresholds and list(checkpoint.thresholds)[:2] == ["siren", "gun_shot"]
+    model = checkpoint.build()
+    assert model(torch.zeros(2, 1, PARAMS.n_mels, PARAMS.n_frames)).shape == (2, 11)  # (batch, classes)
+    report = json.loads((out / "default" / "report.json").read_text())
+    assert report["labels"][-1] == OTHER and report["folds_used"] == [1, 2]
+
+
+def test_cross_validation_tests_only_on_urbansound8k_folds(data_root: Path, tmp_path: Path) -> None:
+    out = tmp_path / "cv"
+    code = train_main(
+        [
+            "--data-root",
+            str(data_root),
+            "--sources",
+            "us8k,street-extra",
+            "--folds",
+            "2",
+            *TINY_FLAGS,
+            "--out",
+            str(out),
+        ]
+    )
+    assert code == 0
+    report = json.loads((out / "cnn" / "report.json").read_text())
+    assert list(report["folds"]) == ["2"] and len(report["mean_per_class_recall"]) == 11
+
+
+def test_single_urbansound8k_form_is_unchanged(data_root: Path, tmp_path: Path) -> None:
+    out = tmp_path / "old"
+    code = train_main(
+        ["--data-root", str(data_root / "urbansound8k-subset"), "--all-folds", *TINY_FLAGS, "--out", str(out)]
+    )
+    assert code == 0
+    assert load_checkpoint(out / "default" / "cnn.pt").labels == URBANSOUND8K_LABELS
+
+
+def test_bad_sources_are_one_line(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        train_main(["--data-root", str(tmp_path), "--sources", "us8k,nope"])
+    assert exit_info.value.code == 2 and "unknown source 'nope'" in capsys.readouterr().err
+    assert train_main(["--data-root", str(tmp_path), "--sources", "us8k", "--all-folds", *TINY_FLAGS]) == 2
+
+
+def test_export_agent_and_evaluate_read_the_extra_label(
+    open_set_checkpoint: Path, data_root: Path, tmp_path: Path
+) -> None:
+    model = tmp_path / "candidate.onnx"
+    assert export_main([str(open_set_checkpoint), "--out", str(model)]) == 0
+    loaded = OnnxModel.load(model, threads=1, allow_ungated=True)
+    assert loaded.metadata.labels[-1] == OTHER and "other" not in loaded.metadata.thresholds
+    config = tmp_path / "agent.toml"
+    config.write_text("[detector]\ncooldown_s = 1.0\nend_after_s = 0.5\n")
+    code = evaluate_main(
+        [
+            "--model",
+            str(model),
+            "--config",
+            str(config),
+            "--data-root",
+            str(data_root),
+            "--splits",
+            "street-extra-test",
+            "esc10-fold5",
+            "--out",
+            str(tmp_path / "eval"),
+            "--json",
+            "--no-progress",
+        ]
+    )
+    assert code == 0
+    data = json.loads((tmp_path / "eval" / "evaluate.json").read_text())
+    splits = {s["name"]: s for s in data["splits"]}
+    assert set(splits["street-extra-test"]["labels"]) == {"siren", "gun_shot"}  # ``other`` never alerts
+    assert splits["street-extra-test"]["target_events"] > 0 and splits["esc10-fold5"]["target_events"] == 0
+
+
+def test_operating_point_at_a_false_alarm_budget() -> None:
+    def point(threshold: float, recall: float, per_hour: float) -> dict:
+        return {"threshold": threshold, "recall": recall, "false_alerts_per_hour": per_hour}
+
+    curve = [point(0.3, 0.9, 4.0), point(0.5, 0.7, 0.0), point(0.7, 0.7, 0.0)]
+    assert at_budget(curve, 1.0)["threshold"] == 0.7  # same recall: the higher threshold
+    assert at_budget(curve, 5.0)["recall"] == 0.9
+    assert at_budget(curve[:1], 1.0) is None

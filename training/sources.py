@@ -1,0 +1,103 @@
+"""Several training sources under one data root -> one labelled corpus with an open-set ``other`` class.
+
+``earshot train --data-root ../shared/data --sources us8k,street-extra,esc10`` reads:
+- UrbanSound8K's clips with its ten labels and folds (the only folds a model is tested on);
+- street-extra's TRAIN half of ``street_extra_partition`` (never the recordings ``street-extra-test``
+  judges): ``siren`` and ``gun_shot`` as the UrbanSound8K labels of that name, ``negative`` as ``other``;
+- ESC-10's noise folds (1-3) of the classes that are none of ours as ``other``; its folds 4-5 stay out of
+  training (threshold calibration, open-set rates, the ``esc10-fold4``/``esc10-fold5`` splits).
+Clips that only train get fold ``TRAIN_ONLY_FOLD``: cross-validation never tests on them.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import replace
+from pathlib import Path
+
+from edge_agent.frontend import FrontendParams
+from edge_agent.labels import URBANSOUND8K_LABELS
+from training.catalog import (
+    ESC10,
+    STREET_EXTRA,
+    STREET_EXTRA_NEGATIVE,
+    URBANSOUND8K,
+    esc10_group,
+    read_source,
+    source_dir,
+)
+from training.cross_source import street_extra_partition
+from training.data import ClipFeatures, ClipRecord, concat_features, load_features, read_urbansound8k
+
+logger = logging.getLogger(__name__)
+
+OTHER = "other"  # the open-set target: none of the ten classes
+OPEN_SET_LABELS = (*URBANSOUND8K_LABELS, OTHER)
+TRAIN_ONLY_FOLD = 0  # fold of clips that only ever train (street-extra train half, ESC-10 negatives)
+ESC10_OTHER_FOLDS = (1, 2, 3)  # the same folds training mixes in as background noise
+SOURCE_NAMES = {"us8k": URBANSOUND8K, URBANSOUND8K: URBANSOUND8K, STREET_EXTRA: STREET_EXTRA, ESC10: ESC10}
+NEGATIVE_SOURCES = (STREET_EXTRA, ESC10)  # sources that bring real negatives, hence the ``other`` class
+
+
+def parse_sources(text: str) -> tuple[str, ...]:
+    """``us8k,street-extra,esc10`` -> catalog source names, in order, once each; ValueError on a typo."""
+    names = [part.strip() for part in text.split(",") if part.strip()]
+    unknown = [n for n in names if n not in SOURCE_NAMES]
+    if unknown or not names:
+        raise ValueError(
+            f"unknown source {unknown[0] if unknown else text!r} (known: {', '.join(SOURCE_NAMES)})"
+        )
+    return tuple(dict.fromkeys(SOURCE_NAMES[n] for n in names))
+
+
+def training_labels(sources: tuple[str, ...]) -> tuple[str, ...]:
+    """The model's labels: UrbanSound8K's ten, plus ``other`` when a source brings real negatives."""
+    return OPEN_SET_LABELS if any(s in NEGATIVE_SOURCES for s in sources) else URBANSOUND8K_LABELS
+
+
+def street_extra_train_records(data_root: Path, labels: tuple[str, ...]) -> list[ClipRecord]:
+    """street-extra's train half (group-disjoint from ``street-extra-test``) as training records."""
+    train, test = street_extra_partition(read_source(data_root, STREET_EXTRA))
+    logger.info("street-extra: %s train clips (%s test clips held out)", len(train), len(test))
+    label_of = {STREET_EXTRA_NEGATIVE: OTHER}
+    return [
+        ClipRecord(
+            c.path, labels.index(label_of.get(c.label, c.label)), TRAIN_ONLY_FOLD, f"{STREET_EXTRA}:{c.group}"
+        )
+        for c in train
+    ]
+
+
+def esc10_other(negatives: ClipFeatures, labels: tuple[str, ...]) -> ClipFeatures:
+    """ESC-10 negatives of the noise folds relabelled ``other`` (train-only, grouped by category)."""
+    keep = [i for i, r in enumerate(negatives.records) if r.fold in ESC10_OTHER_FOLDS]
+    part = negatives.subset(keep)
+    part.records = [
+        replace(
+            r, label=labels.index(OTHER), fold=TRAIN_ONLY_FOLD, group=f"{ESC10}:{esc10_group(r.path.name)}"
+        )
+        for r in part.records
+    ]
+    return part
+
+
+def load_sources(
+    data_root: Path, sources: tuple[str, ...], negatives: ClipFeatures | None, params: FrontendParams
+) -> tuple[ClipFeatures, tuple[str, ...]]:
+    """Cached features of every training clip of ``sources`` and the model's labels."""
+    labels = training_labels(sources)
+    parts = []
+    if URBANSOUND8K in sources:
+        us8k = source_dir(data_root, URBANSOUND8K)
+        parts.append(load_features(read_urbansound8k(us8k), params, desc="decode UrbanSound8K"))
+    if STREET_EXTRA in sources:
+        records = street_extra_train_records(data_root, labels)
+        parts.append(load_features(records, params, desc="decode street-extra (train half)"))
+    if ESC10 in sources:
+        if negatives is None:
+            raise ValueError(f"source esc10 needs ESC-10 under {data_root} (or --noise-root)")
+        parts.append(esc10_other(negatives, labels))
+    clips = concat_features(parts)
+    counts = {label: sum(r.label == i for r in clips.records) for i, label in enumerate(labels)}
+    logger.info("training clips per label: %s", counts)
+    return clips, labels
