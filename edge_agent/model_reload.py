@@ -19,17 +19,12 @@ from pathlib import Path
 from typing import Any
 
 from edge_agent.model_card import ModelCardError, card_path, file_sha256, read_card
-from edge_agent.onnx_model import ModelError, OnnxModel
+from edge_agent.onnx_model import MAX_MODEL_BYTES, ModelError, OnnxModel
 
 logger = logging.getLogger(__name__)
 
 Signature = tuple[tuple[int, int, int] | None, tuple[int, int, int] | None]
 
-# Checked from stat alone, before a byte is read: the file is read whole and onnxruntime holds about two
-# more copies while it builds the session, next to the running model, under the unit's MemoryMax=400M.
-# earshot's largest model (FP32 CRNN) is under 5 MB, so 64 MiB leaves room for growth and none for a
-# wrong file (a 1 GiB file here OOM-killed the running agent).
-MAX_MODEL_BYTES = 64 << 20
 MAX_CARD_BYTES = 1 << 20  # a card is a few KB of JSON; it is read whole too
 
 

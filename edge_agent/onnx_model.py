@@ -55,9 +55,22 @@ def open_session(
         raise ModelError(f"cannot load model {where}: not a valid ONNX model ({detail})") from None
 
 
+# Checked from stat alone, before a byte is read: the file is read whole and onnxruntime holds about two
+# more copies while it builds the session (next to the running model on a hot reload), under the unit's
+# MemoryMax=400M. earshot's largest model (FP32 CRNN) is under 5 MB, so 64 MiB leaves room for growth and
+# none for a wrong file (a 1 GiB file at the model path OOM-killed the agent).
+MAX_MODEL_BYTES = 64 << 20
+
+
 def _read_model(path: str | Path) -> bytes:
-    """The model file's bytes; ModelError naming the file when it is missing, unreadable or empty."""
+    """The model file's bytes; ModelError naming the file when it is missing, too big, unreadable or empty."""
     try:
+        size = Path(path).stat().st_size
+        if size > MAX_MODEL_BYTES:
+            raise ModelError(
+                f"model {path} is {size / 2**20:.0f} MiB, over the {MAX_MODEL_BYTES >> 20} MiB "
+                "an earshot model can be; refusing to read it"
+            )
         data = Path(path).read_bytes()
     except FileNotFoundError:
         raise ModelError(f"model file not found: {path}") from None

@@ -90,3 +90,32 @@ def test_a_file_unlike_its_card_or_without_one_is_refused_unread(tmp_path: Path)
     card_path(live).unlink()
     assert "has no card" in unread_problem(live, allow_ungated=False)
     assert unread_problem(live, allow_ungated=True) == ""
+
+
+def test_a_huge_file_at_start_is_refused_in_one_line_without_reading_it(tmp_path: Path) -> None:
+    huge = tmp_path / "huge.onnx"
+    with huge.open("wb") as handle:
+        handle.truncate(1 << 30)  # sparse: 1 GiB that costs no disk
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "edge_agent.cli",
+            "agent",
+            "--model",
+            str(huge),
+            "--source",
+            str(huge),
+            "--fast",
+            "--mqtt",
+            "none",
+            "--allow-ungated",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+    )
+    assert result.returncode == 2, result.stderr
+    expected = f"model {huge} is 1024 MiB, over the 64 MiB an earshot model can be; refusing to read it"
+    assert result.stderr.strip() == f"earshot agent: {expected}"
