@@ -17,6 +17,7 @@ from training.checkpoint import load_checkpoint
 from training.cli import main as train_main
 from training.cross_source import resolve_split, street_extra_partition
 from training.data import ClipFeatures, concat_features
+from training.evaluate.calibrate import calibrate_label, thresholds_toml
 from training.evaluate.cli import main as evaluate_main
 from training.evaluate.report import at_budget
 from training.run import load_sources_corpus
@@ -146,11 +147,18 @@ def test_bad_sources_are_one_line(capsys: pytest.CaptureFixture[str], tmp_path: 
     assert train_main(["--data-root", str(tmp_path), "--sources", "us8k", "--all-folds", *TINY_FLAGS]) == 2
 
 
-def test_export_agent_and_evaluate_read_the_extra_label(
-    open_set_checkpoint: Path, data_root: Path, tmp_path: Path
-) -> None:
-    model = tmp_path / "candidate.onnx"
+@pytest.fixture(scope="module")
+def open_set_onnx(open_set_checkpoint: Path) -> Path:
+    """The tiny 11-label model exported to FP32 ONNX by ``earshot export``."""
+    model = open_set_checkpoint.parent / "candidate.onnx"
     assert export_main([str(open_set_checkpoint), "--out", str(model)]) == 0
+    return model
+
+
+def test_export_agent_and_evaluate_read_the_extra_label(
+    open_set_onnx: Path, data_root: Path, tmp_path: Path
+) -> None:
+    model = open_set_onnx
     loaded = OnnxModel.load(model, threads=1, allow_ungated=True)
     assert loaded.metadata.labels[-1] == OTHER and "other" not in loaded.metadata.thresholds
     config = tmp_path / "agent.toml"
@@ -187,3 +195,42 @@ def test_operating_point_at_a_false_alarm_budget() -> None:
     assert at_budget(curve, 1.0)["threshold"] == 0.7  # same recall: the higher threshold
     assert at_budget(curve, 5.0)["recall"] == 0.9
     assert at_budget(curve[:1], 1.0) is None
+
+
+def _curve(*points: tuple[float, float, int]) -> list[dict]:
+    return [{"threshold": t, "false_alerts_per_hour": rate, "false_alerts": n} for t, rate, n in points]
+
+
+def test_calibration_refuses_too_few_hours_and_never_dips_into_a_violation() -> None:
+    curve = _curve((0.3, 2.0, 8), (0.5, 0.5, 2), (0.6, 1.5, 6), (0.7, 0.5, 2), (0.9, 0.0, 0))
+    entry = calibrate_label(curve, hours=4.0, budget=1.0)
+    assert entry["threshold"] == 0.7  # 0.5 is within budget, but 0.6 above it is not
+    refused = calibrate_label(curve, hours=0.42, budget=1.0)
+    assert refused["threshold"] is None and "needs >= 3 h" in refused["refused"]
+    assert calibrate_label(_curve((0.9, 5.0, 20)), hours=4.0, budget=1.0)["threshold"] is None
+    toml = thresholds_toml({"siren": entry, "gun_shot": refused})
+    assert "siren = 0.7  # 2 false alerts in 4.00 h" in toml and "# gun_shot: refused" in toml
+
+
+def test_evaluate_calibrate_writes_thresholds_or_refuses(
+    open_set_onnx: Path, data_root: Path, tmp_path: Path
+) -> None:
+    model = open_set_onnx
+    out = tmp_path / "cal"
+    code = evaluate_main(
+        [
+            "--model",
+            str(model),
+            "--data-root",
+            str(data_root),
+            "--splits",
+            "esc10-fold5",
+            "--calibrate",
+            "1",
+            "--out",
+            str(out),
+            "--no-progress",
+        ]
+    )
+    assert code == 0
+    assert "# siren: refused" in (out / "thresholds.toml").read_text()  # seconds of audio resolve no 1/h

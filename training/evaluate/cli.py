@@ -19,6 +19,7 @@ from edge_agent.config import AgentConfig, load_config
 from edge_agent.onnx_model import OnnxModel
 from training.catalog import DataError, source_dir
 from training.cross_source import DEFAULT_SPLITS, SPLITS, SplitSpec, resolve_split
+from training.evaluate.calibrate import calibrate, write_calibration
 from training.evaluate.report import write_outputs
 from training.evaluate.run import evaluate
 from training.evaluate.streams import write_ground_truth
@@ -46,6 +47,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="seconds an alert may come before an event's onset or after its offset "
                         "(default: one window plus one hop)")
     parser.add_argument("--out", type=Path, required=True, help="output folder")
+    parser.add_argument("--calibrate", type=float, metavar="PER_HOUR",
+                        help="also write OUT/thresholds.toml: per alert label the lowest threshold within "
+                        "this many false alerts per hour of the splits' non-target audio (use held-out "
+                        "negatives; refused where the hours cannot resolve it)")
     parser.add_argument("--json", action="store_true", help="print evaluate.json on stdout")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("--log-level", default="WARNING", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
@@ -58,6 +63,8 @@ def check_args(args: argparse.Namespace) -> list[SplitSpec]:
         raise DataError(f"data root not found: {args.data_root}")
     if args.hours is not None and not args.hours > 0:
         raise ValueError(f"--hours must be positive, got {args.hours:g}")
+    if args.calibrate is not None and not args.calibrate > 0:
+        raise ValueError(f"--calibrate must be positive, got {args.calibrate:g}")
     if args.tolerance is not None and not args.tolerance >= 0:
         raise ValueError(f"--tolerance must be >= 0, got {args.tolerance:g}")
     specs = [resolve_split(name) for name in dict.fromkeys(args.splits)]
@@ -75,7 +82,14 @@ def run(args: argparse.Namespace, command: str) -> dict:
                           progress=not args.no_progress)
     for split in evaluation.splits:
         write_ground_truth(split.plan, args.out / "ground-truth" / f"{split.spec.name}.csv", args.data_root)
-    return write_outputs(evaluation, args.out, command)
+    data = write_outputs(evaluation, args.out, command)
+    if args.calibrate is not None:
+        calibration = calibrate(data, args.calibrate)
+        for label, entry in calibration.items():
+            if entry["threshold"] is None:
+                logger.warning("calibration of %s refused: %s", label, entry["refused"])
+        write_calibration(calibration, args.out)
+    return data
 
 
 def summary(data: dict) -> str:
