@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from edge_agent.config import load_config
 from edge_agent.frontend import FrontendParams
 from edge_agent.labels import URBANSOUND8K_LABELS
 from edge_agent.onnx_model import OnnxModel
@@ -201,7 +202,7 @@ def _curve(*points: tuple[float, float, int]) -> list[dict]:
     return [{"threshold": t, "false_alerts_per_hour": rate, "false_alerts": n} for t, rate, n in points]
 
 
-def test_calibration_refuses_too_few_hours_and_never_dips_into_a_violation() -> None:
+def test_calibration_refuses_too_few_hours_and_never_dips_into_a_violation(tmp_path: Path) -> None:
     curve = _curve((0.3, 2.0, 8), (0.5, 0.5, 2), (0.6, 1.5, 6), (0.7, 0.5, 2), (0.9, 0.0, 0))
     entry = calibrate_label(curve, hours=4.0, budget=1.0)
     assert entry["threshold"] == 0.7  # 0.5 is within budget, but 0.6 above it is not
@@ -210,6 +211,9 @@ def test_calibration_refuses_too_few_hours_and_never_dips_into_a_violation() -> 
     assert calibrate_label(_curve((0.9, 5.0, 20)), hours=4.0, budget=1.0)["threshold"] is None
     toml = thresholds_toml({"siren": entry, "gun_shot": refused})
     assert "siren = 0.7  # 2 false alerts in 4.00 h" in toml and "# gun_shot: refused" in toml
+    fragment = tmp_path / "thresholds.toml"
+    fragment.write_text(toml)
+    assert load_config(fragment).detector.thresholds == {"siren": 0.7}  # the agent reads it as config
 
 
 def test_evaluate_calibrate_writes_thresholds_or_refuses(
