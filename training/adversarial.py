@@ -77,7 +77,7 @@ class ClipBank:
         for row, i in enumerate(indices):
             clip = self.clips[i]
             start = int(rng.integers(0, len(clip) - length + 1))
-            out[row] = clip[start: start + length] / 32767.0
+            out[row] = clip[start : start + length] / 32767.0
         return torch.from_numpy(out)
 
 
@@ -92,8 +92,14 @@ def load_bank(data_root: Path, checkpoint: Checkpoint, max_clips: int | None, se
     return ClipBank(clips, np.array([r.label for r in records], dtype=np.int64))
 
 
-def adversarial_batch(model: nn.Module, fmodel: fb.PyTorchModel, attack: PerClipLinfPGD | PerClipL2PGD,
-                      x: torch.Tensor, y: torch.Tensor, cfg: AdversarialConfig) -> torch.Tensor:
+def adversarial_batch(
+    model: nn.Module,
+    fmodel: fb.PyTorchModel,
+    attack: PerClipLinfPGD | PerClipL2PGD,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    cfg: AdversarialConfig,
+) -> torch.Tensor:
     """PGD adversarials of (batch, samples) against the current weights, eval mode, parameters frozen."""
     model.eval()
     model.requires_grad_(False)
@@ -118,28 +124,34 @@ def fine_tune(checkpoint: Checkpoint, bank: ClipBank, cfg: AdversarialConfig) ->
         totals = np.zeros(3)  # loss sum, adversarial hits, windows
         bar = tqdm(range(0, len(order), cfg.batch_size), desc=f"adversarial epoch {epoch + 1}", unit="batch")
         for start in bar:
-            index = order[start: start + cfg.batch_size]
+            index = order[start : start + cfg.batch_size]
             x, y = bank.crops(index, length, rng), torch.from_numpy(bank.labels[index])  # (batch, samples)
             # --adv-weight 0 is the control run: the same fine-tuning without attacks.
             x_adv = adversarial_batch(model, fmodel, attack, x, y, cfg) if cfg.adv_weight > 0 else x
             logits = model(torch.cat([x, x_adv]))  # (2 * batch, classes)
             clean_loss = nn.functional.cross_entropy(logits[: len(x)], y)
-            adv_loss = nn.functional.cross_entropy(logits[len(x):], y)
+            adv_loss = nn.functional.cross_entropy(logits[len(x) :], y)
             loss = (1 - cfg.adv_weight) * clean_loss + cfg.adv_weight * adv_loss
             optimiser.zero_grad()
             loss.backward()
             optimiser.step()
-            totals += [loss.item() * len(x), (logits[len(x):].argmax(1) == y).sum().item(), len(x)]
+            totals += [loss.item() * len(x), (logits[len(x) :].argmax(1) == y).sum().item(), len(x)]
             bar.set_postfix(loss=f"{totals[0] / totals[2]:.3f}", adv_acc=f"{totals[1] / totals[2]:.3f}")
         # Plain floats: checkpoints load with weights_only=True, which refuses numpy scalars.
-        history.append({"epoch": epoch + 1, "loss": float(totals[0] / totals[2]),
-                        "train_adv_accuracy": float(totals[1] / totals[2])})
+        history.append(
+            {
+                "epoch": epoch + 1,
+                "loss": float(totals[0] / totals[2]),
+                "train_adv_accuracy": float(totals[1] / totals[2]),
+            }
+        )
         logger.info("adversarial epoch %s: %s", epoch + 1, history[-1])
     return model.classifier.eval(), history
 
 
-def held_out_metrics(classifier: nn.Module, data_root: Path, fold: int, params: FrontendParams,
-                     hop_frames: int, n_classes: int) -> dict:
+def held_out_metrics(
+    classifier: nn.Module, data_root: Path, fold: int, params: FrontendParams, hop_frames: int, n_classes: int
+) -> dict:
     """Clip-level accuracy / macro F1 / macro recall on the held-out fold, as training reports them."""
     records = [r for r in read_urbansound8k(data_root) if r.fold == fold]
     features = load_features(records, params, desc=f"decode fold {fold}")
@@ -167,9 +179,17 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, AdversarialConfig]:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("-v", "--verbose", action="store_true")
     args = p.parse_args(argv)
-    cfg = AdversarialConfig(attack=args.attack, snr_db=args.adv_snr, pgd_steps=args.pgd_steps,
-                            adv_weight=args.adv_weight, epochs=args.epochs, lr=args.lr,
-                            batch_size=args.batch_size, max_clips=args.max_clips, seed=args.seed)
+    cfg = AdversarialConfig(
+        attack=args.attack,
+        snr_db=args.adv_snr,
+        pgd_steps=args.pgd_steps,
+        adv_weight=args.adv_weight,
+        epochs=args.epochs,
+        lr=args.lr,
+        batch_size=args.batch_size,
+        max_clips=args.max_clips,
+        seed=args.seed,
+    )
     return args, cfg
 
 
@@ -184,15 +204,26 @@ def run(args: argparse.Namespace, cfg: AdversarialConfig) -> Path:
     started = time.perf_counter()
     bank = load_bank(args.data_root, init, cfg.max_clips, cfg.seed)
     classifier, history = fine_tune(init, bank, cfg)
-    metrics = held_out_metrics(classifier, args.data_root, init.fold, init.frontend, cfg.hop_frames,
-                               len(init.labels))
-    train_config = {**init.train_config, "adversarial": {**asdict(cfg), "history": history,
-                    "init": str(args.init), "init_sha256": file_sha256(args.init),
-                    "init_metrics": init.metrics, "seconds": round(time.perf_counter() - started, 1)}}
+    metrics = held_out_metrics(
+        classifier, args.data_root, init.fold, init.frontend, cfg.hop_frames, len(init.labels)
+    )
+    train_config = {
+        **init.train_config,
+        "adversarial": {
+            **asdict(cfg),
+            "history": history,
+            "init": str(args.init),
+            "init_sha256": file_sha256(args.init),
+            "init_metrics": init.metrics,
+            "seconds": round(time.perf_counter() - started, 1),
+        },
+    }
     replace(init, state_dict=classifier.state_dict(), metrics=metrics, train_config=train_config).save(out)
     before = init.metrics.get("accuracy", float("nan"))
-    print(f"wrote {out}: held-out fold {init.fold} clip accuracy {before:.3f} -> {metrics['accuracy']:.3f}; "
-          f"judge its robustness with 'earshot gate {out} --data-root ...'")
+    print(
+        f"wrote {out}: held-out fold {init.fold} clip accuracy {before:.3f} -> {metrics['accuracy']:.3f}; "
+        f"judge its robustness with 'earshot gate {out} --data-root ...'"
+    )
     return out
 
 
@@ -204,8 +235,9 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as error:
         print(f"earshot train: error: {error}", file=sys.stderr)
         return 2
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
-                        format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
+    )
     torch.set_num_threads(args.threads)
     try:
         run(args, cfg)

@@ -65,8 +65,13 @@ class PerClipL2PGD(_PerClipStep, fb.attacks.L2PGD):
         return x0 + clip_lp_norms(x - x0, norm=epsilon, p=2)
 
 
-def per_clip_pgd(attack: PerClipLinfPGD | PerClipL2PGD, fmodel: fb.PyTorchModel, x: torch.Tensor,
-                 y: torch.Tensor, epsilon: torch.Tensor) -> torch.Tensor:
+def per_clip_pgd(
+    attack: PerClipLinfPGD | PerClipL2PGD,
+    fmodel: fb.PyTorchModel,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    epsilon: torch.Tensor,
+) -> torch.Tensor:
     """Run PGD on (batch, samples) with (batch,) epsilons; the adversarials clipped to each epsilon."""
     x_ep, eps_ep = ep.astensor(x), ep.astensor(epsilon.to(x.dtype))
     raw = ep.astensor(attack.run(fmodel, x, fb.criteria.Misclassification(y), epsilon=eps_ep))

@@ -63,7 +63,7 @@ class BackgroundNoise(_Sometimes):
         clip = self.noise.clip(int(torch.randint(0, len(self.noise.records), ())))  # (n_mels, noise_frames)
         frames = power.shape[1]
         start = int(torch.randint(0, max(clip.shape[1] - frames, 0) + 1, ()))
-        noise = clip[:, start: start + frames]  # (n_mels, frames)
+        noise = clip[:, start : start + frames]  # (n_mels, frames)
         if noise.shape[1] < frames:  # a noise clip shorter than the window is looped, as clips are
             noise = noise.repeat(1, -(-frames // noise.shape[1]))[:, :frames]
         snr = float(torch.empty(()).uniform_(*self.snr_db))
@@ -91,8 +91,9 @@ class BandLimit(_Sometimes):
     band is assumed), which is what low-passing the waveform does to the cached mel power.
     """
 
-    def __init__(self, inner: Dataset, params: FrontendParams, cutoff_hz: tuple[float, float],
-                 p: float) -> None:
+    def __init__(
+        self, inner: Dataset, params: FrontendParams, cutoff_hz: tuple[float, float], p: float
+    ) -> None:
         super().__init__(inner, p)
         self.cutoff_hz = cutoff_hz
         filters = mel_filterbank(params)  # (n_freqs, n_mels)
@@ -174,8 +175,9 @@ def _mask_axis(x: torch.Tensor, axis: int, width: int, fill: torch.Tensor) -> No
     x.narrow(axis, start, size).fill_(fill)
 
 
-def mixup(logmel: torch.Tensor, target: torch.Tensor, n_classes: int,
-          alpha: float) -> tuple[torch.Tensor, torch.Tensor]:
+def mixup(
+    logmel: torch.Tensor, target: torch.Tensor, n_classes: int, alpha: float
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Mix a batch with a shuffled copy of itself; returns inputs and soft targets (batch, n_classes)."""
     soft = torch.nn.functional.one_hot(target, n_classes).float()  # (batch, n_classes)
     if alpha <= 0:

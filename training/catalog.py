@@ -58,8 +58,12 @@ def read_urbansound8k_clips(root: Path) -> list[Clip]:
         records = read_urbansound8k(root)
     except ValueError as error:
         raise DataError(str(error)) from None
-    return [Clip(r.path, URBANSOUND8K_LABELS[r.label], URBANSOUND8K, r.group, r.fold,
-                 URBANSOUND8K_LABELS[r.label]) for r in records]
+    return [
+        Clip(
+            r.path, URBANSOUND8K_LABELS[r.label], URBANSOUND8K, r.group, r.fold, URBANSOUND8K_LABELS[r.label]
+        )
+        for r in records
+    ]
 
 
 def _rows(meta: Path, columns: tuple[str, ...]) -> list[dict[str, str]]:
@@ -83,19 +87,34 @@ def esc10_group(filename: str) -> str:
 def read_esc10_clips(root: Path) -> list[Clip]:
     """All ESC-10 clips present, labelled by their category (only ``dog_bark`` is also one of ours)."""
     rows = _rows(root / "meta.csv", ("filename", "fold", "category"))
-    return [Clip(root / "audio" / r["filename"], r["category"], ESC10, esc10_group(r["filename"]),
-                 int(r["fold"]), r["category"]) for r in rows if (root / "audio" / r["filename"]).is_file()]
+    return [
+        Clip(
+            root / "audio" / r["filename"],
+            r["category"],
+            ESC10,
+            esc10_group(r["filename"]),
+            int(r["fold"]),
+            r["category"],
+        )
+        for r in rows
+        if (root / "audio" / r["filename"]).is_file()
+    ]
 
 
 def read_street_extra_clips(root: Path) -> list[Clip]:
     """All street-extra clips present: ``siren``, ``gun_shot`` and ``negative``, grouped by ``group``."""
     rows = _rows(root / "meta.csv", ("filename", "label", "category", "group"))
-    return [Clip(root / "audio" / r["filename"], r["label"], STREET_EXTRA, r["group"], None, r["category"])
-            for r in rows if (root / "audio" / r["filename"]).is_file()]
+    return [
+        Clip(root / "audio" / r["filename"], r["label"], STREET_EXTRA, r["group"], None, r["category"])
+        for r in rows
+        if (root / "audio" / r["filename"]).is_file()
+    ]
 
 
 READERS: dict[str, Callable[[Path], list[Clip]]] = {
-    URBANSOUND8K: read_urbansound8k_clips, STREET_EXTRA: read_street_extra_clips, ESC10: read_esc10_clips,
+    URBANSOUND8K: read_urbansound8k_clips,
+    STREET_EXTRA: read_street_extra_clips,
+    ESC10: read_esc10_clips,
 }
 
 

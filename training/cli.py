@@ -42,38 +42,69 @@ _RECIPE_FLAGS = (
 def parse_args(argv: list[str]) -> argparse.Namespace:
     """The command line; see training/results/README.md for the commands that made the committed results."""
     parser = argparse.ArgumentParser(prog="earshot train", description=__doc__)
-    parser.add_argument("--data-root", type=Path, help="UrbanSound8K dir (metadata/ + audio/); with "
-                        "--sources, the folder holding every source (../shared/data)")
-    parser.add_argument("--sources", type=_sources, metavar="LIST",
-                        help="train on several sources under --data-root, e.g. us8k,street-extra,esc10: "
-                        "street-extra's train half only, negatives as an 11th class 'other' "
-                        "(training/sources.py); default: --data-root is one UrbanSound8K dir")
-    parser.add_argument("--arch", default="cnn", help=f"one of {', '.join(ARCHITECTURES)}, or 'best' "
-                        "(highest mean accuracy in OUT/comparison.json) with --all-folds")
+    parser.add_argument(
+        "--data-root",
+        type=Path,
+        help="UrbanSound8K dir (metadata/ + audio/); with "
+        "--sources, the folder holding every source (../shared/data)",
+    )
+    parser.add_argument(
+        "--sources",
+        type=_sources,
+        metavar="LIST",
+        help="train on several sources under --data-root, e.g. us8k,street-extra,esc10: "
+        "street-extra's train half only, negatives as an 11th class 'other' "
+        "(training/sources.py); default: --data-root is one UrbanSound8K dir",
+    )
+    parser.add_argument(
+        "--arch",
+        default="cnn",
+        help=f"one of {', '.join(ARCHITECTURES)}, or 'best' "
+        "(highest mean accuracy in OUT/comparison.json) with --all-folds",
+    )
     parser.add_argument("--archs", nargs="+", default=list(COMPARE_ORDER), help="architectures for --compare")
     parser.add_argument("--folds", nargs="+", type=int, help="test folds (default: every fold present)")
     parser.add_argument("--epochs", type=int, help="epochs (default 30; per-architecture with --compare)")
     parser.add_argument("--out", type=Path, default=Path("training/results"), help="output directory")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     parser.add_argument("--compare", action="store_true", help="cross-validate each of --archs")
-    parser.add_argument("--report-only", action="store_true",
-                        help="rebuild comparison.json/.md/.png from OUT/<arch>/report.json; trains nothing")
-    parser.add_argument("--all-folds", action="store_true",
-                        help="train the default model on every fold, with open-set thresholds")
-    parser.add_argument("--noise-root", type=Path, help="ESC-10 dir for background noise and open-set "
-                        "thresholds (default: DATA_ROOT/../esc10 when present)")
+    parser.add_argument(
+        "--report-only",
+        action="store_true",
+        help="rebuild comparison.json/.md/.png from OUT/<arch>/report.json; trains nothing",
+    )
+    parser.add_argument(
+        "--all-folds",
+        action="store_true",
+        help="train the default model on every fold, with open-set thresholds",
+    )
+    parser.add_argument(
+        "--noise-root",
+        type=Path,
+        help="ESC-10 dir for background noise and open-set "
+        "thresholds (default: DATA_ROOT/../esc10 when present)",
+    )
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=1,
-                        help="CPU threads (torch.set_num_threads); 1 is fastest on busy shared cores")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="CPU threads (torch.set_num_threads); 1 is fastest on busy shared cores",
+    )
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--lr", type=float, default=3e-3)
     parser.add_argument("--patience", type=int, default=10, help="early-stopping patience in epochs")
     for flag, field_name, help_text in _RECIPE_FLAGS:
         default = getattr(TrainConfig, field_name)
         pair = isinstance(default, tuple)
-        parser.add_argument(flag, dest=field_name, type=type(default[0] if pair else default),
-                            default=default, nargs=2 if pair else None,
-                            help=f"{help_text} (default %(default)s)")
+        parser.add_argument(
+            flag,
+            dest=field_name,
+            type=type(default[0] if pair else default),
+            default=default,
+            nargs=2 if pair else None,
+            help=f"{help_text} (default %(default)s)",
+        )
     args = parser.parse_args(argv)
     if args.compare and args.all_folds:
         parser.error("choose --compare or --all-folds, not both")
@@ -112,9 +143,16 @@ def best_architecture(out: Path) -> str:
 
 def _config(args: argparse.Namespace, arch: str) -> TrainConfig:
     epochs = args.epochs or (COMPARE_EPOCHS.get(arch, 15) if args.compare else 30)
-    return TrainConfig(epochs=epochs, batch_size=args.batch_size, lr=args.lr, patience=args.patience,
-                       seed=args.seed, threads=args.threads, device=args.device,
-                       **{name: _as_field(getattr(args, name)) for _, name, _ in _RECIPE_FLAGS})
+    return TrainConfig(
+        epochs=epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        patience=args.patience,
+        seed=args.seed,
+        threads=args.threads,
+        device=args.device,
+        **{name: _as_field(getattr(args, name)) for _, name, _ in _RECIPE_FLAGS},
+    )
 
 
 def _as_field(value: object) -> object:
@@ -122,8 +160,9 @@ def _as_field(value: object) -> object:
     return tuple(value) if isinstance(value, list) else value
 
 
-def _cross_validate(args: argparse.Namespace, corpus: Corpus, arch: str, params: FrontendParams,
-                    dist: Dist, command: str) -> dict:
+def _cross_validate(
+    args: argparse.Namespace, corpus: Corpus, arch: str, params: FrontendParams, dist: Dist, command: str
+) -> dict:
     out = args.out / arch
     report = cross_validate(corpus, architecture(arch), _config(args, arch), params, out, args.folds, dist)
     report["command"] = command
@@ -144,15 +183,16 @@ def run(args: argparse.Namespace, command: str) -> None:
     dist = setup_distributed("cuda" if args.device == "cuda" else "cpu")
     params = FrontendParams()
     arch = best_architecture(args.out) if args.arch == "best" else args.arch
-    for name in (args.archs if args.compare else [arch]):
+    for name in args.archs if args.compare else [arch]:
         architecture(name)  # fail on a typo before decoding anything
     if args.sources:
         corpus = load_sources_corpus(args.data_root, args.sources, _noise_root(args), params)
     else:
         corpus = load_corpus(args.data_root, _noise_root(args), params)
     if args.all_folds:
-        report = train_default(corpus, architecture(arch), _config(args, arch), params,
-                               args.out / "default" / f"{arch}.pt", dist)
+        report = train_default(
+            corpus, architecture(arch), _config(args, arch), params, args.out / "default" / f"{arch}.pt", dist
+        )
         report["command"] = command
         if dist.main:
             write_report(report, args.out / "default")
@@ -173,8 +213,11 @@ def collect_reports(out: Path) -> dict[str, dict]:
     own ``--archs``, sharing the cores) add up to one table.
     """
     names = [*COMPARE_ORDER, *(a for a in ARCHITECTURES if a not in COMPARE_ORDER)]
-    return {name: json.loads((out / name / "report.json").read_text()) for name in names
-            if (out / name / "report.json").is_file()}
+    return {
+        name: json.loads((out / name / "report.json").read_text())
+        for name in names
+        if (out / name / "report.json").is_file()
+    }
 
 
 def main(argv: list[str] | None = None) -> int:

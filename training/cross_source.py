@@ -29,8 +29,9 @@ class SplitSpec:
     select: Callable[[Sequence[Clip]], list[Clip]]
 
 
-def group_disjoint_split(clips: Sequence[Clip], test_fraction: float,
-                         seed: int) -> tuple[list[Clip], list[Clip]]:
+def group_disjoint_split(
+    clips: Sequence[Clip], test_fraction: float, seed: int
+) -> tuple[list[Clip], list[Clip]]:
     """(train, test): whole recordings go to one side, ``test_fraction`` of each label's recordings to test.
 
     Stratified by label, so both sides hold every label that has two or more recordings; a label with one
@@ -66,16 +67,31 @@ def _all(clips: Sequence[Clip]) -> list[Clip]:
     return list(clips)
 
 
-SPLITS: dict[str, SplitSpec] = {spec.name: spec for spec in (
-    SplitSpec("street-extra", STREET_EXTRA, "street-extra: French sirens (66 recordings), gunshots of 4 gun "
-              "models, street negatives", _all),
-    SplitSpec("street-extra-test", STREET_EXTRA, "street-extra, the test half of its recordings "
-              f"(group-disjoint, seed {STREET_EXTRA_SEED}); train on the other half",
-              lambda clips: street_extra_partition(clips)[1]),
-    SplitSpec("us8k-fold10", URBANSOUND8K, "UrbanSound8K fold 10; its other classes are the negatives",
-              _fold(10)),
-    SplitSpec("esc10", ESC10, "ESC-10, all 400 clips: none is an alert label (false alarms only)", _all),
-)}
+SPLITS: dict[str, SplitSpec] = {
+    spec.name: spec
+    for spec in (
+        SplitSpec(
+            "street-extra",
+            STREET_EXTRA,
+            "street-extra: French sirens (66 recordings), gunshots of 4 gun models, street negatives",
+            _all,
+        ),
+        SplitSpec(
+            "street-extra-test",
+            STREET_EXTRA,
+            "street-extra, the test half of its recordings "
+            f"(group-disjoint, seed {STREET_EXTRA_SEED}); train on the other half",
+            lambda clips: street_extra_partition(clips)[1],
+        ),
+        SplitSpec(
+            "us8k-fold10",
+            URBANSOUND8K,
+            "UrbanSound8K fold 10; its other classes are the negatives",
+            _fold(10),
+        ),
+        SplitSpec("esc10", ESC10, "ESC-10, all 400 clips: none is an alert label (false alarms only)", _all),
+    )
+}
 DEFAULT_SPLITS = ("street-extra", "us8k-fold10", "esc10")
 _FOLD_SPLIT = re.compile(r"us8k-fold(\d+)")
 _ESC10_FOLD_SPLIT = re.compile(r"esc10-fold(\d+)")
@@ -88,8 +104,9 @@ def resolve_split(name: str) -> SplitSpec:
     match = _FOLD_SPLIT.fullmatch(name)
     if match:
         fold = int(match.group(1))
-        return SplitSpec(name, URBANSOUND8K, f"UrbanSound8K fold {fold}; its other classes are the negatives",
-                         _fold(fold))
+        return SplitSpec(
+            name, URBANSOUND8K, f"UrbanSound8K fold {fold}; its other classes are the negatives", _fold(fold)
+        )
     match = _ESC10_FOLD_SPLIT.fullmatch(name)
     if match:  # folds 4-5 are never trained on as ``other`` (training/sources.py): an open-set test
         fold = int(match.group(1))

@@ -54,7 +54,7 @@ class ClipFeatures:
 
     def clip(self, index: int) -> torch.Tensor:
         """Linear mel power of one clip, (n_mels, frames)."""
-        return self.power[:, self.offsets[index]: self.offsets[index + 1]]
+        return self.power[:, self.offsets[index] : self.offsets[index + 1]]
 
     def subset(self, indices: list[int]) -> ClipFeatures:
         """The clips at ``indices``, sharing no storage with the rest."""
@@ -75,7 +75,7 @@ def concat_features(parts: list[ClipFeatures]) -> ClipFeatures:
         raise ValueError("no training source holds any clip")
     lengths = torch.cat([torch.diff(p.offsets) for p in parts])  # (clips,)
     offsets = torch.cat([torch.zeros(1, dtype=torch.long), torch.cumsum(lengths, 0)])  # (clips + 1,)
-    power = torch.cat([p.power[:, p.offsets[0]: p.offsets[-1]] for p in parts], dim=1)  # (n_mels, frames)
+    power = torch.cat([p.power[:, p.offsets[0] : p.offsets[-1]] for p in parts], dim=1)  # (n_mels, frames)
     return ClipFeatures(power, offsets, [r for p in parts for r in p.records])
 
 
@@ -108,8 +108,11 @@ def read_esc10_negatives(root: str | Path) -> list[ClipRecord]:
         raise ValueError(f"{root} is not an ESC-10 directory: {meta} is missing")
     with meta.open(newline="") as handle:
         rows = [r for r in csv.DictReader(handle) if r["category"] not in ESC10_TARGET_OVERLAP]
-    return [ClipRecord(root / "audio" / r["filename"], -1, int(r["fold"]), r["category"]) for r in rows
-            if (root / "audio" / r["filename"]).is_file()]
+    return [
+        ClipRecord(root / "audio" / r["filename"], -1, int(r["fold"]), r["category"])
+        for r in rows
+        if (root / "audio" / r["filename"]).is_file()
+    ]
 
 
 def folds_present(records: list[ClipRecord]) -> list[int]:
@@ -206,8 +209,13 @@ class RandomCropDataset(Dataset):
     to the window: a time stretch of the event, done on the cached mel power.
     """
 
-    def __init__(self, features: ClipFeatures, window_frames: int, crops: int = 1,
-                 stretch: tuple[float, float] = (1.0, 1.0)) -> None:
+    def __init__(
+        self,
+        features: ClipFeatures,
+        window_frames: int,
+        crops: int = 1,
+        stretch: tuple[float, float] = (1.0, 1.0),
+    ) -> None:
         check_crop_settings(crops, stretch)
         self.features = features
         self.window_frames = window_frames
@@ -224,11 +232,12 @@ class RandomCropDataset(Dataset):
         rate = float(torch.empty(()).uniform_(*self.stretch)) if self.stretch != (1.0, 1.0) else 1.0
         span = min(max(2, round(self.window_frames * rate)), clip.shape[1])
         start = int(torch.randint(0, clip.shape[1] - span + 1, ()))
-        crop = clip[:, start: start + span]  # (n_mels, span)
+        crop = clip[:, start : start + span]  # (n_mels, span)
         if span == self.window_frames:
             return crop, label
-        stretched = torch.nn.functional.interpolate(crop[None], size=self.window_frames, mode="linear",
-                                                    align_corners=False)
+        stretched = torch.nn.functional.interpolate(
+            crop[None], size=self.window_frames, mode="linear", align_corners=False
+        )
         return stretched[0], label  # (n_mels, window_frames)
 
 
@@ -238,13 +247,15 @@ class WindowDataset(Dataset):
     def __init__(self, features: ClipFeatures, window_frames: int, hop_frames: int) -> None:
         self.features = features
         self.window_frames = window_frames
-        self.index = [(c, s) for c in range(len(features.records))
-                      for s in window_starts(features.clip(c).shape[1], window_frames, hop_frames)]
+        self.index = [
+            (c, s)
+            for c in range(len(features.records))
+            for s in window_starts(features.clip(c).shape[1], window_frames, hop_frames)
+        ]
 
     def __len__(self) -> int:
         return len(self.index)
 
     def __getitem__(self, item: int) -> tuple[torch.Tensor, int]:
         clip_index, start = self.index[item]
-        return self.features.clip(clip_index)[:, start: start + self.window_frames], clip_index
-
+        return self.features.clip(clip_index)[:, start : start + self.window_frames], clip_index

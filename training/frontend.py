@@ -16,8 +16,14 @@ class TorchLogMel(nn.Module):
         super().__init__()
         self.params = params
         self.mel_power = torchaudio.transforms.MelSpectrogram(
-            sample_rate=params.sample_rate, n_fft=params.n_fft, hop_length=params.hop_length,
-            n_mels=params.n_mels, f_min=params.f_min, f_max=params.f_max, center=False, power=2.0,
+            sample_rate=params.sample_rate,
+            n_fft=params.n_fft,
+            hop_length=params.hop_length,
+            n_mels=params.n_mels,
+            f_min=params.f_min,
+            f_max=params.f_max,
+            center=False,
+            power=2.0,
         )
 
     def power(self, waveform: torch.Tensor) -> torch.Tensor:

@@ -32,8 +32,9 @@ def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray, n_classes: in
     }
 
 
-def aggregate_windows(window_scores: np.ndarray, clip_index: np.ndarray, n_clips: int,
-                      how: str = "mean") -> np.ndarray:
+def aggregate_windows(
+    window_scores: np.ndarray, clip_index: np.ndarray, n_clips: int, how: str = "mean"
+) -> np.ndarray:
     """Per-clip scores (n_clips, classes) from window scores: mean (classification) or max (alerting)."""
     out = np.zeros((n_clips, window_scores.shape[1]))
     if how == "mean":
@@ -45,8 +46,13 @@ def aggregate_windows(window_scores: np.ndarray, clip_index: np.ndarray, n_clips
     raise ValueError(f"how must be 'mean' or 'max', got {how!r}")
 
 
-def suggest_thresholds(negative_max: np.ndarray, labels: tuple[str, ...], target_fpr: dict[str, float],
-                       floor: float = 0.5, ceiling: float = 0.99) -> dict[str, float]:
+def suggest_thresholds(
+    negative_max: np.ndarray,
+    labels: tuple[str, ...],
+    target_fpr: dict[str, float],
+    floor: float = 0.5,
+    ceiling: float = 0.99,
+) -> dict[str, float]:
     """Per-class threshold: the lowest score that keeps clip false positives on non-target sounds at
     ``target_fpr[label]`` (a default key ``"*"`` covers the rest), kept within [floor, ceiling].
 
@@ -67,15 +73,19 @@ def alert_order(thresholds: dict[str, float], first: tuple[str, ...]) -> dict[st
     return ordered
 
 
-def false_positive_rates(negative_max: np.ndarray, labels: tuple[str, ...],
-                         thresholds: dict[str, float]) -> dict[str, float]:
+def false_positive_rates(
+    negative_max: np.ndarray, labels: tuple[str, ...], thresholds: dict[str, float]
+) -> dict[str, float]:
     """Fraction of non-target clips where some window scores a class at or above its threshold."""
-    return {label: float((negative_max[:, c] >= thresholds[label]).mean()) if len(negative_max) else 0.0
-            for c, label in enumerate(labels)}
+    return {
+        label: float((negative_max[:, c] >= thresholds[label]).mean()) if len(negative_max) else 0.0
+        for c, label in enumerate(labels)
+    }
 
 
-def detection_recall(positive_max: np.ndarray, y_true: np.ndarray, labels: tuple[str, ...],
-                     thresholds: dict[str, float]) -> dict[str, float]:
+def detection_recall(
+    positive_max: np.ndarray, y_true: np.ndarray, labels: tuple[str, ...], thresholds: dict[str, float]
+) -> dict[str, float]:
     """Per class, the fraction of its clips where some window reaches the class's threshold."""
     out = {}
     for c, label in enumerate(labels):

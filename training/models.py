@@ -67,13 +67,21 @@ ARCHITECTURES: dict[str, ModelConfig] = {
     "rnn": ModelConfig("rnn", recurrent="rnn", rnn_hidden=128, rnn_layers=2),
     "lstm": ModelConfig("lstm", recurrent="lstm", rnn_hidden=96, rnn_layers=2),
     "gru": ModelConfig("gru", recurrent="gru", rnn_hidden=96, rnn_layers=2),
-    "crnn": ModelConfig("crnn", conv_channels=(12, 24, 48), recurrent="gru", rnn_hidden=64,
-                        freq_reduce="flatten"),
+    "crnn": ModelConfig(
+        "crnn", conv_channels=(12, 24, 48), recurrent="gru", rnn_hidden=64, freq_reduce="flatten"
+    ),
     # Stronger compact CNNs (the study's future work): residual blocks and mean+max time pooling.
-    "rescnn": ModelConfig("rescnn", conv_channels=(12, 24, 48, 96), residual=True, pooling="meanmax",
-                          freq_reduce="flatten"),
-    "dsresnet": ModelConfig("dsresnet", conv_channels=(32, 64, 128, 128), conv_kind="separable",
-                            residual=True, pooling="attention", freq_reduce="flatten"),
+    "rescnn": ModelConfig(
+        "rescnn", conv_channels=(12, 24, 48, 96), residual=True, pooling="meanmax", freq_reduce="flatten"
+    ),
+    "dsresnet": ModelConfig(
+        "dsresnet",
+        conv_channels=(32, 64, 128, 128),
+        conv_kind="separable",
+        residual=True,
+        pooling="attention",
+        freq_reduce="flatten",
+    ),
 }
 
 
@@ -169,10 +177,12 @@ class AudioClassifier(nn.Module):
         self.config = config
         self.input_norm = MelNorm(n_mels)
         channels = (1, *config.conv_channels)
-        self.stem = nn.Sequential(*[
-            ConvBlock(c_in, c_out, config.conv_kind, config.residual, config.convs_per_block)
-            for c_in, c_out in zip(channels[:-1], channels[1:], strict=True)
-        ])
+        self.stem = nn.Sequential(
+            *[
+                ConvBlock(c_in, c_out, config.conv_kind, config.residual, config.convs_per_block)
+                for c_in, c_out in zip(channels[:-1], channels[1:], strict=True)
+            ]
+        )
         # Features per time step seen by the recurrent layer or the pooling head.
         step_features = channels[-1] if config.conv_channels else n_mels
         if config.conv_channels and config.freq_reduce == "flatten":
@@ -180,7 +190,10 @@ class AudioClassifier(nn.Module):
         self.rnn: nn.Module | None = None
         if config.recurrent is not None:
             self.rnn = _RNN_TYPES[config.recurrent](
-                step_features, config.rnn_hidden, num_layers=config.rnn_layers, batch_first=True,
+                step_features,
+                config.rnn_hidden,
+                num_layers=config.rnn_layers,
+                batch_first=True,
                 bidirectional=config.bidirectional,
                 dropout=config.dropout if config.rnn_layers > 1 else 0.0,
             )

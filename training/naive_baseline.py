@@ -64,9 +64,18 @@ def run_naive(model_path: str, twin: tuple[Any, str], audio_path: str, hop_secon
         with torch.no_grad():
             for start in range(0, len(audio) - p.window_samples + 1, hop):
                 mel = librosa.feature.melspectrogram(
-                    y=audio[start:start + p.window_samples], sr=p.sample_rate, n_fft=p.n_fft,
-                    hop_length=p.hop_length, n_mels=p.n_mels, fmin=p.f_min, fmax=p.f_max, htk=True, norm=None,
-                    center=False, power=2.0)  # (n_mels, frames)
+                    y=audio[start : start + p.window_samples],
+                    sr=p.sample_rate,
+                    n_fft=p.n_fft,
+                    hop_length=p.hop_length,
+                    n_mels=p.n_mels,
+                    fmin=p.f_min,
+                    fmax=p.f_max,
+                    htk=True,
+                    norm=None,
+                    center=False,
+                    power=2.0,
+                )  # (n_mels, frames)
                 features = torch.from_numpy(np.log(mel + p.log_offset).astype(np.float32))[None, None]
                 torch.softmax(net(features), dim=-1)  # (1, n_classes)
                 count += 1
@@ -81,8 +90,9 @@ def run_naive(model_path: str, twin: tuple[Any, str], audio_path: str, hop_secon
 
 def main(argv: list[str] | None = None) -> int:
     """Check the twin (``--check``) or time the loop on one core; one JSON line, or exit 2 with one line."""
-    parser = argparse.ArgumentParser(prog="python -m training.naive_baseline",
-                                     description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m training.naive_baseline", description=__doc__.splitlines()[0]
+    )
     parser.add_argument("model", help="the ONNX model whose PyTorch twin is timed")
     parser.add_argument("--checkpoint", help="its checkpoint (default: the card's, else its architecture)")
     parser.add_argument("--check", action="store_true", help="only find the twin")

@@ -75,12 +75,17 @@ def load_corpus(data_root: str | Path, noise_root: str | Path | None, params: Fr
     if noise_root is None:
         return Corpus(clips)
     negatives = load_features(read_esc10_negatives(noise_root), params, desc="decode ESC-10")
-    return Corpus(clips, _esc10_part(negatives, ESC10_NOISE_FOLDS),
-                  _esc10_part(negatives, ESC10_CALIBRATION_FOLDS), _esc10_part(negatives, ESC10_TEST_FOLDS))
+    return Corpus(
+        clips,
+        _esc10_part(negatives, ESC10_NOISE_FOLDS),
+        _esc10_part(negatives, ESC10_CALIBRATION_FOLDS),
+        _esc10_part(negatives, ESC10_TEST_FOLDS),
+    )
 
 
-def load_sources_corpus(data_root: Path, sources: tuple[str, ...], noise_root: Path | None,
-                        params: FrontendParams) -> Corpus:
+def load_sources_corpus(
+    data_root: Path, sources: tuple[str, ...], noise_root: Path | None, params: FrontendParams
+) -> Corpus:
     """Several sources under one data root (training/sources.py); ESC-10 keeps its three roles."""
     negatives = None
     if noise_root is not None:
@@ -101,8 +106,10 @@ def testable_folds(records: list) -> list[int]:
 def complexity(model_config: ModelConfig, params: FrontendParams, n_classes: int = len(LABELS)) -> dict:
     """Parameters and MACs per input window."""
     model = build_model(model_config, n_mels=params.n_mels, n_classes=n_classes)
-    return {"params": count_params(model),
-            "macs_per_window": count_macs(model, (1, params.n_mels, params.n_frames))}
+    return {
+        "params": count_params(model),
+        "macs_per_window": count_macs(model, (1, params.n_mels, params.n_frames)),
+    }
 
 
 def _train_val(clips: ClipFeatures, pool: list[int], cfg: TrainConfig) -> tuple[ClipFeatures, ClipFeatures]:
@@ -112,36 +119,76 @@ def _train_val(clips: ClipFeatures, pool: list[int], cfg: TrainConfig) -> tuple[
 
 
 def _fold_entry(fitted: FitResult, metrics: dict, wall: float) -> dict:
-    return {**metrics, "best_epoch": fitted.best_epoch, "epochs_run": len(fitted.history),
-            "wall_s": round(wall, 1), "history": fitted.history}
+    return {
+        **metrics,
+        "best_epoch": fitted.best_epoch,
+        "epochs_run": len(fitted.history),
+        "wall_s": round(wall, 1),
+        "history": fitted.history,
+    }
 
 
-def run_fold(corpus: Corpus, model_config: ModelConfig, fold: int, cfg: TrainConfig, params: FrontendParams,
-             out_dir: Path, dist: Dist = NO_DIST) -> dict:
+def run_fold(
+    corpus: Corpus,
+    model_config: ModelConfig,
+    fold: int,
+    cfg: TrainConfig,
+    params: FrontendParams,
+    out_dir: Path,
+    dist: Dist = NO_DIST,
+) -> dict:
     """Train on every other fold (validation from them), test on ``fold``, save the fold's checkpoint."""
     start = time.perf_counter()
     records = corpus.clips.records
     test = corpus.clips.subset([i for i, r in enumerate(records) if r.fold == fold])
     train, val = _train_val(corpus.clips, [i for i, r in enumerate(records) if r.fold != fold], cfg)
-    fitted = fit(model_config, train, val, corpus.noise, params, cfg, len(corpus.labels), dist,
-                 desc=f"{model_config.arch} fold {fold}")
+    fitted = fit(
+        model_config,
+        train,
+        val,
+        corpus.noise,
+        params,
+        cfg,
+        len(corpus.labels),
+        dist,
+        desc=f"{model_config.arch} fold {fold}",
+    )
     device = resolve_device(cfg.device, dist)
     predicted = predict_clips(fitted.model, test, params, cfg.hop_frames, device).argmax(axis=1)
     metrics = classification_metrics(test.labels.numpy(), predicted, len(corpus.labels))
     if dist.main:
-        Checkpoint(model_config, params, corpus.labels, fitted.model.cpu().state_dict(), fold=fold,
-                   metrics={k: metrics[k] for k in ("accuracy", "macro_f1", "macro_recall")},
-                   train_config=cfg.to_dict()).save(out_dir / f"{model_config.arch}-fold{fold}.pt")
+        Checkpoint(
+            model_config,
+            params,
+            corpus.labels,
+            fitted.model.cpu().state_dict(),
+            fold=fold,
+            metrics={k: metrics[k] for k in ("accuracy", "macro_f1", "macro_recall")},
+            train_config=cfg.to_dict(),
+        ).save(out_dir / f"{model_config.arch}-fold{fold}.pt")
     logger.info("%s fold %s: accuracy %.3f", model_config.arch, fold, metrics["accuracy"])
     return _fold_entry(fitted, metrics, time.perf_counter() - start)
 
 
-def summarise(arch: str, model_config: ModelConfig, folds: dict[str, dict], params: FrontendParams,
-              cfg: TrainConfig, wall: float, labels: tuple[str, ...] = LABELS) -> dict:
+def summarise(
+    arch: str,
+    model_config: ModelConfig,
+    folds: dict[str, dict],
+    params: FrontendParams,
+    cfg: TrainConfig,
+    wall: float,
+    labels: tuple[str, ...] = LABELS,
+) -> dict:
     """Mean and sample std over folds, plus size, for report.json."""
-    report = {"arch": arch, "model_config": model_config.to_dict(),
-              **complexity(model_config, params, len(labels)), "labels": list(labels),
-              "train_config": cfg.to_dict(), "folds": folds, "wall_s": round(wall, 1)}
+    report = {
+        "arch": arch,
+        "model_config": model_config.to_dict(),
+        **complexity(model_config, params, len(labels)),
+        "labels": list(labels),
+        "train_config": cfg.to_dict(),
+        "folds": folds,
+        "wall_s": round(wall, 1),
+    }
     for key in ("accuracy", "macro_f1", "macro_recall"):
         values = np.array([f[key] for f in folds.values()])
         report[f"mean_{key}"] = float(values.mean())
@@ -151,8 +198,15 @@ def summarise(arch: str, model_config: ModelConfig, folds: dict[str, dict], para
     return report
 
 
-def cross_validate(corpus: Corpus, model_config: ModelConfig, cfg: TrainConfig, params: FrontendParams,
-                   out_dir: Path, folds: list[int] | None = None, dist: Dist = NO_DIST) -> dict:
+def cross_validate(
+    corpus: Corpus,
+    model_config: ModelConfig,
+    cfg: TrainConfig,
+    params: FrontendParams,
+    out_dir: Path,
+    folds: list[int] | None = None,
+    dist: Dist = NO_DIST,
+) -> dict:
     """Leave-one-fold-out over ``folds`` (default: every fold present)."""
     present = testable_folds(corpus.clips.records)
     folds = folds or present
@@ -163,13 +217,16 @@ def cross_validate(corpus: Corpus, model_config: ModelConfig, cfg: TrainConfig, 
         raise ValueError("leave-one-fold-out needs at least two folds")
     start = time.perf_counter()
     entries = {str(f): run_fold(corpus, model_config, f, cfg, params, out_dir, dist) for f in folds}
-    return summarise(model_config.arch, model_config, entries, params, cfg, time.perf_counter() - start,
-                     corpus.labels)
+    return summarise(
+        model_config.arch, model_config, entries, params, cfg, time.perf_counter() - start, corpus.labels
+    )
 
 
-def open_set(model: object, corpus: Corpus, val: ClipFeatures, params: FrontendParams, cfg: TrainConfig,
-             device: object) -> dict:
+def open_set(
+    model: object, corpus: Corpus, val: ClipFeatures, params: FrontendParams, cfg: TrainConfig, device: object
+) -> dict:
     """Suggest thresholds on ESC-10 calibration clips, then measure FPR on held-out ESC-10 clips."""
+
     def clip_max(features: ClipFeatures) -> np.ndarray:
         scores, clips = window_scores(model, features, params, cfg.hop_frames, device)  # type: ignore[arg-type]
         return aggregate_windows(scores, clips, len(features.records), "max")
@@ -181,36 +238,76 @@ def open_set(model: object, corpus: Corpus, val: ClipFeatures, params: FrontendP
     return {
         "thresholds": thresholds,
         "target_fpr": TARGET_FPR,
-        "false_positive_rate": false_positive_rates(clip_max(corpus.openset_test)[:, :len(scored)], scored,
-                                                    thresholds),
+        "false_positive_rate": false_positive_rates(
+            clip_max(corpus.openset_test)[:, : len(scored)], scored, thresholds
+        ),
         "negative_clips": len(corpus.openset_test.records),
-        "recall_at_threshold": detection_recall(clip_max(val)[:, :len(scored)], val.labels.numpy(), scored,
-                                                thresholds),
-        "esc10_folds": {"noise": ESC10_NOISE_FOLDS, "calibration": ESC10_CALIBRATION_FOLDS,
-                        "test": ESC10_TEST_FOLDS},
+        "recall_at_threshold": detection_recall(
+            clip_max(val)[:, : len(scored)], val.labels.numpy(), scored, thresholds
+        ),
+        "esc10_folds": {
+            "noise": ESC10_NOISE_FOLDS,
+            "calibration": ESC10_CALIBRATION_FOLDS,
+            "test": ESC10_TEST_FOLDS,
+        },
     }
 
 
-def train_default(corpus: Corpus, model_config: ModelConfig, cfg: TrainConfig, params: FrontendParams,
-                  out_path: Path, dist: Dist = NO_DIST) -> dict:
+def train_default(
+    corpus: Corpus,
+    model_config: ModelConfig,
+    cfg: TrainConfig,
+    params: FrontendParams,
+    out_path: Path,
+    dist: Dist = NO_DIST,
+) -> dict:
     """Train on every fold (validation split from them), add open-set thresholds, save the checkpoint."""
     start = time.perf_counter()
     train, val = _train_val(corpus.clips, list(range(len(corpus.clips.records))), cfg)
-    fitted = fit(model_config, train, val, corpus.noise, params, cfg, len(corpus.labels), dist,
-                 desc=f"{model_config.arch} all folds")
+    fitted = fit(
+        model_config,
+        train,
+        val,
+        corpus.noise,
+        params,
+        cfg,
+        len(corpus.labels),
+        dist,
+        desc=f"{model_config.arch} all folds",
+    )
     device = resolve_device(cfg.device, dist)
     predicted = predict_clips(fitted.model, val, params, cfg.hop_frames, device).argmax(axis=1)
     metrics = classification_metrics(val.labels.numpy(), predicted, len(corpus.labels))
     opened = open_set(fitted.model, corpus, val, params, cfg, device) if corpus.calibration else {}
     summary = {k: metrics[k] for k in ("accuracy", "macro_f1", "macro_recall")}
-    summary.update(evaluated_on="validation recordings held out of the training folds",
-                   open_set_fpr=opened.get("false_positive_rate", {}))
+    summary.update(
+        evaluated_on="validation recordings held out of the training folds",
+        open_set_fpr=opened.get("false_positive_rate", {}),
+    )
     if dist.main:
-        Checkpoint(model_config, params, corpus.labels, fitted.model.cpu().state_dict(), fold=None,
-                   metrics=summary, train_config=cfg.to_dict(),
-                   thresholds=opened.get("thresholds", {})).save(out_path)
+        Checkpoint(
+            model_config,
+            params,
+            corpus.labels,
+            fitted.model.cpu().state_dict(),
+            fold=None,
+            metrics=summary,
+            train_config=cfg.to_dict(),
+            thresholds=opened.get("thresholds", {}),
+        ).save(out_path)
     wall = time.perf_counter() - start
-    report = summarise(model_config.arch, model_config, {"all": _fold_entry(fitted, metrics, wall)}, params,
-                       cfg, wall, corpus.labels)
-    return {**report, "checkpoint": str(out_path), "open_set": opened,
-            "folds_used": testable_folds(corpus.clips.records)}
+    report = summarise(
+        model_config.arch,
+        model_config,
+        {"all": _fold_entry(fitted, metrics, wall)},
+        params,
+        cfg,
+        wall,
+        corpus.labels,
+    )
+    return {
+        **report,
+        "checkpoint": str(out_path),
+        "open_set": opened,
+        "folds_used": testable_folds(corpus.clips.records),
+    }

@@ -32,8 +32,9 @@ def synth_clip(kind: str, freq: float, rate: int, seconds: float, rng: np.random
     return wave.astype(np.float32)
 
 
-def write_urbansound8k(root: str | Path, folds: tuple[int, ...] = (1, 2, 3), per_class: int = 4,
-                       seed: int = 0) -> Path:
+def write_urbansound8k(
+    root: str | Path, folds: tuple[int, ...] = (1, 2, 3), per_class: int = 4, seed: int = 0
+) -> Path:
     """Write ``metadata/UrbanSound8K.csv`` + ``audio/foldN/``, ``per_class`` recordings per class and fold."""
     root, rng = Path(root), np.random.default_rng(seed)
     rows = []
@@ -75,8 +76,9 @@ def write_esc10(root: str | Path, per_fold: int = 2, seed: int = 1) -> Path:
     return root
 
 
-def write_street_extra(root: str | Path, groups_per_label: int = 4, clips_per_group: int = 2,
-                       seed: int = 2) -> Path:
+def write_street_extra(
+    root: str | Path, groups_per_label: int = 4, clips_per_group: int = 2, seed: int = 2
+) -> Path:
     """Write a street-extra-layout ``meta.csv`` + ``audio/``: siren, gun_shot and negative recordings."""
     root, rng = Path(root), np.random.default_rng(seed)
     kinds = {"siren": ("noise", 5000.0), "gun_shot": ("tone", 6000.0), "negative": ("noise", 1200.0)}

@@ -141,8 +141,9 @@ def seed_everything(seed: int) -> None:
     torch.use_deterministic_algorithms(True, warn_only=True)
 
 
-def train_dataset(features: ClipFeatures, noise: ClipFeatures | None, params: FrontendParams,
-                  cfg: TrainConfig) -> Dataset:
+def train_dataset(
+    features: ClipFeatures, noise: ClipFeatures | None, params: FrontendParams, cfg: TrainConfig
+) -> Dataset:
     """Crop (+ stretch) -> pitch -> background noise -> gain -> band limit -> log -> SpecAugment."""
     data: Dataset = RandomCropDataset(features, params.n_frames, cfg.crops_per_clip, cfg.stretch)
     if cfg.pitch_p > 0 and cfg.pitch_semitones > 0:
@@ -159,8 +160,14 @@ def train_dataset(features: ClipFeatures, noise: ClipFeatures | None, params: Fr
     return data
 
 
-def window_scores(model: nn.Module, features: ClipFeatures, params: FrontendParams, hop_frames: int,
-                  device: torch.device, batch_size: int = 512) -> tuple[np.ndarray, np.ndarray]:
+def window_scores(
+    model: nn.Module,
+    features: ClipFeatures,
+    params: FrontendParams,
+    hop_frames: int,
+    device: torch.device,
+    batch_size: int = 512,
+) -> tuple[np.ndarray, np.ndarray]:
     """Softmax of every sliding window: (windows, classes) scores and (windows,) clip indices."""
     data = ToLogMel(WindowDataset(features, params.n_frames, hop_frames), params.log_offset)
     scores, clips = [], []
@@ -173,16 +180,24 @@ def window_scores(model: nn.Module, features: ClipFeatures, params: FrontendPara
     return np.concatenate(scores), np.concatenate(clips)
 
 
-def predict_clips(model: nn.Module, features: ClipFeatures, params: FrontendParams, hop_frames: int,
-                  device: torch.device) -> np.ndarray:
+def predict_clips(
+    model: nn.Module, features: ClipFeatures, params: FrontendParams, hop_frames: int, device: torch.device
+) -> np.ndarray:
     """Clip scores (clips, classes): the mean of the clip's window softmaxes."""
     scores, clips = window_scores(model, features, params, hop_frames, device)
     return aggregate_windows(scores, clips, len(features.records), "mean")
 
 
-def _train_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.optim.Optimizer,
-                 scheduler: torch.optim.lr_scheduler.LRScheduler, cfg: TrainConfig, n_classes: int,
-                 device: torch.device, show: bool) -> float:
+def _train_epoch(
+    model: nn.Module,
+    loader: DataLoader,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    cfg: TrainConfig,
+    n_classes: int,
+    device: torch.device,
+    show: bool,
+) -> float:
     """One pass over the training loader; returns the mean loss."""
     model.train()
     total, batches = 0.0, 0
@@ -198,8 +213,9 @@ def _train_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.optim.Op
     return total / max(batches, 1)
 
 
-def _loader(data: Dataset, cfg: TrainConfig, dist: Dist,
-            seed: int) -> tuple[DataLoader, DistributedSampler | None]:
+def _loader(
+    data: Dataset, cfg: TrainConfig, dist: Dist, seed: int
+) -> tuple[DataLoader, DistributedSampler | None]:
     """Shuffling loader; under torchrun each rank sees its own shard."""
     # drop_last keeps BatchNorm away from a batch of one; a tiny dataset still gets one full batch.
     batch = max(2, min(cfg.batch_size, len(data) // dist.world))  # type: ignore[arg-type]
@@ -217,9 +233,17 @@ def _sync_buffers(model: nn.Module, dist: Dist) -> None:
             torch_dist.broadcast(buffer, src=0)
 
 
-def fit(model_config: ModelConfig, train: ClipFeatures, val: ClipFeatures, noise: ClipFeatures | None,
-        params: FrontendParams, cfg: TrainConfig, n_classes: int, dist: Dist = NO_DIST,
-        desc: str = "train") -> FitResult:
+def fit(
+    model_config: ModelConfig,
+    train: ClipFeatures,
+    val: ClipFeatures,
+    noise: ClipFeatures | None,
+    params: FrontendParams,
+    cfg: TrainConfig,
+    n_classes: int,
+    dist: Dist = NO_DIST,
+    desc: str = "train",
+) -> FitResult:
     """Train with AdamW + one-cycle LR; keep the weights with the best validation clip accuracy."""
     seed_everything(cfg.seed + dist.rank)  # ranks augment differently; DDP syncs the initial weights
     torch.set_num_threads(cfg.threads)
@@ -233,8 +257,9 @@ def fit(model_config: ModelConfig, train: ClipFeatures, val: ClipFeatures, noise
         wrapped = nn.parallel.DistributedDataParallel(model, device_ids=ids)
     loader, sampler = _loader(train_dataset(train, noise, params, cfg), cfg, dist, cfg.seed)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=cfg.lr,
-                                                    total_steps=cfg.epochs * max(len(loader), 1))
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(
+        optimizer, max_lr=cfg.lr, total_steps=cfg.epochs * max(len(loader), 1)
+    )
     result, best_acc, best_state, stale = FitResult(model), -1.0, None, 0
     show_batches = dist.main and sys.stderr.isatty()
     epochs = tqdm(range(1, cfg.epochs + 1), desc=desc, unit="epoch", disable=not dist.main, mininterval=10.0)
@@ -246,8 +271,14 @@ def fit(model_config: ModelConfig, train: ClipFeatures, val: ClipFeatures, noise
         _sync_buffers(model, dist)
         val_pred = predict_clips(model, val, params, cfg.val_hop_frames, device).argmax(axis=1)
         val_acc = float((val_pred == val.labels.numpy()).mean())
-        result.history.append({"epoch": epoch, "train_loss": loss, "val_accuracy": val_acc,
-                               "seconds": time.perf_counter() - start})
+        result.history.append(
+            {
+                "epoch": epoch,
+                "train_loss": loss,
+                "val_accuracy": val_acc,
+                "seconds": time.perf_counter() - start,
+            }
+        )
         epochs.set_postfix(loss=f"{loss:.3f}", val=f"{val_acc:.3f}")
         if val_acc > best_acc:
             best_acc, stale, result.best_epoch = val_acc, 0, epoch

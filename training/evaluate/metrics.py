@@ -29,8 +29,31 @@ from edge_agent.tools.calibrate import detector_windows
 from training.evaluate.streams import NEGATIVE, TARGET, Placement, StreamPlan
 
 # The sweep's thresholds: coarse where alerts are many, finer near the top where the curve bends.
-SWEEP_THRESHOLDS = (0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.45, 0.5, 0.55, 0.6, 0.65, 0.7, 0.75, 0.8,
-                    0.85, 0.9, 0.93, 0.95, 0.97, 0.98, 0.99)
+SWEEP_THRESHOLDS = (
+    0.05,
+    0.1,
+    0.15,
+    0.2,
+    0.25,
+    0.3,
+    0.35,
+    0.4,
+    0.45,
+    0.5,
+    0.55,
+    0.6,
+    0.65,
+    0.7,
+    0.75,
+    0.8,
+    0.85,
+    0.9,
+    0.93,
+    0.95,
+    0.97,
+    0.98,
+    0.99,
+)
 
 
 def percentile(values: Sequence[float], q: float) -> float | None:
@@ -67,22 +90,32 @@ class LabelResult:
 
     def to_json(self) -> dict:
         """Plain figures for ``evaluate.json``."""
-        return {"label": self.label, "events": self.events, "detected": self.detected, "recall": self.recall,
-                "false_alerts": self.false_alerts, "nontarget_hours": self.nontarget_h,
-                "false_alerts_per_hour": self.false_per_hour,
-                "latency_p50_s": percentile(self.latencies_s, 50),
-                "latency_p95_s": percentile(self.latencies_s, 95),
-                "false_alerts_by_category": dict(self.false_by_category)}
+        return {
+            "label": self.label,
+            "events": self.events,
+            "detected": self.detected,
+            "recall": self.recall,
+            "false_alerts": self.false_alerts,
+            "nontarget_hours": self.nontarget_h,
+            "false_alerts_per_hour": self.false_per_hour,
+            "latency_p50_s": percentile(self.latencies_s, 50),
+            "latency_p95_s": percentile(self.latencies_s, 95),
+            "false_alerts_by_category": dict(self.false_by_category),
+        }
 
 
-def match_starts(onsets: Sequence[float], offsets: Sequence[float], starts: Sequence[float],
-                 tolerance_s: float) -> tuple[list[float | None], list[float]]:
+def match_starts(
+    onsets: Sequence[float], offsets: Sequence[float], starts: Sequence[float], tolerance_s: float
+) -> tuple[list[float | None], list[float]]:
     """(per event: latency of the start that detected it, or None; the starts that match no event)."""
     latencies: list[float | None] = [None] * len(onsets)
     unmatched: list[float] = []
     for start in sorted(starts):
-        candidates = [i for i, (on, off) in enumerate(zip(onsets, offsets, strict=True))
-                      if on - tolerance_s <= start <= off + tolerance_s]
+        candidates = [
+            i
+            for i, (on, off) in enumerate(zip(onsets, offsets, strict=True))
+            if on - tolerance_s <= start <= off + tolerance_s
+        ]
         fresh = [i for i in candidates if latencies[i] is None]
         if fresh:
             latencies[fresh[0]] = start - onsets[fresh[0]]
@@ -105,12 +138,14 @@ def placement_at(plan: StreamPlan, time_s: float) -> Placement | None:
     return None
 
 
-def label_result(plan: StreamPlan, label: str, starts: Sequence[float], tolerance_s: float,
-                 window_s: float) -> LabelResult:
+def label_result(
+    plan: StreamPlan, label: str, starts: Sequence[float], tolerance_s: float, window_s: float
+) -> LabelResult:
     """Recall, false alerts (with where they fell) and latencies of one label's starts over one stream."""
     events = plan.targets(label)
-    latencies, unmatched = match_starts([e.onset_s for e in events], [e.offset_s for e in events], starts,
-                                        tolerance_s)
+    latencies, unmatched = match_starts(
+        [e.onset_s for e in events], [e.offset_s for e in events], starts, tolerance_s
+    )
     where: Counter[str] = Counter()
     for start in unmatched:
         placement = placement_at(plan, start - window_s / 2)  # the centre of the window that confirmed it
@@ -118,8 +153,9 @@ def label_result(plan: StreamPlan, label: str, starts: Sequence[float], toleranc
             where[f"{placement.clip.source}:{placement.clip.category or placement.clip.label}"] += 1
     found = tuple(x for x in latencies if x is not None)
     nontarget = sum(p.duration_s for p in plan.placements if is_nontarget(p, label))
-    return LabelResult(label, len(events), len(found), sum(where.values()), nontarget, found,
-                       tuple(where.most_common()))
+    return LabelResult(
+        label, len(events), len(found), sum(where.values()), nontarget, found, tuple(where.most_common())
+    )
 
 
 def pool(results: Sequence[LabelResult]) -> LabelResult:
@@ -127,32 +163,56 @@ def pool(results: Sequence[LabelResult]) -> LabelResult:
     where: Counter[str] = Counter()
     for result in results:
         where.update(dict(result.false_by_category))
-    return LabelResult(results[0].label, sum(r.events for r in results), sum(r.detected for r in results),
-                       sum(r.false_alerts for r in results), sum(r.nontarget_s for r in results),
-                       tuple(x for r in results for x in r.latencies_s), tuple(where.most_common()))
+    return LabelResult(
+        results[0].label,
+        sum(r.events for r in results),
+        sum(r.detected for r in results),
+        sum(r.false_alerts for r in results),
+        sum(r.nontarget_s for r in results),
+        tuple(x for r in results for x in r.latencies_s),
+        tuple(where.most_common()),
+    )
 
 
-def detector_starts(scores: np.ndarray, times: np.ndarray, label: str, threshold: float,
-                    config: DetectorConfig) -> list[float]:
+def detector_starts(
+    scores: np.ndarray, times: np.ndarray, label: str, threshold: float, config: DetectorConfig
+) -> list[float]:
     """Start times the real detector gives for one label's (windows,) scores at ``threshold``.
 
     Only the windows that can change its state are fed (``detector_windows``); the rest are provably
     no-ops, which makes a sweep over many thresholds cheap.
     """
-    detector = Detector((label,), dataclasses.replace(config, listen=(label,), thresholds={label: threshold},
-                                                      top_k=1))
+    detector = Detector(
+        (label,), dataclasses.replace(config, listen=(label,), thresholds={label: threshold}, top_k=1)
+    )
     starts = []
     for i in detector_windows(scores >= threshold, times, config.confirm_m, config.end_after_s):
-        starts += [d.started_at for d in detector.update((float(scores[i]),), float(times[i]))
-                   if d.kind == "start"]
+        starts += [
+            d.started_at for d in detector.update((float(scores[i]),), float(times[i])) if d.kind == "start"
+        ]
     return starts
 
 
-def sweep(plan: StreamPlan, scores: np.ndarray, times: np.ndarray, label: str, thresholds: Sequence[float],
-          config: DetectorConfig, tolerance_s: float, window_s: float) -> list[tuple[float, LabelResult]]:
+def sweep(
+    plan: StreamPlan,
+    scores: np.ndarray,
+    times: np.ndarray,
+    label: str,
+    thresholds: Sequence[float],
+    config: DetectorConfig,
+    tolerance_s: float,
+    window_s: float,
+) -> list[tuple[float, LabelResult]]:
     """(threshold, figures) at each threshold, re-running only the detector over cached (windows,) scores."""
-    return [(threshold, label_result(plan, label, detector_starts(scores, times, label, threshold, config),
-                                     tolerance_s, window_s)) for threshold in thresholds]
+    return [
+        (
+            threshold,
+            label_result(
+                plan, label, detector_starts(scores, times, label, threshold, config), tolerance_s, window_s
+            ),
+        )
+        for threshold in thresholds
+    ]
 
 
 def sweep_thresholds(operating: float) -> tuple[float, ...]:

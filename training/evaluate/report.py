@@ -19,20 +19,34 @@ POOLED = "pooled"
 
 
 def _curve_json(curve: list[tuple[float, LabelResult]]) -> list[dict]:
-    return [{"threshold": t, "recall": r.recall, "false_alerts_per_hour": r.false_per_hour,
-             "detected": r.detected, "false_alerts": r.false_alerts} for t, r in curve]
+    return [
+        {
+            "threshold": t,
+            "recall": r.recall,
+            "false_alerts_per_hour": r.false_per_hour,
+            "detected": r.detected,
+            "false_alerts": r.false_alerts,
+        }
+        for t, r in curve
+    ]
 
 
 def _split_json(split: SplitResult) -> dict:
     plan, run = split.plan, split.run
     return {
-        "name": split.spec.name, "source": split.spec.source, "description": split.spec.description,
+        "name": split.spec.name,
+        "source": split.spec.source,
+        "description": split.spec.description,
         "stream_hours": plan.duration_s / 3600,
         "target_events": sum(p.role == TARGET for p in plan.placements),
-        "negative_hours": plan.seconds(NEGATIVE) / 3600, "filler_hours": plan.seconds(FILLER) / 3600,
-        "wall_s": run.wall_s, "realtime_factor": run.wall_s / plan.duration_s if plan.duration_s else None,
-        "labels": {label: result.to_json() | {"curve": _curve_json(split.curves[label])}
-                   for label, result in split.labels.items()},
+        "negative_hours": plan.seconds(NEGATIVE) / 3600,
+        "filler_hours": plan.seconds(FILLER) / 3600,
+        "wall_s": run.wall_s,
+        "realtime_factor": run.wall_s / plan.duration_s if plan.duration_s else None,
+        "labels": {
+            label: result.to_json() | {"curve": _curve_json(split.curves[label])}
+            for label, result in split.labels.items()
+        },
     }
 
 
@@ -41,18 +55,34 @@ def to_json(evaluation: Evaluation, command: str) -> dict:
     model, detector, clock = evaluation.model, evaluation.config.detector, evaluation.timing
     listen = detector.listen
     return {
-        "schema": SCHEMA, "command": command,
-        "model": {"path": model.path, "name": model.metadata.name, "version": model.metadata.version,
-                  "sha256": model.sha256},
-        "detector": {"listen": list(listen), "thresholds": {k: evaluation.thresholds[k] for k in listen},
-                     "confirm_n": detector.confirm_n, "confirm_m": detector.confirm_m,
-                     "end_after_s": detector.end_after_s, "cooldown_s": detector.cooldown_s},
-        "window_s": clock.window_s, "hop_s": clock.hop_s, "tolerance_s": clock.tolerance_s,
-        "min_gap_s": clock.min_gap_s, "seed": evaluation.seed, "hours_cap": evaluation.hours,
+        "schema": SCHEMA,
+        "command": command,
+        "model": {
+            "path": model.path,
+            "name": model.metadata.name,
+            "version": model.metadata.version,
+            "sha256": model.sha256,
+        },
+        "detector": {
+            "listen": list(listen),
+            "thresholds": {k: evaluation.thresholds[k] for k in listen},
+            "confirm_n": detector.confirm_n,
+            "confirm_m": detector.confirm_m,
+            "end_after_s": detector.end_after_s,
+            "cooldown_s": detector.cooldown_s,
+        },
+        "window_s": clock.window_s,
+        "hop_s": clock.hop_s,
+        "tolerance_s": clock.tolerance_s,
+        "min_gap_s": clock.min_gap_s,
+        "seed": evaluation.seed,
+        "hours_cap": evaluation.hours,
         "wall_s": evaluation.wall_s,
         "splits": [_split_json(s) for s in evaluation.splits],
-        POOLED: {label: evaluation.pooled(label).to_json()
-                 | {"curve": _curve_json(evaluation.pooled_curve(label))} for label in listen},
+        POOLED: {
+            label: evaluation.pooled(label).to_json() | {"curve": _curve_json(evaluation.pooled_curve(label))}
+            for label in listen
+        },
     }
 
 
@@ -62,17 +92,25 @@ def _number(value: float | None, digits: int = 2) -> str:
 
 def _row(split: str, result: dict) -> str:
     """One table row: recall, false alerts/h (count over hours), latency."""
-    rate = (f"{_number(result['false_alerts_per_hour'], 1)}/h ({result['false_alerts']} in "
-            f"{result['nontarget_hours']:.2f} h)")
-    recall = ("—" if result["recall"] is None
-              else f"{result['recall']:.2f} ({result['detected']}/{result['events']})")
+    rate = (
+        f"{_number(result['false_alerts_per_hour'], 1)}/h ({result['false_alerts']} in "
+        f"{result['nontarget_hours']:.2f} h)"
+    )
+    recall = (
+        "—"
+        if result["recall"] is None
+        else f"{result['recall']:.2f} ({result['detected']}/{result['events']})"
+    )
     latency = f"{_number(result['latency_p50_s'])} / {_number(result['latency_p95_s'])}"
     return f"| {split} | {result['label']} | {recall} | {rate} | {latency} |"
 
 
 def _results_table(data: dict) -> list[str]:
-    lines = ["| split | label | event recall | false alerts per hour of non-target audio | "
-             "latency p50 / p95 (s) |", "|---|---|---|---|---|"]
+    lines = [
+        "| split | label | event recall | false alerts per hour of non-target audio | "
+        "latency p50 / p95 (s) |",
+        "|---|---|---|---|---|",
+    ]
     for split in data["splits"]:
         lines += [_row(split["name"], result) for result in split["labels"].values()]
     lines += [_row(f"**{POOLED}**", result) for result in data[POOLED].values()]
@@ -103,22 +141,32 @@ def _budget_row(split: str, label: str, result: dict, budget: float) -> str:
 
 
 def _budget_table(data: dict, budget: float = FALSE_ALARM_BUDGET) -> list[str]:
-    lines = [f"| split | label | best recall at <= {budget:g} false alert/h | threshold | false alerts | "
-             "non-target hours |", "|---|---|---|---|---|---|"]
+    lines = [
+        f"| split | label | best recall at <= {budget:g} false alert/h | threshold | false alerts | "
+        "non-target hours |",
+        "|---|---|---|---|---|---|",
+    ]
     for split in data["splits"]:
-        lines += [_budget_row(split["name"], label, r, budget) for label, r in split["labels"].items()
-                  if r["recall"] is not None]
+        lines += [
+            _budget_row(split["name"], label, r, budget)
+            for label, r in split["labels"].items()
+            if r["recall"] is not None
+        ]
     lines += [_budget_row(f"**{POOLED}**", label, r, budget) for label, r in data[POOLED].items()]
     return lines
 
 
 def _streams_table(data: dict) -> list[str]:
-    lines = ["| split | what | stream h | target events | negatives h (counted) | filler h | wall s | "
-             "speed |", "|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| split | what | stream h | target events | negatives h (counted) | filler h | wall s | speed |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for s in data["splits"]:
         speed = f"{1 / s['realtime_factor']:.0f}x real time" if s["realtime_factor"] else "—"
-        lines.append(f"| {s['name']} | {s['description']} | {s['stream_hours']:.2f} | {s['target_events']} | "
-                     f"{s['negative_hours']:.2f} | {s['filler_hours']:.2f} | {s['wall_s']:.0f} | {speed} |")
+        lines.append(
+            f"| {s['name']} | {s['description']} | {s['stream_hours']:.2f} | {s['target_events']} | "
+            f"{s['negative_hours']:.2f} | {s['filler_hours']:.2f} | {s['wall_s']:.0f} | {speed} |"
+        )
     return lines
 
 
@@ -127,8 +175,9 @@ def _false_alert_lines(data: dict, top: int = 8) -> list[str]:
     for split in data["splits"]:
         for label, result in split["labels"].items():
             where = list(result["false_alerts_by_category"].items())[:top]
-            lines.append(f"| {split['name']} | {label} | "
-                         f"{', '.join(f'{k} {v}' for k, v in where) or 'none'} |")
+            lines.append(
+                f"| {split['name']} | {label} | {', '.join(f'{k} {v}' for k, v in where) or 'none'} |"
+            )
     return lines
 
 
@@ -153,20 +202,42 @@ def markdown(data: dict) -> str:
     """The report: settings, the results table, the streams, where false alerts fell, curves, definitions."""
     d, model = data["detector"], data["model"]
     thresholds = ", ".join(f"{k} {v:.2f}" for k, v in d["thresholds"].items())
-    lines = [f"# earshot evaluate: {model['name']} {model['version']}", "",
-             f"Model `{model['path']}` (sha256 {model['sha256'][:12]}), thresholds {thresholds}; detector "
-             f"confirm {d['confirm_n']} of {d['confirm_m']}, end after {d['end_after_s']:g} s, cooldown "
-             f"{d['cooldown_s']:g} s; window {data['window_s']:g} s, hop {data['hop_s']:.3f} s; tolerance "
-             f"{data['tolerance_s']:.3f} s; seed {data['seed']}"
-             + (f"; at most {data['hours_cap']:g} h per split" if data["hours_cap"] else "") + ".", "",
-             f"Command: `{data['command']}`", "", "## Results", "", *_results_table(data), "",
-             "## Streams", "", *_streams_table(data), "", f"Total wall time {data['wall_s']:.0f} s.", "",
-             "## Where the false alerts fell", "", *_false_alert_lines(data), "",
-             f"## Operating points at <= {FALSE_ALARM_BUDGET:g} false alert per hour (from the curves)", "",
-             "Read off the swept thresholds, so optimistic: the threshold is chosen on the audio it is "
-             "scored on. Where the non-target hours are under one, only zero false alerts fit the budget.",
-             "",
-             *_budget_table(data), "", "## Trade-off curves", ""]
+    lines = [
+        f"# earshot evaluate: {model['name']} {model['version']}",
+        "",
+        f"Model `{model['path']}` (sha256 {model['sha256'][:12]}), thresholds {thresholds}; detector "
+        f"confirm {d['confirm_n']} of {d['confirm_m']}, end after {d['end_after_s']:g} s, cooldown "
+        f"{d['cooldown_s']:g} s; window {data['window_s']:g} s, hop {data['hop_s']:.3f} s; tolerance "
+        f"{data['tolerance_s']:.3f} s; seed {data['seed']}"
+        + (f"; at most {data['hours_cap']:g} h per split" if data["hours_cap"] else "")
+        + ".",
+        "",
+        f"Command: `{data['command']}`",
+        "",
+        "## Results",
+        "",
+        *_results_table(data),
+        "",
+        "## Streams",
+        "",
+        *_streams_table(data),
+        "",
+        f"Total wall time {data['wall_s']:.0f} s.",
+        "",
+        "## Where the false alerts fell",
+        "",
+        *_false_alert_lines(data),
+        "",
+        f"## Operating points at <= {FALSE_ALARM_BUDGET:g} false alert per hour (from the curves)",
+        "",
+        "Read off the swept thresholds, so optimistic: the threshold is chosen on the audio it is "
+        "scored on. Where the non-target hours are under one, only zero false alerts fit the budget.",
+        "",
+        *_budget_table(data),
+        "",
+        "## Trade-off curves",
+        "",
+    ]
     lines += [f"![{label}](tradeoff-{label}.png)" for label in d["listen"]]
     lines += ["", "## Definitions", "", DEFINITIONS]
     return "\n".join(lines) + "\n"
@@ -181,19 +252,38 @@ def plot_tradeoff(data: dict, label: str, path: Path) -> None:
         curve, style = result["curve"], dict(lw=2.2, color="black") if name == POOLED else dict(lw=1.2)
         at = next(p for p in curve if p["threshold"] == round(operating, 4))
         if result["events"]:
-            (line,) = left.plot([p["false_alerts_per_hour"] or 0 for p in curve],
-                                [p["recall"] for p in curve], marker=".", label=name, **style)
+            (line,) = left.plot(
+                [p["false_alerts_per_hour"] or 0 for p in curve],
+                [p["recall"] for p in curve],
+                marker=".",
+                label=name,
+                **style,
+            )
             left.plot([at["false_alerts_per_hour"] or 0], [at["recall"]], "o", color=line.get_color(), ms=8)
         if result["nontarget_hours"]:
-            (line,) = right.plot([p["threshold"] for p in curve], [p["false_alerts_per_hour"] for p in curve],
-                                 marker=".", label=f"{name} ({result['nontarget_hours']:.2f} h)", **style)
+            (line,) = right.plot(
+                [p["threshold"] for p in curve],
+                [p["false_alerts_per_hour"] for p in curve],
+                marker=".",
+                label=f"{name} ({result['nontarget_hours']:.2f} h)",
+                **style,
+            )
     right.axvline(operating, color="grey", ls="--", lw=1)
     left.set_xscale("symlog", linthresh=1.0)
     right.set_yscale("symlog", linthresh=1.0)
-    left.set(xlim=(-0.3, None), xlabel="false alerts per hour of non-target audio", ylabel="event recall",
-             ylim=(-0.02, 1.02), title=f"{label}: recall vs false alerts (dot: threshold {operating:.2f})")
-    right.set(ylim=(0, None), xlabel="threshold", ylabel="false alerts per hour",
-              title=f"{label}: false alerts vs threshold")
+    left.set(
+        xlim=(-0.3, None),
+        xlabel="false alerts per hour of non-target audio",
+        ylabel="event recall",
+        ylim=(-0.02, 1.02),
+        title=f"{label}: recall vs false alerts (dot: threshold {operating:.2f})",
+    )
+    right.set(
+        ylim=(0, None),
+        xlabel="threshold",
+        ylabel="false alerts per hour",
+        title=f"{label}: false alerts vs threshold",
+    )
     for axis in (left, right):
         axis.grid(alpha=0.3)
         axis.legend(fontsize=8)

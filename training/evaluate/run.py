@@ -85,8 +85,9 @@ def with_lengths(clips: Sequence[Clip]) -> list[tuple[Clip, float]]:
     return [(clip, clip_seconds(clip.path)) for clip in clips]
 
 
-def plan_split(spec: SplitSpec, data_root: Path, listen: Sequence[str], seed: int, min_gap_s: float,
-               hours: float | None) -> StreamPlan:
+def plan_split(
+    spec: SplitSpec, data_root: Path, listen: Sequence[str], seed: int, min_gap_s: float, hours: float | None
+) -> StreamPlan:
     """The split's clips, alert labels as targets and every other clip a negative, planned as one stream."""
     clips = spec.select(read_source(data_root, spec.source))
     if not clips:
@@ -96,33 +97,67 @@ def plan_split(spec: SplitSpec, data_root: Path, listen: Sequence[str], seed: in
     return plan_within(spec.name, targets, negatives, stream_seed(seed, spec.name), min_gap_s, hours)
 
 
-def evaluate_split(spec: SplitSpec, data_root: Path, model: OnnxModel, config: AgentConfig,
-                   thresholds: dict[str, float], clock: Timing, seed: int, hours: float | None,
-                   progress: bool) -> SplitResult:
+def evaluate_split(
+    spec: SplitSpec,
+    data_root: Path,
+    model: OnnxModel,
+    config: AgentConfig,
+    thresholds: dict[str, float],
+    clock: Timing,
+    seed: int,
+    hours: float | None,
+    progress: bool,
+) -> SplitResult:
     """Plan, run through the agent, score at the operating point, sweep each label's threshold."""
     listen = config.detector.listen
     plan = plan_split(spec, data_root, listen, seed, clock.min_gap_s, hours)
     rate = model.frontend.sample_rate
-    run = run_stream(plan, model, config, lambda clip: load_clip(clip.path, rate),
-                     stream_seed(seed, spec.name), progress)
-    labels = {label: label_result(plan, label, run.starts[label], clock.tolerance_s, clock.window_s)
-              for label in listen}
+    run = run_stream(
+        plan, model, config, lambda clip: load_clip(clip.path, rate), stream_seed(seed, spec.name), progress
+    )
+    labels = {
+        label: label_result(plan, label, run.starts[label], clock.tolerance_s, clock.window_s)
+        for label in listen
+    }
     curves = {}
     for label in listen:
         column = run.track.scores[:, model.labels.index(label)]  # (windows,)
-        curves[label] = sweep(plan, column, run.track.times, label, sweep_thresholds(thresholds[label]),
-                              config.detector, clock.tolerance_s, clock.window_s)
-    logger.info("%s: %.2f h of audio in %.1f s (%.0fx real time)", spec.name, plan.duration_s / 3600,
-                run.wall_s, plan.duration_s / max(run.wall_s, 1e-9))
+        curves[label] = sweep(
+            plan,
+            column,
+            run.track.times,
+            label,
+            sweep_thresholds(thresholds[label]),
+            config.detector,
+            clock.tolerance_s,
+            clock.window_s,
+        )
+    logger.info(
+        "%s: %.2f h of audio in %.1f s (%.0fx real time)",
+        spec.name,
+        plan.duration_s / 3600,
+        run.wall_s,
+        plan.duration_s / max(run.wall_s, 1e-9),
+    )
     return SplitResult(spec, plan, run, labels, curves)
 
 
-def evaluate(model: OnnxModel, config: AgentConfig, data_root: Path, specs: Sequence[SplitSpec], seed: int,
-             hours: float | None, tolerance_s: float | None, progress: bool = True) -> Evaluation:
+def evaluate(
+    model: OnnxModel,
+    config: AgentConfig,
+    data_root: Path,
+    specs: Sequence[SplitSpec],
+    seed: int,
+    hours: float | None,
+    tolerance_s: float | None,
+    progress: bool = True,
+) -> Evaluation:
     """Every split in turn; thresholds are the config's, else the model's (as the agent resolves them)."""
     started = time.perf_counter()
     thresholds = Detector(model.labels, config.detector, model.metadata.thresholds).thresholds
     clock = timing(model, config, tolerance_s)
-    results = [evaluate_split(spec, data_root, model, config, thresholds, clock, seed, hours, progress)
-               for spec in specs]
+    results = [
+        evaluate_split(spec, data_root, model, config, thresholds, clock, seed, hours, progress)
+        for spec in specs
+    ]
     return Evaluation(model, config, thresholds, clock, seed, hours, results, time.perf_counter() - started)

@@ -65,14 +65,26 @@ class _Recorder:
                 self.starts[detection.label].append(detection.started_at)
 
 
-def run_stream(plan: StreamPlan, model: OnnxModel, config: AgentConfig, load: Callable[[Clip], np.ndarray],
-               seed: int, progress: bool = True) -> StreamRun:
+def run_stream(
+    plan: StreamPlan,
+    model: OnnxModel,
+    config: AgentConfig,
+    load: Callable[[Clip], np.ndarray],
+    seed: int,
+    progress: bool = True,
+) -> StreamRun:
     """Render ``plan`` at the model's rate and run it through a ``Pipeline`` with no outputs."""
     rate = model.frontend.sample_rate
     config = dataclasses.replace(config, audio=dataclasses.replace(config.audio, ring_seconds=RING_SECONDS))
     source = PlanSource(render(plan, rate, load, seed, BLOCK_FRAMES), rate, f"stream {plan.name}")
-    with tqdm(total=round(plan.duration_s), desc=plan.name, unit="s", disable=not progress,
-              mininterval=1.0, leave=False) as bar:
+    with tqdm(
+        total=round(plan.duration_s),
+        desc=plan.name,
+        unit="s",
+        disable=not progress,
+        mininterval=1.0,
+        leave=False,
+    ) as bar:
         recorder = _Recorder(config.detector.listen, bar)
         pipeline = Pipeline(config, model, source, on_window=recorder)
         started = time.perf_counter()

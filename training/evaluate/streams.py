@@ -84,8 +84,14 @@ class _Cursor:
         self._last = None
 
 
-def plan_stream(name: str, targets: Sequence[tuple[Clip, float]], negatives: Sequence[tuple[Clip, float]],
-                seed: int, min_gap_s: float, fade_s: float = FADE_S) -> StreamPlan:
+def plan_stream(
+    name: str,
+    targets: Sequence[tuple[Clip, float]],
+    negatives: Sequence[tuple[Clip, float]],
+    seed: int,
+    min_gap_s: float,
+    fade_s: float = FADE_S,
+) -> StreamPlan:
     """Targets in seeded order, each after a gap of negatives in [min_gap, 1.5 min_gap]; then the rest."""
     rng = np.random.default_rng(seed)
     fresh = deque(negatives[i] for i in rng.permutation(len(negatives)))
@@ -116,8 +122,9 @@ def plan_stream(name: str, targets: Sequence[tuple[Clip, float]], negatives: Seq
     return StreamPlan(name, tuple(cursor.placements), duration)
 
 
-def subsample(items: Sequence[tuple[Clip, float]], fraction: float,
-              rng: np.random.Generator) -> list[tuple[Clip, float]]:
+def subsample(
+    items: Sequence[tuple[Clip, float]], fraction: float, rng: np.random.Generator
+) -> list[tuple[Clip, float]]:
     """About ``fraction`` of each label's clips (at least one per label), in their original order."""
     if fraction >= 1.0:
         return list(items)
@@ -129,8 +136,14 @@ def subsample(items: Sequence[tuple[Clip, float]], fraction: float,
     return [item for i, item in enumerate(items) if i in keep]
 
 
-def plan_within(name: str, targets: Sequence[tuple[Clip, float]], negatives: Sequence[tuple[Clip, float]],
-                seed: int, min_gap_s: float, hours: float | None) -> StreamPlan:
+def plan_within(
+    name: str,
+    targets: Sequence[tuple[Clip, float]],
+    negatives: Sequence[tuple[Clip, float]],
+    seed: int,
+    min_gap_s: float,
+    hours: float | None,
+) -> StreamPlan:
     """``plan_stream``, subsampled until the stream fits in ``hours``: targets by a fraction, negatives by
     the same fraction or by what the kept targets' gaps need, whichever is more (filler is wasted time)."""
     plan = plan_stream(name, targets, negatives, seed, min_gap_s)
@@ -175,14 +188,21 @@ def _shaped(audio: np.ndarray, samples: int, fade_in: int, fade_out: int) -> np.
     if fade_in > 0:
         out[:fade_in] *= np.sin(0.5 * np.pi * (np.arange(fade_in) + 0.5) / fade_in).astype(np.float32)
     if fade_out > 0:
-        out[samples - fade_out:] *= np.cos(0.5 * np.pi * (np.arange(fade_out) + 0.5) / fade_out).astype(
-            np.float32)
+        out[samples - fade_out :] *= np.cos(0.5 * np.pi * (np.arange(fade_out) + 0.5) / fade_out).astype(
+            np.float32
+        )
     return out
 
 
-def render(plan: StreamPlan, rate: int, load: Callable[[Clip], np.ndarray], seed: int,
-           block: int = 16000, floor_dbfs: float = NOISE_FLOOR_DBFS, fade_s: float = FADE_S
-           ) -> Iterator[np.ndarray]:
+def render(
+    plan: StreamPlan,
+    rate: int,
+    load: Callable[[Clip], np.ndarray],
+    seed: int,
+    block: int = 16000,
+    floor_dbfs: float = NOISE_FLOOR_DBFS,
+    fade_s: float = FADE_S,
+) -> Iterator[np.ndarray]:
     """The stream's samples in blocks of at most ``block`` (float32, mono), clip by clip."""
     floor = np.random.default_rng(seed)
     level = np.float32(10.0 ** (floor_dbfs / 20.0))
@@ -206,7 +226,7 @@ def render(plan: StreamPlan, rate: int, load: Callable[[Clip], np.ndarray], seed
         end = start + len(audio) - base
         if end > len(pending):
             pending = np.concatenate([pending, np.zeros(end - len(pending), dtype=np.float32)])
-        pending[start - base: end] += audio
+        pending[start - base : end] += audio
     yield from send(round(plan.duration_s * rate))
 
 
@@ -222,5 +242,16 @@ def write_ground_truth(plan: StreamPlan, path: Path, data_root: Path) -> None:
         for p in plan.placements:
             clip = p.clip
             file = clip.path.relative_to(data_root) if clip.path.is_relative_to(data_root) else clip.path
-            writer.writerow([f"{p.onset_s:.4f}", f"{p.offset_s:.4f}", p.role, clip.label, clip.source,
-                             clip.group, "" if clip.fold is None else clip.fold, clip.category, file])
+            writer.writerow(
+                [
+                    f"{p.onset_s:.4f}",
+                    f"{p.offset_s:.4f}",
+                    p.role,
+                    clip.label,
+                    clip.source,
+                    clip.group,
+                    "" if clip.fold is None else clip.fold,
+                    clip.category,
+                    file,
+                ]
+            )
