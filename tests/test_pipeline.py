@@ -196,35 +196,3 @@ def test_a_stdin_pipe_that_stops_delivering_is_a_stall(siren_model: Path) -> Non
     os.close(write_end)  # EOF lets the reader thread finish
     runner.join(5.0)
     assert not healthy and reason.startswith("audio stalled: no samples for")
-
-
-class BrokenPublisher(Publisher):
-    """An output that fails on every event and reports itself unhealthy."""
-
-    name = "broken"
-
-    def publish_event(self, event: dict, stream_sample: int) -> None:
-        raise OSError("endpoint exploded")
-
-    def health(self) -> tuple[bool, str]:
-        return False, "cannot keep events"
-
-
-def test_a_failing_output_costs_neither_detection_nor_the_other_outputs(
-    tmp_path: Path, siren_model: Path
-) -> None:
-    config = AgentConfig(
-        device_id="test-pole",
-        audio=AudioConfig(source=str(street(tmp_path)), fast=True),
-        detector=DetectorConfig(end_after_s=1.0, cooldown_s=5.0),
-    )
-    recording = RecordingPublisher()
-    pipeline = Pipeline(
-        config,
-        OnnxModel.load(siren_model),
-        open_source(config.audio, 16000),
-        publishers=[BrokenPublisher(), recording],
-    )
-    assert pipeline.run() == 0 and pipeline.error is None
-    assert [e["kind"] for e in recording.events] == ["start", "end"]
-    assert pipeline.health() == (False, "broken: cannot keep events")
