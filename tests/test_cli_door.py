@@ -9,6 +9,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
+from support.wheel import build_wheel
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -79,40 +80,7 @@ def test_the_wheel_carries_the_agent_alone(tmp_path: Path) -> None:
     """What ``pip install .`` puts on a sensor: edge_agent, its default model, card, demo and schema."""
     if shutil.which("git") is None or not (REPO / ".git").exists():
         pytest.skip("needs a git checkout")
-    listed = (
-        subprocess.run(
-            ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
-            cwd=REPO,
-            capture_output=True,
-            check=True,
-            timeout=60,
-        )
-        .stdout.decode()
-        .split("\0")
-    )
-    source = tmp_path / "src"  # a clean copy: an old build/ in the checkout would leak into the wheel
-    for name in filter(None, listed):
-        if (REPO / name).is_file():
-            (source / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(REPO / name, source / name)
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pip",
-            "wheel",
-            "-q",
-            "--no-deps",
-            "--no-build-isolation",
-            "-w",
-            str(tmp_path),
-            str(source),
-        ],
-        check=True,
-        capture_output=True,
-        timeout=300,
-    )
-    names = zipfile.ZipFile(next(tmp_path.glob("earshot-*.whl"))).namelist()
+    names = zipfile.ZipFile(build_wheel(tmp_path)).namelist()
     assert {name.split("/")[0] for name in names if ".dist-info/" not in name} == {"edge_agent"}
     for needed in (
         "models/default.onnx",

@@ -15,6 +15,7 @@ import typing
 from pathlib import Path
 
 import pytest
+from support.wheel import build_wheel
 
 from edge_agent.config import SECTIONS, AgentConfig, default_device_id, load_config
 
@@ -180,25 +181,7 @@ def test_install_dry_run_changes_nothing_and_skips_the_live_system(tmp_path: Pat
 @pytest.fixture(scope="module")
 def earshot_wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A wheel of this checkout, so the installer's venv needs no network."""
-    out = tmp_path_factory.mktemp("wheel")
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pip",
-            "wheel",
-            "-q",
-            "--no-deps",
-            "--no-build-isolation",
-            "-w",
-            str(out),
-            str(REPO),
-        ],
-        check=True,
-        capture_output=True,
-        timeout=300,
-    )
-    return next(out.glob("earshot-*.whl"))
+    return build_wheel(tmp_path_factory.mktemp("wheel"))
 
 
 @pytest.mark.slow
