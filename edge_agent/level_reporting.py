@@ -18,8 +18,8 @@ import numpy as np
 from edge_agent.config import LevelsConfig
 from edge_agent.detector import Detection
 from edge_agent.events import utc_iso
-from edge_agent.levels import LevelMeter, Levels, MinuteLevels, SecondLevels, WindowMeter
-from edge_agent.metrics import AgentMetrics
+from edge_agent.levels import LevelMeter, Levels, MinuteLevels, SecondLevels, WindowLevels, WindowMeter
+from edge_agent.metrics import MINUTE_LEVEL_STATS, SECOND_LEVEL_STATS, AgentMetrics
 from edge_agent.noise_alert import NoiseAlert
 
 LEVEL_SCHEMA = "earshot.level/1"
@@ -44,23 +44,14 @@ class SoundLevels:
         metrics: AgentMetrics,
         unix_time: Callable[[float], float],
     ) -> None:
-        self.rate, self.device_id, self.offset_db = rate, device_id, config.offset_db
+        self.device_id = device_id
         self.meter = LevelMeter(rate, config.offset_db)
         self.window_meter = WindowMeter(rate, config.offset_db)
         self.alert = NoiseAlert(config) if config.alert_laeq_db is not None else None
         self.unix_time = unix_time
         gauge = metrics.sound_level.labels
-        self._second_gauges = (gauge(weighting="A", stat="eq_1s"), gauge(weighting="A", stat="fmax_1s"))
-        self._minute_gauges = tuple(
-            gauge(weighting=w, stat=s)
-            for w, s in (
-                ("A", "eq_1min"),
-                ("A", "max_1min"),
-                ("A", "l10_1min"),
-                ("A", "l90_1min"),
-                ("C", "eq_1min"),
-            )
-        )
+        self._second_gauges = tuple(gauge(weighting=w, stat=stat) for w, stat in SECOND_LEVEL_STATS)
+        self._minute_gauges = tuple(gauge(weighting=w, stat=stat) for w, stat in MINUTE_LEVEL_STATS)
         self._histogram = metrics.define_level_histogram(self.meter.calibrated)
         self._last_level: dict[str, Any] = {}  # the latest minute's level block (the noise alert's)
 
@@ -84,8 +75,8 @@ class SoundLevels:
     def _observe(self, result: Levels, report: LevelReport) -> None:
         """Metrics for every result; a summary (and the alert's verdict) for every minute."""
         if isinstance(result, SecondLevels):
-            self._second_gauges[0].set(result.laeq)
-            self._second_gauges[1].set(result.lafmax)
+            for gauge, value in zip(self._second_gauges, (result.laeq, result.lafmax), strict=True):
+                gauge.set(value)
             self._histogram.observe(result.laeq)
             return
         for gauge, value in zip(
@@ -95,12 +86,8 @@ class SoundLevels:
         ):
             gauge.set(value)
         report.summaries.append(self.summary(result))
-        self._last_level = {
-            "laeq": round(result.laeq, 2),
-            "lafmax": round(result.lamax, 2),
-            "unit": "dB" if result.calibrated else "dBFS",
-            "calibrated": result.calibrated,
-        }
+        # The minute's LAeq and LAmax, in the shape of a detection's window level.
+        self._last_level = WindowLevels(result.laeq, result.lamax, result.calibrated).to_dict()
         if self.alert is not None:
             local = datetime.fromtimestamp(self.unix_time(result.end_s)).time()
             report.alerts.extend((d, self._last_level) for d in self.alert.update(result, local))

@@ -16,16 +16,18 @@ PUBLISH_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10
 # 1-s LAeq distribution: 5 dB steps over a street's range, in dB SPL when calibrated, else in dBFS.
 LEVEL_BUCKETS_SPL_DB = tuple(float(db) for db in range(30, 125, 5))
 LEVEL_BUCKETS_DBFS = tuple(float(db) for db in range(-100, 5, 5))
-# (weighting, stat) of every sound-level gauge: exported as NaN until the meter has measured it.
-LEVEL_STATS = (
-    ("A", "eq_1s"),
-    ("A", "fmax_1s"),
+# (weighting, stat) of every sound-level gauge: exported as NaN until the meter has measured it. The
+# order is that of the values level_reporting sets: (LAeq, LAFmax) a second, (LAeq, LAmax, LA10, LA90,
+# LCeq) a minute.
+SECOND_LEVEL_STATS = (("A", "eq_1s"), ("A", "fmax_1s"))
+MINUTE_LEVEL_STATS = (
     ("A", "eq_1min"),
     ("A", "max_1min"),
     ("A", "l10_1min"),
     ("A", "l90_1min"),
     ("C", "eq_1min"),
 )
+LEVEL_STATS = SECOND_LEVEL_STATS + MINUTE_LEVEL_STATS
 
 
 class AgentMetrics:
