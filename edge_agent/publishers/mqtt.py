@@ -112,10 +112,10 @@ class MqttPublisher(Publisher):
 
     def publish_event(self, event: dict[str, Any], stream_sample: int) -> None:
         """Queue one event durably and wake the sender; never raises for broker or disk trouble."""
-        label, kind = str(event["label"]), str(event["kind"])
-        self.queue.put(self.topics.event(label), to_json_line(event))
+        label, kind, payload = str(event["label"]), str(event["kind"]), to_json_line(event)
+        self.queue.put(self.topics.event(label), payload)
         with self._retained_lock:
-            self._attributes[label] = to_json_line(event)
+            self._attributes[label] = payload
             self._states[label] = "ON" if kind == "start" else "OFF"
             if self._connected.is_set():
                 self._publish_label(label)

@@ -9,7 +9,6 @@ needs no HTTP client library on the Pi.
 
 from __future__ import annotations
 
-import json
 import logging
 import ssl
 import threading
@@ -82,7 +81,8 @@ class WebhookPublisher(Publisher):
 
     def publish_event(self, event: dict[str, Any], stream_sample: int) -> None:
         """Queue one event durably and wake the sender; never raises for network or disk trouble."""
-        self.queue.put(f"{event['label']}/{event['kind']}", to_json_line(event))
+        # The queue's address column holds the event id: the key the endpoint de-duplicates on.
+        self.queue.put(str(event["event_id"]), to_json_line(event))
         self._wake.set()
 
     def close(self, timeout: float = 5.0) -> None:
@@ -139,7 +139,7 @@ class WebhookPublisher(Publisher):
         headers = {
             "Content-Type": "application/json",
             "User-Agent": f"earshot/{__version__}",
-            "Idempotency-Key": str(json.loads(event.payload).get("event_id", event.seq)),
+            "Idempotency-Key": event.topic,
         }
         if self.config.token:
             headers["Authorization"] = f"Bearer {self.config.token}"
