@@ -17,6 +17,7 @@ SUBCOMMANDS: dict[str, tuple[str, str, bool]] = {
     "listen": ("edge_agent.tools.listen", "show live class scores as bars, for tuning on site", False),
     "calibrate": ("edge_agent.tools.calibrate", "suggest per-class thresholds from a site recording", False),
     "train": ("training.cli", "train and cross-validate models on UrbanSound8K", True),
+    "fetch-sounds": ("training.fetch_sounds_cli", "fetch licensed non-target sounds from Debian packages", True),
     "evaluate": ("training.evaluate.cli", "event recall, false alerts/hour and latency per split", True),
     "export": ("export.cli", "export a checkpoint to ONNX (FP32/INT8) with a model card", True),
     "gate": ("deploy.gate.cli", "run the robustness release gate on a model", True),

@@ -137,6 +137,62 @@ class PitchShift(_Sometimes):
         return self.shift(power, 2 ** (semitones / 12))
 
 
+class Reverb(_Sometimes):
+    """With probability ``p``, a room's late reverberation: each frame's power decays into the next ones.
+
+    The mel-power image of convolving with an exponentially decaying impulse response (RT60 drawn in
+    ``rt60_s``, same in every band; a wet share in ``wet``), which is what a siren heard down a street
+    canyon or a gunshot in a courtyard gains. Cheaper than simulated rooms, and it acts on cached power.
+    """
+
+    def __init__(
+        self,
+        inner: Dataset,
+        params: FrontendParams,
+        rt60_s: tuple[float, float],
+        wet: tuple[float, float],
+        p: float,
+    ) -> None:
+        super().__init__(inner, p)
+        self.rt60_s, self.wet = rt60_s, wet
+        self.frame_s = params.hop_length / params.sample_rate
+
+    def tail(self, rt60: float, wet: float) -> torch.Tensor:
+        """(taps,) power impulse response: 1 at lag 0, then ``wet`` decaying by 60 dB over ``rt60``."""
+        taps = max(2, int(np.ceil(rt60 / self.frame_s)))
+        decay = 10 ** (-6.0 * self.frame_s / rt60)  # power factor per frame
+        response = wet * decay ** torch.arange(taps, dtype=torch.float32)
+        response[0] = 1.0
+        return response
+
+    def apply(self, power: torch.Tensor) -> torch.Tensor:
+        """``power`` with a random reverberant tail (causal: the tail only follows the sound)."""
+        rt60 = float(torch.empty(()).uniform_(*self.rt60_s))
+        wet = float(torch.empty(()).uniform_(*self.wet))
+        kernel = self.tail(rt60, wet).flip(0)[None, None]  # (1, 1, taps), flipped for conv1d's correlation
+        padded = torch.nn.functional.pad(
+            power[:, None], (kernel.shape[-1] - 1, 0)
+        )  # (n_mels, 1, frames+taps-1)
+        return torch.nn.functional.conv1d(padded, kernel)[:, 0]  # (n_mels, frames)
+
+
+class Colouration(_Sometimes):
+    """With probability ``p``, a microphone's or enclosure's smooth frequency response: a random gain
+    curve over the mel bands (a cubic in band position, within +- ``db`` dB)."""
+
+    def __init__(self, inner: Dataset, n_mels: int, db: float, p: float) -> None:
+        super().__init__(inner, p)
+        self.db = db
+        position = torch.linspace(-1.0, 1.0, n_mels)  # (n_mels,)
+        self._basis = torch.stack([position, position**2 - 1 / 3, position**3])  # (3, n_mels)
+
+    def apply(self, power: torch.Tensor) -> torch.Tensor:
+        """``power`` through a random smooth EQ curve."""
+        curve = torch.empty(3).uniform_(-1.0, 1.0) @ self._basis  # (n_mels,)
+        curve = self.db * curve / curve.abs().max().clamp(min=1e-6)
+        return power * 10 ** (curve[:, None] / 10)  # (n_mels, frames)
+
+
 class ToLogMel(_Wrapper):
     """Mel power (n_mels, frames) -> the model's log-mel input (1, n_mels, frames), as the agent has it."""
 

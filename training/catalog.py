@@ -16,10 +16,11 @@ from pathlib import Path
 import soundfile as sf
 
 from edge_agent.labels import URBANSOUND8K_LABELS
-from training.data import read_urbansound8k
+from training.data import cache_dir, read_urbansound8k
+from training.debian_sounds import SOURCE_NAME as DEBIAN_SOUNDS
 
 URBANSOUND8K, STREET_EXTRA, ESC10 = "urbansound8k", "street-extra", "esc10"
-SOURCES = (URBANSOUND8K, STREET_EXTRA, ESC10)
+SOURCES = (URBANSOUND8K, STREET_EXTRA, ESC10, DEBIAN_SOUNDS)
 STREET_EXTRA_NEGATIVE = "negative"  # street-extra's label for clips that are none of the ten classes
 
 
@@ -111,17 +112,44 @@ def read_street_extra_clips(root: Path) -> list[Clip]:
     ]
 
 
+def read_debian_sounds_clips(root: Path) -> list[Clip]:
+    """Sounds ``earshot fetch-sounds`` indexed: label is the kind (``effect`` or ``music``, none of ours),
+    group the Debian package (a package is one source: splits keep it whole)."""
+    rows = _rows(root / "meta.csv", ("filename", "package", "kind", "category"))
+    return [
+        Clip(
+            root / r["filename"],
+            r["kind"],
+            DEBIAN_SOUNDS,
+            r["package"],
+            None,
+            f"{r['package']}:{r['category']}",
+        )
+        for r in rows
+        if (root / r["filename"]).is_file()
+    ]
+
+
 READERS: dict[str, Callable[[Path], list[Clip]]] = {
     URBANSOUND8K: read_urbansound8k_clips,
     STREET_EXTRA: read_street_extra_clips,
     ESC10: read_esc10_clips,
+    DEBIAN_SOUNDS: read_debian_sounds_clips,
 }
 
 
 def source_dir(data_root: Path, source: str) -> Path:
-    """Where ``source`` lives under the data root; DataError naming what is missing."""
+    """Where ``source`` lives under the data root; DataError naming what is missing.
+
+    ``debian-sounds`` is fetched, not shared: it may sit under the data root or in the training cache
+    (``$EARSHOT_CACHE/debian-sounds``, where ``earshot fetch-sounds`` puts it)."""
     if source == URBANSOUND8K:
         return find_urbansound8k(data_root)
+    if source == DEBIAN_SOUNDS:
+        for path in (data_root / source, cache_dir() / source):
+            if (path / "meta.csv").is_file():
+                return path
+        raise DataError(f"no {source} under {data_root} or {cache_dir()}: run 'earshot fetch-sounds' first")
     path = data_root / source
     if not path.is_dir():
         raise DataError(f"no {source} under {data_root} ({path} is missing)")

@@ -36,6 +36,9 @@ _RECIPE_FLAGS = (
     ("--pitch-p", "pitch_p", "share of training windows pitch-shifted"),
     ("--noise-p", "noise_p", "share of training windows mixed with ESC-10 background"),
     ("--mixup-alpha", "mixup_alpha", "mixup Beta(alpha, alpha); 0 turns mixup off"),
+    ("--snr-db", "snr_db", "SNR range LO HI (dB) of a training window over its background"),
+    ("--reverb-p", "reverb_p", "share of training windows given a reverberant tail (RT60 0.2-1.5 s)"),
+    ("--colour-p", "colour_p", "share of training windows through a random smooth microphone response"),
 )
 
 

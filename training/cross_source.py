@@ -13,7 +13,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from training.catalog import ESC10, STREET_EXTRA, URBANSOUND8K, Clip
+from training.catalog import DEBIAN_SOUNDS, ESC10, STREET_EXTRA, URBANSOUND8K, Clip
+from training.debian_sounds import EVALUATION_PACKAGES, MUSIC
 
 STREET_EXTRA_TEST_FRACTION = 0.5  # share of each label's street-extra recordings kept for testing
 STREET_EXTRA_SEED = 0
@@ -67,6 +68,11 @@ def _all(clips: Sequence[Clip]) -> list[Clip]:
     return list(clips)
 
 
+def debian_held_out(clips: Sequence[Clip]) -> list[Clip]:
+    """Debian sounds no model trains on: the evaluation packages' effects, and every package's music."""
+    return [c for c in clips if c.label == MUSIC or c.group in EVALUATION_PACKAGES]
+
+
 SPLITS: dict[str, SplitSpec] = {
     spec.name: spec
     for spec in (
@@ -90,6 +96,14 @@ SPLITS: dict[str, SplitSpec] = {
             _fold(10),
         ),
         SplitSpec("esc10", ESC10, "ESC-10, all 400 clips: none is an alert label (false alarms only)", _all),
+        SplitSpec(
+            "debian-heldout",
+            DEBIAN_SOUNDS,
+            "Debian data packages no model trains on (effects of "
+            + ", ".join(EVALUATION_PACKAGES)
+            + ") and every fetched package's music (false alarms only)",
+            debian_held_out,
+        ),
     )
 }
 DEFAULT_SPLITS = ("street-extra", "us8k-fold10", "esc10")

@@ -4,23 +4,27 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from edge_agent.frontend import FrontendParams
 from edge_agent.labels import DEFAULT_ALERT_LABELS, URBANSOUND8K_LABELS
+from training.catalog import DEBIAN_SOUNDS, ESC10, URBANSOUND8K
 from training.checkpoint import Checkpoint
 from training.complexity import count_macs, count_params
 from training.data import (
     ClipFeatures,
+    concat_features,
     folds_present,
     load_features,
     read_esc10_negatives,
     read_urbansound8k,
     split_by_group,
 )
+from training.debian_sounds import TRAINING_PACKAGES
+from training.licences import source_licences
 from training.metrics import (
     aggregate_windows,
     alert_order,
@@ -30,7 +34,7 @@ from training.metrics import (
     suggest_thresholds,
 )
 from training.models import ModelConfig, build_model
-from training.sources import OTHER, TRAIN_ONLY_FOLD, load_sources
+from training.sources import OTHER, TRAIN_ONLY_FOLD, debian_backgrounds, load_sources
 from training.train import (
     NO_DIST,
     Dist,
@@ -63,6 +67,7 @@ class Corpus:
     calibration: ClipFeatures | None = None
     openset_test: ClipFeatures | None = None
     labels: tuple[str, ...] = LABELS  # the model's outputs: UrbanSound8K's ten, plus ``other`` if open-set
+    sources: list[dict] = field(default_factory=list)  # what trained, with licences (training/licences.py)
 
 
 def _esc10_part(negatives: ClipFeatures, folds: tuple[int, ...]) -> ClipFeatures:
@@ -73,13 +78,14 @@ def load_corpus(data_root: str | Path, noise_root: str | Path | None, params: Fr
     """Read metadata, decode (or load cached) features of UrbanSound8K and, if given, ESC-10."""
     clips = load_features(read_urbansound8k(data_root), params, desc="decode UrbanSound8K")
     if noise_root is None:
-        return Corpus(clips)
+        return Corpus(clips, sources=source_licences((URBANSOUND8K,), None))
     negatives = load_features(read_esc10_negatives(noise_root), params, desc="decode ESC-10")
     return Corpus(
         clips,
         _esc10_part(negatives, ESC10_NOISE_FOLDS),
         _esc10_part(negatives, ESC10_CALIBRATION_FOLDS),
         _esc10_part(negatives, ESC10_TEST_FOLDS),
+        sources=source_licences((URBANSOUND8K, ESC10), None),  # ESC-10 trains as background noise
     )
 
 
@@ -91,11 +97,15 @@ def load_sources_corpus(
     if noise_root is not None:
         negatives = load_features(read_esc10_negatives(noise_root), params, desc="decode ESC-10")
     clips, labels = load_sources(data_root, sources, negatives, params)
+    heard = sources if negatives is None or ESC10 in sources else (*sources, ESC10)  # ESC-10 as noise
+    licences = source_licences(heard, data_root, TRAINING_PACKAGES)
     if negatives is None:
-        return Corpus(clips, labels=labels)
+        return Corpus(clips, labels=labels, sources=licences)
     roles = (ESC10_NOISE_FOLDS, ESC10_CALIBRATION_FOLDS, ESC10_TEST_FOLDS)
-    parts = [_esc10_part(negatives, folds) for folds in roles]
-    return Corpus(clips, *parts, labels=labels)
+    noise, calibration, openset_test = [_esc10_part(negatives, folds) for folds in roles]
+    if DEBIAN_SOUNDS in sources:
+        noise = concat_features([noise, debian_backgrounds(clips, params)])
+    return Corpus(clips, noise, calibration, openset_test, labels=labels, sources=licences)
 
 
 def testable_folds(records: list) -> list[int]:
@@ -165,6 +175,7 @@ def run_fold(
             fold=fold,
             metrics={k: metrics[k] for k in ("accuracy", "macro_f1", "macro_recall")},
             train_config=cfg.to_dict(),
+            sources=corpus.sources,
         ).save(out_dir / f"{model_config.arch}-fold{fold}.pt")
     logger.info("%s fold %s: accuracy %.3f", model_config.arch, fold, metrics["accuracy"])
     return _fold_entry(fitted, metrics, time.perf_counter() - start)
@@ -294,6 +305,7 @@ def train_default(
             metrics=summary,
             train_config=cfg.to_dict(),
             thresholds=opened.get("thresholds", {}),
+            sources=corpus.sources,
         ).save(out_path)
     wall = time.perf_counter() - start
     report = summarise(

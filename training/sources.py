@@ -5,7 +5,10 @@
 - street-extra's TRAIN half of ``street_extra_partition`` (never the recordings ``street-extra-test``
   judges): ``siren`` and ``gun_shot`` as the UrbanSound8K labels of that name, ``negative`` as ``other``;
 - ESC-10's noise folds (1-3) of the classes that are none of ours as ``other``; its folds 4-5 stay out of
-  training (threshold calibration, open-set rates, the ``esc10-fold4``/``esc10-fold5`` splits).
+  training (threshold calibration, open-set rates, the ``esc10-fold4``/``esc10-fold5`` splits);
+- ``debian-sounds`` (``earshot fetch-sounds``): the effects of the training packages as ``other``, at most
+  ``DEBIAN_CLIPS_PER_PACKAGE`` per package so that no one game's sound dominates "none of these"; the
+  evaluation packages and all music stay out (the ``debian-heldout`` split).
 Clips that only train get fold ``TRAIN_ONLY_FOLD``: cross-validation never tests on them.
 """
 
@@ -15,9 +18,12 @@ import logging
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
+
 from edge_agent.frontend import FrontendParams
 from edge_agent.labels import URBANSOUND8K_LABELS
 from training.catalog import (
+    DEBIAN_SOUNDS,
     ESC10,
     STREET_EXTRA,
     STREET_EXTRA_NEGATIVE,
@@ -28,6 +34,7 @@ from training.catalog import (
 )
 from training.cross_source import street_extra_partition
 from training.data import ClipFeatures, ClipRecord, concat_features, load_features, read_urbansound8k
+from training.debian_sounds import EFFECT, TRAINING_PACKAGES
 
 logger = logging.getLogger(__name__)
 
@@ -35,8 +42,17 @@ OTHER = "other"  # the open-set target: none of the ten classes
 OPEN_SET_LABELS = (*URBANSOUND8K_LABELS, OTHER)
 TRAIN_ONLY_FOLD = 0  # fold of clips that only ever train (street-extra train half, ESC-10 negatives)
 ESC10_OTHER_FOLDS = (1, 2, 3)  # the same folds training mixes in as background noise
-SOURCE_NAMES = {"us8k": URBANSOUND8K, URBANSOUND8K: URBANSOUND8K, STREET_EXTRA: STREET_EXTRA, ESC10: ESC10}
-NEGATIVE_SOURCES = (STREET_EXTRA, ESC10)  # sources that bring real negatives, hence the ``other`` class
+SOURCE_NAMES = {
+    "us8k": URBANSOUND8K,
+    URBANSOUND8K: URBANSOUND8K,
+    STREET_EXTRA: STREET_EXTRA,
+    ESC10: ESC10,
+    "debian": DEBIAN_SOUNDS,
+    DEBIAN_SOUNDS: DEBIAN_SOUNDS,
+}
+NEGATIVE_SOURCES = (STREET_EXTRA, ESC10, DEBIAN_SOUNDS)  # sources of real negatives: the ``other`` class
+DEBIAN_CLIPS_PER_PACKAGE = 300
+DEBIAN_SEED = 0
 
 
 def parse_sources(text: str) -> tuple[str, ...]:
@@ -68,6 +84,26 @@ def street_extra_train_records(data_root: Path, labels: tuple[str, ...]) -> list
     ]
 
 
+def debian_train_records(data_root: Path, labels: tuple[str, ...]) -> list[ClipRecord]:
+    """The training packages' effects as ``other``, at most DEBIAN_CLIPS_PER_PACKAGE per package (seeded)."""
+    by_package: dict[str, list] = {}
+    for clip in read_source(data_root, DEBIAN_SOUNDS):
+        if clip.label == EFFECT and clip.group in TRAINING_PACKAGES:
+            by_package.setdefault(clip.group, []).append(clip)
+    rng = np.random.default_rng(DEBIAN_SEED)
+    records = []
+    for package, clips in sorted(by_package.items()):
+        chosen = sorted(rng.permutation(len(clips))[:DEBIAN_CLIPS_PER_PACKAGE].tolist())
+        records += [
+            ClipRecord(
+                clips[i].path, labels.index(OTHER), TRAIN_ONLY_FOLD, f"{DEBIAN_SOUNDS}:{clips[i].category}"
+            )
+            for i in chosen
+        ]
+        logger.info("debian-sounds: %s of %s effects of %s train as other", len(chosen), len(clips), package)
+    return records
+
+
 def esc10_other(negatives: ClipFeatures, labels: tuple[str, ...]) -> ClipFeatures:
     """ESC-10 negatives of the noise folds relabelled ``other`` (train-only, grouped by category)."""
     keep = [i for i, r in enumerate(negatives.records) if r.fold in ESC10_OTHER_FOLDS]
@@ -79,6 +115,21 @@ def esc10_other(negatives: ClipFeatures, labels: tuple[str, ...]) -> ClipFeature
         for r in part.records
     ]
     return part
+
+
+BACKGROUND_MIN_SECONDS = 2.0  # shorter Debian effects are events, not backgrounds
+
+
+def debian_backgrounds(clips: ClipFeatures, params: FrontendParams) -> ClipFeatures:
+    """The training Debian effects long enough to be a background (ambiences, rain, crowds, machines):
+    they join ESC-10 as noise that targets are mixed into, so a siren is also heard over them."""
+    frames = BACKGROUND_MIN_SECONDS * params.sample_rate / params.hop_length
+    keep = [
+        i
+        for i, r in enumerate(clips.records)
+        if r.group.startswith(f"{DEBIAN_SOUNDS}:") and clips.clip(i).shape[1] >= frames
+    ]
+    return clips.subset(keep)
 
 
 def load_sources(
@@ -97,6 +148,9 @@ def load_sources(
         if negatives is None:
             raise ValueError(f"source esc10 needs ESC-10 under {data_root} (or --noise-root)")
         parts.append(esc10_other(negatives, labels))
+    if DEBIAN_SOUNDS in sources:
+        records = debian_train_records(data_root, labels)
+        parts.append(load_features(records, params, desc="decode debian-sounds (training packages)"))
     clips = concat_features(parts)
     counts = {label: sum(r.label == i for r in clips.records) for i, label in enumerate(labels)}
     logger.info("training clips per label: %s", counts)

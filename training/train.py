@@ -23,7 +23,17 @@ from tqdm import tqdm
 
 from edge_agent.frontend import FrontendParams
 from edge_agent.windowing import DEFAULT_HOP_SECONDS, hop_samples
-from training.augment import BackgroundNoise, BandLimit, Gain, PitchShift, SpecAugment, ToLogMel, mixup
+from training.augment import (
+    BackgroundNoise,
+    BandLimit,
+    Colouration,
+    Gain,
+    PitchShift,
+    Reverb,
+    SpecAugment,
+    ToLogMel,
+    mixup,
+)
 from training.data import ClipFeatures, RandomCropDataset, WindowDataset, check_crop_settings
 from training.metrics import aggregate_windows
 from training.models import AudioClassifier, ModelConfig, build_model
@@ -37,6 +47,9 @@ def agent_hop_frames(params: FrontendParams) -> int:
 
 
 AGENT_HOP_FRAMES = agent_hop_frames(FrontendParams())
+REVERB_RT60_S = (0.2, 1.5)  # a small room to a street canyon
+REVERB_WET = (0.05, 0.5)  # power of the tail's first frame relative to the direct sound
+COLOURATION_DB = 6.0  # cheap MEMS mics and enclosures stay within about +- 6 dB over the band
 
 
 @dataclass(frozen=True)
@@ -65,6 +78,8 @@ class TrainConfig:
     gain_db: float = 6.0
     bandlimit_p: float = 0.25  # low-pass a window at a random 3-7 kHz: cheap mics and 8 kHz codecs
     bandlimit_hz: tuple[float, float] = (3000.0, 7000.0)
+    reverb_p: float = 0.0  # share of training windows given a reverberant tail (RT60 0.2-1.5 s)
+    colour_p: float = 0.0  # share of training windows through a random smooth microphone response
     freq_mask: int = 8
     time_mask: int = 10
     threads: int = 1  # one thread per process beats two on busy shared cores (measured)
@@ -75,7 +90,7 @@ class TrainConfig:
             raise ValueError("epochs and batch_size must be at least 1")
         if not 0 < self.val_fraction < 1:
             raise ValueError(f"val_fraction must be in (0, 1), got {self.val_fraction}")
-        for name in ("noise_p", "bandlimit_p", "pitch_p"):
+        for name in ("noise_p", "bandlimit_p", "pitch_p", "reverb_p", "colour_p"):
             if not 0 <= getattr(self, name) <= 1:
                 raise ValueError(f"{name} is a probability in [0, 1], got {getattr(self, name)}")
         check_crop_settings(self.crops_per_clip, self.stretch)  # at parse time, before any decoding
@@ -144,7 +159,8 @@ def seed_everything(seed: int) -> None:
 def train_dataset(
     features: ClipFeatures, noise: ClipFeatures | None, params: FrontendParams, cfg: TrainConfig
 ) -> Dataset:
-    """Crop (+ stretch) -> pitch -> background noise -> gain -> band limit -> log -> SpecAugment."""
+    """Crop (+ stretch) -> pitch -> background noise -> gain -> reverb -> colouration -> band limit -> log
+    -> SpecAugment."""
     data: Dataset = RandomCropDataset(features, params.n_frames, cfg.crops_per_clip, cfg.stretch)
     if cfg.pitch_p > 0 and cfg.pitch_semitones > 0:
         data = PitchShift(data, params, cfg.pitch_semitones, cfg.pitch_p)
@@ -152,6 +168,10 @@ def train_dataset(
         data = BackgroundNoise(data, noise, cfg.snr_db, cfg.noise_p)
     if cfg.gain_db > 0:
         data = Gain(data, cfg.gain_db)
+    if cfg.reverb_p > 0:
+        data = Reverb(data, params, REVERB_RT60_S, REVERB_WET, cfg.reverb_p)
+    if cfg.colour_p > 0:
+        data = Colouration(data, params.n_mels, COLOURATION_DB, cfg.colour_p)
     if cfg.bandlimit_p > 0:
         data = BandLimit(data, params, cfg.bandlimit_hz, cfg.bandlimit_p)
     data = ToLogMel(data, params.log_offset)
