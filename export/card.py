@@ -9,7 +9,7 @@ from pathlib import Path
 
 from edge_agent.model_card import card_path, file_sha256
 
-LICENSE_NOTE = (
+LICENSE_NOTE = (  # a checkpoint that records no sources was trained on UrbanSound8K
     "Model weights trained on UrbanSound8K (Salamon, Jacoby & Bello, ACM MM 2014), "
     "licensed CC BY-NC 3.0: non-commercial use only, with attribution."
 )
@@ -32,7 +32,7 @@ def write_card(model_path: Path, card: dict) -> dict:
         "schema": CARD_SCHEMA,
         **file_facts(model_path),
         **card,
-        "license": LICENSE_NOTE,
+        "license": card.get("license") or LICENSE_NOTE,  # built from the training sources when known
         "created_at": created_at(),
     }
     full.pop("gate", None)  # the release gate adds its own record; an export never vouches for itself

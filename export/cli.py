@@ -12,6 +12,7 @@ from edge_agent.model_card import card_path
 from edge_agent.windowing import DEFAULT_HOP_SECONDS
 from export.parity import ParityPolicy
 from export.pipeline import SHIP_CHOICES, ExportConfig, ParityError, run_export
+from training.sources import parse_sources
 
 logger = logging.getLogger(__name__)
 
@@ -77,8 +78,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--train-command", help="the 'earshot train' command that made the checkpoint (for the card)"
     )
+    p.add_argument(
+        "--thresholds",
+        type=Path,
+        metavar="TOML",
+        help="per-label thresholds to ship ([detector.thresholds], as 'earshot evaluate --calibrate' writes)",
+    )
+    p.add_argument(
+        "--training-sources",
+        type=_sources,
+        default=(),
+        help="sources that trained a checkpoint that does not record them "
+        "(e.g. us8k,street-extra,esc10,debian), for the card's licences",
+    )
+    p.add_argument("--data-root", type=Path, help="where debian-sounds lies, with --training-sources")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     return p
+
+
+def _sources(text: str) -> tuple[str, ...]:
+    try:
+        return parse_sources(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 def config_from_args(args: argparse.Namespace) -> ExportConfig:
@@ -106,6 +128,9 @@ def config_from_args(args: argparse.Namespace) -> ExportConfig:
         allow_parity_failure=args.allow_parity_failure,
         twin_budget=args.twin_budget,
         train_command=args.train_command,
+        thresholds_file=args.thresholds,
+        training_sources=args.training_sources,
+        data_root=args.data_root,
         policy=policy,
     )
 

@@ -16,7 +16,7 @@ from edge_agent.frontend import LogMel
 from edge_agent.model_card import file_sha256
 from edge_agent.model_metadata import ModelMetadata
 from edge_agent.windowing import DEFAULT_HOP_SECONDS
-from export.card import file_facts, write_card
+from export.card import LICENSE_NOTE, file_facts, write_card
 from export.clips import WindowSet, logmel_windows, sample_clips
 from export.onnx_export import assert_self_contained, attach_metadata, export_fp32
 from export.parity import (
@@ -30,8 +30,11 @@ from export.parity import (
     torch_logits,
 )
 from export.quantize import quantize_int8
+from export.thresholds import read_thresholds, threshold_provenance
 from training.checkpoint import Checkpoint, load_checkpoint
 from training.complexity import count_macs, count_params
+from training.debian_sounds import TRAINING_PACKAGES
+from training.licences import licence_line, source_licences
 from training.splits import split_for_checkpoint
 
 logger = logging.getLogger(__name__)
@@ -63,6 +66,11 @@ class ExportConfig:
     allow_parity_failure: bool = False
     twin_budget: int | None = None  # keep the other precision only if model + twin fit in this many bytes
     train_command: str | None = None  # how the checkpoint was made, for the card's reproduce recipe
+    thresholds_file: Path | None = None  # calibrated thresholds that replace the checkpoint's
+    # For checkpoints written before they recorded their sources: which sources trained (licences) and
+    # where ``debian-sounds`` lies.
+    training_sources: tuple[str, ...] = ()
+    data_root: Path | None = None
     policy: ParityPolicy = field(default_factory=ParityPolicy)
 
     def __post_init__(self) -> None:
@@ -131,13 +139,16 @@ def gather_windows(config: ExportConfig, checkpoint: Checkpoint) -> Windows:
 
 
 def metadata_for(config: ExportConfig, checkpoint: Checkpoint, checkpoint_sha: str) -> ModelMetadata:
-    """What the ONNX file says about itself."""
+    """What the ONNX file says about itself; ``--thresholds`` replaces the labels it names."""
+    thresholds = dict(checkpoint.thresholds)
+    if config.thresholds_file is not None:
+        thresholds.update(read_thresholds(config.thresholds_file, tuple(checkpoint.labels)))
     return ModelMetadata(
         name=config.name or config.out.stem,
         version=config.version or checkpoint_sha[:12],
         labels=tuple(checkpoint.labels),
         frontend=checkpoint.frontend,
-        thresholds=dict(checkpoint.thresholds),
+        thresholds=thresholds,
         metrics=dict(checkpoint.metrics),
     )
 
@@ -220,6 +231,13 @@ def portable_path(checkpoint: Path, model_dir: Path) -> str:
     return str(checkpoint)
 
 
+def training_sources(config: ExportConfig, checkpoint: Checkpoint) -> list[dict]:
+    """The checkpoint's sources and licences, or those ``--training-sources`` names for an older one."""
+    if config.training_sources:
+        return source_licences(config.training_sources, config.data_root, TRAINING_PACKAGES)
+    return list(checkpoint.sources)
+
+
 def _card_body(
     config: ExportConfig,
     checkpoint: Checkpoint,
@@ -232,12 +250,18 @@ def _card_body(
     """Every model-card key except those write_card adds (sha256, size_bytes, license, created_at)."""
     model = checkpoint.build()
     params = checkpoint.frontend
+    sources = training_sources(config, checkpoint)
     return {
         "name": metadata.name,
         "version": metadata.version,
         "labels": list(metadata.labels),
         "frontend": dict(json.loads(params.to_json())),
         "thresholds": metadata.thresholds,
+        "thresholds_source": (
+            threshold_provenance(config.thresholds_file) if config.thresholds_file else "checkpoint"
+        ),
+        "training_sources": sources,
+        "license": licence_line(sources) if sources else LICENSE_NOTE,
         "params": count_params(model),
         "macs_per_window": count_macs(model, (1, params.n_mels, params.n_frames)),
         "architecture": checkpoint.model_config.to_dict(),

@@ -11,6 +11,7 @@ import torch
 from edge_agent.config import load_config
 from edge_agent.frontend import FrontendParams
 from edge_agent.labels import URBANSOUND8K_LABELS
+from edge_agent.model_card import card_path
 from edge_agent.onnx_model import OnnxModel
 from export.cli import main as export_main
 from training.catalog import STREET_EXTRA, read_source
@@ -238,3 +239,50 @@ def test_evaluate_calibrate_writes_thresholds_or_refuses(
     )
     assert code == 0
     assert "# siren: refused" in (out / "thresholds.toml").read_text()  # seconds of audio resolve no 1/h
+
+
+def test_the_card_names_every_training_source_and_its_licence(open_set_onnx: Path) -> None:
+    card = json.loads(card_path(open_set_onnx).read_text())
+    sources = {entry["source"]: entry for entry in card["training_sources"]}
+    assert list(sources) == ["urbansound8k", "street-extra", "esc10"]
+    assert sources["urbansound8k"]["license"] == "CC BY-NC 3.0" and sources["esc10"]["license"] == "CC BY 3.0"
+    assert (
+        "non-commercial use only" in card["license"] and "street-extra: no licence stated" in card["license"]
+    )
+    assert card["thresholds_source"] == "checkpoint"
+
+
+def test_export_ships_calibrated_thresholds_with_their_hours(
+    open_set_checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    thresholds = tmp_path / "thresholds.toml"
+    thresholds.write_text(
+        "[detector.thresholds]\nsiren = 0.7  # 2 false alerts in 3.10 h\n# gun_shot: refused, 0.2 h\n"
+    )
+    model = tmp_path / "calibrated.onnx"
+    assert export_main([str(open_set_checkpoint), "--out", str(model), "--thresholds", str(thresholds)]) == 0
+    metadata = OnnxModel.load(model, threads=1, allow_ungated=True).metadata
+    before = load_checkpoint(open_set_checkpoint).thresholds
+    assert metadata.thresholds == {**before, "siren": 0.7}  # the file's labels replace, the rest stay
+    provenance = json.loads(card_path(model).read_text())["thresholds_source"]
+    assert provenance["notes"] == ["siren = 0.7  # 2 false alerts in 3.10 h", "# gun_shot: refused, 0.2 h"]
+    for bad, message in (
+        ("[detector.thresholds]\nsirn = 0.5\n", "'sirn' is not one of the model's labels"),
+        ("[detector.thresholds]\nsiren = 1.5\n", "threshold of siren must be a number in (0, 1]"),
+        ("[mqtt]\nhost = 'x'\n", "has no [detector.thresholds] table"),
+    ):
+        thresholds.write_text(bad)
+        assert (
+            export_main(
+                [
+                    str(open_set_checkpoint),
+                    "--out",
+                    str(tmp_path / "bad.onnx"),
+                    "--thresholds",
+                    str(thresholds),
+                ]
+            )
+            == 2
+        )
+        assert message in capsys.readouterr().err
+    assert not (tmp_path / "bad.onnx").exists()

@@ -25,6 +25,7 @@ class Checkpoint:
     metrics: dict = field(default_factory=dict)
     train_config: dict = field(default_factory=dict)
     thresholds: dict[str, float] = field(default_factory=dict)  # suggested per-class score thresholds
+    sources: list[dict] = field(default_factory=list)  # training sources and licences (training/licences.py)
 
     def build(self) -> AudioClassifier:
         """Rebuild the classifier with its weights, in eval mode."""
@@ -46,6 +47,7 @@ class Checkpoint:
             "metrics": self.metrics,
             "train_config": self.train_config,
             "thresholds": self.thresholds,
+            "sources": self.sources,
         }
         partial = path.with_suffix(path.suffix + ".partial")
         torch.save(payload, partial)
@@ -72,4 +74,5 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
         metrics=payload.get("metrics", {}),
         train_config=payload.get("train_config", {}),
         thresholds=payload.get("thresholds", {}),
+        sources=payload.get("sources", []),
     )
