@@ -31,6 +31,8 @@ from training.sources import DEBIAN_CLIPS_PER_PACKAGE, OPEN_SET_LABELS, OTHER, d
 pytestmark = pytest.mark.skipif(shutil.which("dpkg-deb") is None, reason="needs dpkg-deb (Debian tools)")
 
 TRAINING_PACKAGE, HELD_OUT_PACKAGE = "megaglest-data", "widelands-data"  # one of each list
+OTHER_HELD_OUT_PACKAGE = "freeorion-data"
+PACKAGES = (TRAINING_PACKAGE, HELD_OUT_PACKAGE, OTHER_HELD_OUT_PACKAGE)
 COPYRIGHT = """Format: https://www.debian.org/doc/packaging-manuals/copyright-format/1.0/
 Files: *
 Copyright: 2010 Somebody
@@ -82,13 +84,13 @@ def build_deb(folder: Path, package: str) -> Path:
 def sounds_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """``fetch`` run on two locally built packages (a local download instead of apt-get's)."""
     debs = tmp_path_factory.mktemp("debs")
-    built = {name: build_deb(debs, name) for name in (TRAINING_PACKAGE, HELD_OUT_PACKAGE)}
+    built = {name: build_deb(debs, name) for name in PACKAGES}
     root = tmp_path_factory.mktemp("data") / DEBIAN_SOUNDS
 
     def local_download(package: str, folder: Path) -> None:
         shutil.copy(built[package], folder)
 
-    fetch([TRAINING_PACKAGE, HELD_OUT_PACKAGE], root, local_download)
+    fetch(PACKAGES, root, local_download)
     return root
 
 
@@ -128,8 +130,8 @@ def test_a_second_fetch_reuses_what_is_unpacked(sounds_root: Path) -> None:
     def no_download(package: str, folder: Path) -> None:
         raise AssertionError(f"{package} was downloaded again")
 
-    again = fetch([TRAINING_PACKAGE, HELD_OUT_PACKAGE], sounds_root, no_download)
-    assert len(again) == 8
+    again = fetch(PACKAGES, sounds_root, no_download)
+    assert len(again) == 4 * len(PACKAGES)
 
 
 def test_a_failed_download_is_a_fetch_error_naming_the_package(tmp_path: Path) -> None:
@@ -155,6 +157,8 @@ def test_held_out_packages_and_music_never_train(sounds_root: Path) -> None:
         (TRAINING_PACKAGE, MUSIC),
         (HELD_OUT_PACKAGE, MUSIC),
         (HELD_OUT_PACKAGE, EFFECT),
+        (OTHER_HELD_OUT_PACKAGE, MUSIC),
+        (OTHER_HELD_OUT_PACKAGE, EFFECT),
     }
     records = debian_train_records(data_root, OPEN_SET_LABELS)
     assert len(records) == 3 <= DEBIAN_CLIPS_PER_PACKAGE
@@ -199,3 +203,13 @@ def test_colouration_is_smooth_and_bounded() -> None:
     assert float(gain_db.abs().max()) == pytest.approx(6.0, abs=1e-4)
     assert float(gain_db.diff().abs().max()) < 1.5  # no band jumps: a response, not noise
     assert torch.equal(coloured[:, 0], coloured[:, 4])  # the same response in every frame
+
+
+def test_held_out_halves_split_by_package(sounds_root: Path) -> None:
+    clips = read_source(sounds_root.parent, DEBIAN_SOUNDS)
+    held_out = resolve_split("debian-heldout").select(clips)
+    calibration = resolve_split("debian-heldout-cal").select(clips)
+    test = resolve_split("debian-heldout-test").select(clips)
+    assert calibration and test
+    assert sorted(c.path for c in calibration + test) == sorted(c.path for c in held_out)
+    assert {c.group for c in calibration}.isdisjoint({c.group for c in test})

@@ -18,6 +18,7 @@ from training.debian_sounds import EVALUATION_PACKAGES, MUSIC
 
 STREET_EXTRA_TEST_FRACTION = 0.5  # share of each label's street-extra recordings kept for testing
 STREET_EXTRA_SEED = 0
+DEBIAN_HALVES_SEED = 0
 
 
 @dataclass(frozen=True)
@@ -73,6 +74,12 @@ def debian_held_out(clips: Sequence[Clip]) -> list[Clip]:
     return [c for c in clips if c.label == MUSIC or c.group in EVALUATION_PACKAGES]
 
 
+def debian_held_out_halves(clips: Sequence[Clip]) -> tuple[list[Clip], list[Clip]]:
+    """(calibration, test): the held-out Debian sounds split by package, so thresholds are set on one
+    half's hours and judged on packages they never saw."""
+    return group_disjoint_split(debian_held_out(clips), 0.5, DEBIAN_HALVES_SEED)
+
+
 SPLITS: dict[str, SplitSpec] = {
     spec.name: spec
     for spec in (
@@ -103,6 +110,18 @@ SPLITS: dict[str, SplitSpec] = {
             + ", ".join(EVALUATION_PACKAGES)
             + ") and every fetched package's music (false alarms only)",
             debian_held_out,
+        ),
+        SplitSpec(
+            "debian-heldout-cal",
+            DEBIAN_SOUNDS,
+            "debian-heldout, the half of its packages that thresholds are calibrated on",
+            lambda clips: debian_held_out_halves(clips)[0],
+        ),
+        SplitSpec(
+            "debian-heldout-test",
+            DEBIAN_SOUNDS,
+            "debian-heldout, the other half of its packages: false alarms of calibrated thresholds",
+            lambda clips: debian_held_out_halves(clips)[1],
         ),
     )
 }
