@@ -91,7 +91,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="sources that trained a checkpoint that does not record them "
         "(e.g. us8k,street-extra,esc10,debian), for the card's licences",
     )
-    p.add_argument("--data-root", type=Path, help="where debian-sounds lies, with --training-sources")
+    p.add_argument(
+        "--data-root",
+        type=Path,
+        help="the folder holding every source (../shared/data): an open-set model is also checked on "
+        "street-extra-test, ESC-10 folds 4-5 and debian-heldout, and INT8 calibrates on every training "
+        "source; with --training-sources, where debian-sounds lies",
+    )
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     return p
 
@@ -152,6 +158,11 @@ def _summary(card: dict, out: Path) -> str:
         "  latency per window (1 thread): " + ", ".join(f"{k} {v:.3f} ms" for k, v in latency.items()),
         f"  shipped {card['precision']}: {card['precision_reason']}",
     ]
+    for name, checked in (card.get("source_checks") or {}).items():
+        lines.append(
+            f"  {name} ({checked['clips']} clips): accuracy FP32 {pct(checked['fp32_accuracy'])}, "
+            f"INT8 {pct(checked.get('int8_accuracy'))}, agreement {pct(checked.get('int8_agreement'))}"
+        )
     if card["parity_failures"]:
         lines.append(
             "  PARITY FAILED (allowed by --allow-parity-failure): " + "; ".join(card["parity_failures"])

@@ -61,7 +61,15 @@ def accuracy(predicted: np.ndarray, labels: np.ndarray) -> float:
 
 
 def parity_failures(figures: dict, policy: ParityPolicy) -> list[str]:
-    """Human-readable reasons an export fails its parity policy; empty when it passes."""
+    """Human-readable reasons an export fails its parity policy; empty when it passes. Each source
+    checked (``source_checks``) is held to the same marks, its name leading its reasons."""
+    problems = _precision_failures(figures, policy)
+    for name, checked in (figures.get("source_checks") or {}).items():
+        problems += [f"{name}: {reason}" for reason in _precision_failures(checked, policy)]
+    return problems
+
+
+def _precision_failures(figures: dict, policy: ParityPolicy) -> list[str]:
     problems = []
     diff = figures.get("max_abs_logit_diff")
     if diff is not None and not diff <= policy.max_logit_diff:

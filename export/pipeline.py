@@ -15,6 +15,7 @@ import numpy as np
 from edge_agent.frontend import LogMel
 from edge_agent.model_card import file_sha256
 from edge_agent.model_metadata import ModelMetadata
+from edge_agent.onnx_model import OnnxModel
 from edge_agent.windowing import DEFAULT_HOP_SECONDS
 from export.card import LICENSE_NOTE, file_facts, write_card
 from export.clips import WindowSet, logmel_windows, sample_clips
@@ -30,6 +31,7 @@ from export.parity import (
     torch_logits,
 )
 from export.quantize import quantize_int8
+from export.source_checks import calibration_records, held_out_sets, open_set, source_figures
 from export.thresholds import read_thresholds, threshold_provenance
 from training.checkpoint import Checkpoint, load_checkpoint
 from training.complexity import count_macs, count_params
@@ -98,6 +100,7 @@ class Windows:
     parity: np.ndarray  # (n, 1, n_mels, frames) for PyTorch vs ONNX
     calibration: np.ndarray | None
     provenance: dict
+    sources: dict[str, WindowSet] = field(default_factory=dict)  # held-out splits of other sources
 
 
 def synthetic_windows(checkpoint: Checkpoint, count: int, seed: int) -> np.ndarray:
@@ -122,20 +125,29 @@ def gather_windows(config: ExportConfig, checkpoint: Checkpoint) -> Windows:
     heldout = logmel_windows(heldout_clips, checkpoint.frontend, config.hop_seconds, "held-out clips")
     calibration = None
     calib_clips = sample_clips(split.calibration, config.calibration_clips, config.seed)
+    sources: dict[str, WindowSet] = {}
+    if config.data_root is not None and open_set(checkpoint):
+        sources = held_out_sets(
+            config.data_root, checkpoint, config.hop_seconds, config.eval_clips, config.seed
+        )
+        if config.int8:
+            extra = calibration_records(config.data_root, checkpoint, config.calibration_clips, config.seed)
+            calib_clips = [*calib_clips, *extra]
     if config.int8:
         calibration = logmel_windows(
             calib_clips, checkpoint.frontend, config.hop_seconds, "calibration"
         ).logmel
     provenance = {
         "heldout": split.heldout_name,
+        "source_checks": {name: len(windows.labels) for name, windows in sources.items()},
         "heldout_clips": len(heldout_clips),
         "heldout_windows": len(heldout.logmel),
-        "calibration_folds": sorted({r.fold for r in calib_clips}) if config.int8 else [],
+        "calibration_folds": sorted({r.fold for r in calib_clips if r.fold > 0}) if config.int8 else [],
         "calibration_clips": len(calib_clips) if config.int8 else 0,
         "hop_seconds": config.hop_seconds,
         "data_root": str(config.calibration_data),
     }
-    return Windows(heldout, heldout.logmel[:PARITY_WINDOWS], calibration, provenance)
+    return Windows(heldout, heldout.logmel[:PARITY_WINDOWS], calibration, provenance, sources)
 
 
 def metadata_for(config: ExportConfig, checkpoint: Checkpoint, checkpoint_sha: str) -> ModelMetadata:
@@ -172,11 +184,26 @@ def _measure(config: ExportConfig, checkpoint: Checkpoint, windows: Windows, pat
             int8_pred = clip_predictions(int8_logits, held.clip_index, len(held.labels))
             figures["int8_accuracy"] = accuracy(int8_pred, held.labels)
             figures["int8_agreement"] = float((int8_pred == fp32_pred).mean())
+    if windows.sources:
+        int8_model = load_model(paths["int8"], threads=2) if "int8" in paths else None
+        figures["source_checks"] = {
+            name: _source_check(fp32, int8_model, held) for name, held in windows.sources.items()
+        }
     latency = latency_ms(paths, windows.parity)
     figures["latency_ms_per_window"] = {name: round(value, 4) for name, value in latency.items()}
     if "int8" in latency:
         figures["int8_vs_fp32_speedup"] = round(latency["fp32"] / latency["int8"], 3)
     return figures
+
+
+def _source_check(fp32: OnnxModel, int8: OnnxModel | None, held: WindowSet) -> dict:
+    """One source's clip accuracy per precision and their agreement."""
+    n_clips = len(held.labels)
+    fp32_pred = clip_predictions(onnx_logits(fp32, held.logmel), held.clip_index, n_clips)
+    int8_pred = None
+    if int8 is not None:
+        int8_pred = clip_predictions(onnx_logits(int8, held.logmel), held.clip_index, n_clips)
+    return source_figures(fp32_pred, int8_pred, held.labels)
 
 
 def choose_precision(config: ExportConfig, figures: dict) -> tuple[str, str]:

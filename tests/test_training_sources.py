@@ -14,6 +14,7 @@ from edge_agent.labels import URBANSOUND8K_LABELS
 from edge_agent.model_card import card_path
 from edge_agent.onnx_model import OnnxModel
 from export.cli import main as export_main
+from export.parity import ParityPolicy, parity_failures
 from training.catalog import STREET_EXTRA, read_source
 from training.checkpoint import load_checkpoint
 from training.cli import main as train_main
@@ -286,3 +287,40 @@ def test_export_ships_calibrated_thresholds_with_their_hours(
         )
         assert message in capsys.readouterr().err
     assert not (tmp_path / "bad.onnx").exists()
+
+
+def test_export_checks_and_calibrates_on_every_source(
+    open_set_checkpoint: Path, data_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    model = tmp_path / "checked.onnx"
+    args = [
+        str(open_set_checkpoint),
+        "--out",
+        str(model),
+        "--int8",
+        "--ship",
+        "fp32",
+        "--allow-parity-failure",
+    ]
+    args += ["--calibration-data", str(data_root / "urbansound8k-subset"), "--data-root", str(data_root)]
+    assert export_main(args) == 0
+    card = json.loads(card_path(model).read_text())
+    checks = card["source_checks"]
+    assert list(checks) == ["street-extra-test", "esc10-fold4", "esc10-fold5"]  # no debian-sounds here
+    assert all(
+        0.0 <= c["fp32_accuracy"] <= 1.0 and 0.0 <= c["int8_agreement"] <= 1.0 for c in checks.values()
+    )
+    assert (
+        checks["street-extra-test"]["clips"] == card["evaluation"]["source_checks"]["street-extra-test"] > 0
+    )
+    assert card["quantization"]["calibration_windows"] > card["evaluation"]["calibration_clips"] - 1
+    assert "street-extra-test (" in capsys.readouterr().out
+
+
+def test_a_source_that_loses_agreement_fails_the_parity_policy() -> None:
+    figures = {"max_abs_logit_diff": 1e-5, "int8_agreement": 1.0, "fp32_accuracy": 0.9, "int8_accuracy": 0.9}
+    figures["source_checks"] = {
+        "esc10-fold5": {"fp32_accuracy": 0.8, "int8_accuracy": 0.7, "int8_agreement": 0.9}
+    }
+    failures = parity_failures(figures, ParityPolicy())
+    assert failures[0].startswith("esc10-fold5: INT8 top-1 agreement 90.00%") and len(failures) == 2
