@@ -8,7 +8,9 @@
 #   URBANSOUND8K_ROOT  calibration and held-out clips (default: ../shared/data/urbansound8k-subset)
 #   TRAIN_COMMAND      the 'earshot train ...' command that made CHECKPOINT, recorded in the card
 # Environment: VERSION (default: today's UTC date), GATE=0 to skip the gate, KEEP_TWIN=0 to drop the
-# twin (the other precision, kept for 'earshot bench --compare-model' while model + twin <= 1 MB).
+# twin (the other precision, kept for 'earshot bench --compare-model' while model + twin <= 1 MB),
+# SOURCES_ROOT=DIR (the folder holding every source: an open-set model is checked and INT8-calibrated on
+# each of them), THRESHOLDS=FILE (calibrated thresholds, as 'earshot evaluate --calibrate' writes them).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -27,6 +29,8 @@ budget=$limit
 args=("$checkpoint" --out "$out" --int8 --calibration-data "$data_root" --name earshot-default
       --version "$version" --twin-budget "$budget")
 [ -n "$train_command" ] && args+=(--train-command "$train_command")
+[ -n "${SOURCES_ROOT:-}" ] && args+=(--data-root "$SOURCES_ROOT")
+[ -n "${THRESHOLDS:-}" ] && args+=(--thresholds "$THRESHOLDS")
 earshot export "${args[@]}"
 
 size=$(stat -c %s "$out")

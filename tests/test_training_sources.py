@@ -25,6 +25,7 @@ from training.evaluate.cli import main as evaluate_main
 from training.evaluate.report import at_budget
 from training.run import load_sources_corpus
 from training.sources import OPEN_SET_LABELS, OTHER, TRAIN_ONLY_FOLD, parse_sources, training_labels
+from training.splits import split_for_checkpoint
 from training.synthetic import write_esc10, write_street_extra, write_urbansound8k
 
 PARAMS = FrontendParams()
@@ -324,3 +325,15 @@ def test_a_source_that_loses_agreement_fails_the_parity_policy() -> None:
     }
     failures = parity_failures(figures, ParityPolicy())
     assert failures[0].startswith("esc10-fold5: INT8 top-1 agreement 90.00%") and len(failures) == 2
+
+
+def test_an_all_folds_checkpoint_names_its_validation_recordings(
+    open_set_checkpoint: Path, data_root: Path
+) -> None:
+    checkpoint = load_checkpoint(open_set_checkpoint)
+    assert [s["source"] for s in checkpoint.sources] == ["urbansound8k", "street-extra", "esc10"]
+    held = set(checkpoint.validation_groups)
+    assert held
+    split = split_for_checkpoint(data_root / "urbansound8k-subset", checkpoint)
+    assert split.heldout and {r.group for r in split.heldout} <= held  # export and the gate judge on them
+    assert not {r.group for r in split.calibration} & held  # and INT8 calibrates on training clips only

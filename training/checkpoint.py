@@ -26,6 +26,9 @@ class Checkpoint:
     train_config: dict = field(default_factory=dict)
     thresholds: dict[str, float] = field(default_factory=dict)  # suggested per-class score thresholds
     sources: list[dict] = field(default_factory=list)  # training sources and licences (training/licences.py)
+    # Recordings (group ids) of an all-folds model's validation split: export and the gate judge on them.
+    # Recorded because a split drawn over several sources cannot be rebuilt from UrbanSound8K alone.
+    validation_groups: list[str] = field(default_factory=list)
 
     def build(self) -> AudioClassifier:
         """Rebuild the classifier with its weights, in eval mode."""
@@ -48,6 +51,7 @@ class Checkpoint:
             "train_config": self.train_config,
             "thresholds": self.thresholds,
             "sources": self.sources,
+            "validation_groups": self.validation_groups,
         }
         partial = path.with_suffix(path.suffix + ".partial")
         torch.save(payload, partial)
@@ -75,4 +79,5 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
         train_config=payload.get("train_config", {}),
         thresholds=payload.get("thresholds", {}),
         sources=payload.get("sources", []),
+        validation_groups=payload.get("validation_groups", []),
     )

@@ -306,6 +306,7 @@ def train_default(
             train_config=cfg.to_dict(),
             thresholds=opened.get("thresholds", {}),
             sources=corpus.sources,
+            validation_groups=sorted({r.group for r in val.records}),
         ).save(out_path)
     wall = time.perf_counter() - start
     report = summarise(

@@ -34,7 +34,15 @@ def split_for_checkpoint(root: Path, checkpoint: Checkpoint, eval_fold: int | No
 
 
 def _validation_split(records: list[ClipRecord], checkpoint: Checkpoint) -> ClipSplit:
-    """A checkpoint trained on every fold: rebuild its validation split from its training config."""
+    """A checkpoint trained on every fold: its recorded validation recordings, or (older checkpoints,
+    trained on UrbanSound8K alone) the split rebuilt from its training config."""
+    if checkpoint.validation_groups:
+        held = set(checkpoint.validation_groups)
+        return ClipSplit(
+            [r for r in records if r.group not in held],
+            [r for r in records if r.group in held],
+            "validation recordings named in the checkpoint",
+        )
     config = checkpoint.train_config
     fraction, seed = config.get("val_fraction"), config.get("seed")
     if fraction is None or seed is None:
