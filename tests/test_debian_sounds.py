@@ -17,6 +17,7 @@ import torch
 from edge_agent.frontend import FrontendParams
 from training.catalog import DEBIAN_SOUNDS, read_source
 from training.cross_source import resolve_split
+from training.data import ClipFeatures, ClipRecord
 from training.debian_sounds import (
     EFFECT,
     MUSIC,
@@ -26,7 +27,15 @@ from training.debian_sounds import (
     license_summary,
 )
 from training.fetch_sounds_cli import main as fetch_main
-from training.sources import DEBIAN_CLIPS_PER_PACKAGE, OPEN_SET_LABELS, OTHER, debian_train_records
+from training.sources import (
+    DEBIAN_CLIPS_PER_PACKAGE,
+    MUSIC_PIECE_SECONDS,
+    OPEN_SET_LABELS,
+    OTHER,
+    debian_music_records,
+    debian_train_records,
+    music_pieces,
+)
 
 pytestmark = pytest.mark.skipif(shutil.which("dpkg-deb") is None, reason="needs dpkg-deb (Debian tools)")
 
@@ -149,12 +158,11 @@ def test_reserved_packages_are_refused(tmp_path: Path, capsys: pytest.CaptureFix
     assert not (tmp_path / "lincity-ng-data").exists()
 
 
-def test_held_out_packages_and_music_never_train(sounds_root: Path) -> None:
+def test_held_out_packages_never_train_and_training_music_is_street_music(sounds_root: Path) -> None:
     data_root = sounds_root.parent
     clips = read_source(data_root, DEBIAN_SOUNDS)
     held_out = resolve_split("debian-heldout").select(clips)
     assert {(c.group, c.label) for c in held_out} == {
-        (TRAINING_PACKAGE, MUSIC),
         (HELD_OUT_PACKAGE, MUSIC),
         (HELD_OUT_PACKAGE, EFFECT),
         (OTHER_HELD_OUT_PACKAGE, MUSIC),
@@ -164,7 +172,22 @@ def test_held_out_packages_and_music_never_train(sounds_root: Path) -> None:
     assert len(records) == 3 <= DEBIAN_CLIPS_PER_PACKAGE
     assert {r.path.name for r in records} == {"rain.wav", "door_creak.wav", "bird.wav"}
     assert all(OPEN_SET_LABELS[r.label] == OTHER for r in records)
-    assert {r.path for r in records}.isdisjoint({c.path for c in held_out})
+    music = debian_music_records(data_root, OPEN_SET_LABELS)
+    assert [r.path.name for r in music] == ["track1.wav"] and OPEN_SET_LABELS[
+        music[0].label
+    ] == "street_music"
+    assert {r.path for r in records + music}.isdisjoint({c.path for c in held_out})
+
+
+def test_music_is_cut_into_pieces_of_whole_windows() -> None:
+    params = FrontendParams()
+    piece = int(MUSIC_PIECE_SECONDS * params.sample_rate / params.hop_length)
+    frames = 2 * piece + params.n_frames - 1  # two whole pieces and a tail one frame short of a window
+    power = torch.arange(float(frames)).expand(params.n_mels, frames)
+    record = ClipRecord(Path("t.ogg"), 9, 0, "debian-sounds:x:music")
+    pieces = music_pieces(ClipFeatures(power, torch.tensor([0, frames]), [record]), params)
+    assert [pieces.clip(i).shape[1] for i in range(len(pieces.records))] == [piece, piece]
+    assert pieces.clip(1)[0, 0] == piece  # the second piece starts where the first ended
 
 
 def test_the_source_says_how_to_get_it_when_missing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -10,9 +10,9 @@ catalog reads (``meta.csv`` + the files, one ``licenses/<package>.copyright`` pe
 
 Every file whose path names one of our classes or something a gunshot detector must not learn to ignore
 (explosions, weapons, alarms) is left out: a game's "gun" effect labelled ``other`` would teach the model
-to miss gunshots. Music is kept as kind ``music``, for evaluation only: a soundtrack is hours of tonal
-sound a siren detector must not fire on, but it is not "none of these" for a model with a street-music
-class, so it never trains.
+to miss gunshots. Music is kept as kind ``music``: hours of tonal sound a siren detector must not fire
+on. The training packages' music trains as ``street_music`` (music is not "none of these" for a model
+with a street-music class); the evaluation packages' music is held out with their effects.
 
 Only training and evaluation commands read this; the agent never does. Packages reserved for release
 judging are refused.
@@ -54,10 +54,8 @@ TRAINING_PACKAGES = (
     "sound-theme-freedesktop",
     "oxygen-sounds",
     "0ad-data",
-    "hedgewars-data",
     "minetest-data",
     "warzone2100-data",
-    "supertuxkart-data",
 )
 EVALUATION_PACKAGES = (
     "widelands-data",
@@ -65,6 +63,8 @@ EVALUATION_PACKAGES = (
     "extremetuxracer-data",
     "freeorion-data",
     "wesnoth-1.16-music",
+    "supertuxkart-data",
+    "hedgewars-data",
 )
 AUDIO_SUFFIXES = (".ogg", ".wav", ".flac", ".oga")
 ZIP_SUFFIXES = (".zip", ".wz", ".pk3")

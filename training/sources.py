@@ -6,9 +6,10 @@
   judges): ``siren`` and ``gun_shot`` as the UrbanSound8K labels of that name, ``negative`` as ``other``;
 - ESC-10's noise folds (1-3) of the classes that are none of ours as ``other``; its folds 4-5 stay out of
   training (threshold calibration, open-set rates, the ``esc10-fold4``/``esc10-fold5`` splits);
-- ``debian-sounds`` (``earshot fetch-sounds``): the effects of the training packages as ``other``, at most
-  ``DEBIAN_CLIPS_PER_PACKAGE`` per package so that no one game's sound dominates "none of these"; the
-  evaluation packages and all music stay out (the ``debian-heldout`` split).
+- ``debian-sounds`` (``earshot fetch-sounds``): the effects of the training packages as ``other`` and
+  their music, cut into ``MUSIC_PIECE_SECONDS`` pieces, as ``street_music``; at most
+  ``DEBIAN_CLIPS_PER_PACKAGE`` of each per package so that no one game dominates; the evaluation
+  packages stay out (the ``debian-heldout`` split).
 Clips that only train get fold ``TRAIN_ONLY_FOLD``: cross-validation never tests on them.
 """
 
@@ -19,6 +20,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from edge_agent.frontend import FrontendParams
 from edge_agent.labels import URBANSOUND8K_LABELS
@@ -34,7 +36,7 @@ from training.catalog import (
 )
 from training.cross_source import street_extra_partition
 from training.data import ClipFeatures, ClipRecord, concat_features, load_features, read_urbansound8k
-from training.debian_sounds import EFFECT, TRAINING_PACKAGES
+from training.debian_sounds import EFFECT, MUSIC, TRAINING_PACKAGES
 
 logger = logging.getLogger(__name__)
 
@@ -53,6 +55,8 @@ SOURCE_NAMES = {
 NEGATIVE_SOURCES = (STREET_EXTRA, ESC10, DEBIAN_SOUNDS)  # sources of real negatives: the ``other`` class
 DEBIAN_CLIPS_PER_PACKAGE = 300
 DEBIAN_SEED = 0
+MUSIC_LABEL = "street_music"  # the ten classes' one music class
+MUSIC_PIECE_SECONDS = 10.0  # a soundtrack is cut so that its crops weigh like other clips' per epoch
 
 
 def parse_sources(text: str) -> tuple[str, ...]:
@@ -104,6 +108,36 @@ def debian_train_records(data_root: Path, labels: tuple[str, ...]) -> list[ClipR
     return records
 
 
+def debian_music_records(data_root: Path, labels: tuple[str, ...]) -> list[ClipRecord]:
+    """The training packages' music as ``street_music`` (whole files; ``music_pieces`` cuts them)."""
+    return [
+        ClipRecord(c.path, labels.index(MUSIC_LABEL), TRAIN_ONLY_FOLD, f"{DEBIAN_SOUNDS}:{c.group}:{MUSIC}")
+        for c in read_source(data_root, DEBIAN_SOUNDS)
+        if c.label == MUSIC and c.group in TRAINING_PACKAGES
+    ]
+
+
+def music_pieces(music: ClipFeatures, params: FrontendParams) -> ClipFeatures:
+    """Each track cut into MUSIC_PIECE_SECONDS pieces (a last piece shorter than a window is dropped),
+    at most DEBIAN_CLIPS_PER_PACKAGE per package, seeded."""
+    piece = int(MUSIC_PIECE_SECONDS * params.sample_rate / params.hop_length)
+    spans: dict[str, list[tuple[int, int, int]]] = {}  # group -> (clip, start, end) frame spans
+    for index, record in enumerate(music.records):
+        frames = music.clip(index).shape[1]
+        for start in range(0, frames - params.n_frames + 1, piece):
+            spans.setdefault(record.group, []).append((index, start, min(start + piece, frames)))
+    rng = np.random.default_rng(DEBIAN_SEED)
+    chosen = []
+    for group in sorted(spans):
+        picks = sorted(rng.permutation(len(spans[group]))[:DEBIAN_CLIPS_PER_PACKAGE].tolist())
+        chosen += [spans[group][i] for i in picks]
+        logger.info("debian-sounds: %s of %s music pieces of %s train", len(picks), len(spans[group]), group)
+    parts = [music.clip(i)[:, start:end] for i, start, end in chosen]  # (n_mels, frames) each
+    lengths = torch.tensor([0] + [p.shape[1] for p in parts])
+    power = torch.cat(parts, dim=1) if parts else music.power[:, :0]
+    return ClipFeatures(power, torch.cumsum(lengths, 0), [music.records[i] for i, _, _ in chosen])
+
+
 def esc10_other(negatives: ClipFeatures, labels: tuple[str, ...]) -> ClipFeatures:
     """ESC-10 negatives of the noise folds relabelled ``other`` (train-only, grouped by category)."""
     keep = [i for i, r in enumerate(negatives.records) if r.fold in ESC10_OTHER_FOLDS]
@@ -127,7 +161,9 @@ def debian_backgrounds(clips: ClipFeatures, params: FrontendParams) -> ClipFeatu
     keep = [
         i
         for i, r in enumerate(clips.records)
-        if r.group.startswith(f"{DEBIAN_SOUNDS}:") and clips.clip(i).shape[1] >= frames
+        if r.group.startswith(f"{DEBIAN_SOUNDS}:")
+        and not r.group.endswith(f":{MUSIC}")
+        and clips.clip(i).shape[1] >= frames
     ]
     return clips.subset(keep)
 
@@ -151,6 +187,8 @@ def load_sources(
     if DEBIAN_SOUNDS in sources:
         records = debian_train_records(data_root, labels)
         parts.append(load_features(records, params, desc="decode debian-sounds (training packages)"))
+        music = load_features(debian_music_records(data_root, labels), params, desc="decode debian music")
+        parts.append(music_pieces(music, params))
     clips = concat_features(parts)
     counts = {label: sum(r.label == i for r in clips.records) for i, label in enumerate(labels)}
     logger.info("training clips per label: %s", counts)
