@@ -17,7 +17,7 @@ SUBCOMMANDS: dict[str, tuple[str, str, bool]] = {
     "listen": ("edge_agent.tools.listen", "show live class scores as bars, for tuning on site", False),
     "calibrate": ("edge_agent.tools.calibrate", "suggest per-class thresholds from a site recording", False),
     "train": ("training.cli", "train and cross-validate models on UrbanSound8K", True),
-    "fetch-sounds": ("training.fetch_sounds_cli", "fetch licensed non-target sounds from Debian packages", True),
+    "fetch-sounds": ("training.fetch_sounds_cli", "fetch licensed non-target sounds (Debian)", True),
     "evaluate": ("training.evaluate.cli", "event recall, false alerts/hour and latency per split", True),
     "export": ("export.cli", "export a checkpoint to ONNX (FP32/INT8) with a model card", True),
     "gate": ("deploy.gate.cli", "run the robustness release gate on a model", True),
@@ -39,7 +39,7 @@ CHECKOUT_ONLY_PACKAGES = {"training", "export", "deploy"}
 
 def _usage() -> str:
     lines = ["usage: earshot <command> [options]", "", "commands:"]
-    lines += [f"  {name:<10} {help_text}" for name, (_, help_text, _) in SUBCOMMANDS.items()]
+    lines += [f"  {name:<12} {help_text}" for name, (_, help_text, _) in SUBCOMMANDS.items()]
     lines += ["", "Run 'earshot <command> --help' for a command's options."]
     return "\n".join(lines)
 
