@@ -12,7 +12,7 @@ from edge_agent.model_card import card_path
 from edge_agent.windowing import DEFAULT_HOP_SECONDS
 from export.parity import ParityPolicy
 from export.pipeline import SHIP_CHOICES, ExportConfig, ParityError, run_export
-from training.sources import parse_sources
+from training.sources import sources_argument
 
 logger = logging.getLogger(__name__)
 
@@ -86,7 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--training-sources",
-        type=_sources,
+        type=sources_argument,
         default=(),
         help="sources that trained a checkpoint that does not record them "
         "(e.g. us8k,street-extra,esc10,debian), for the card's licences",
@@ -100,13 +100,6 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     return p
-
-
-def _sources(text: str) -> tuple[str, ...]:
-    try:
-        return parse_sources(text)
-    except ValueError as error:
-        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 def config_from_args(args: argparse.Namespace) -> ExportConfig:

@@ -13,7 +13,7 @@ from edge_agent.frontend import FrontendParams
 from training.models import ARCHITECTURES, architecture
 from training.report import write_comparison, write_report
 from training.run import Corpus, cross_validate, load_corpus, load_sources_corpus, train_default
-from training.sources import parse_sources
+from training.sources import sources_argument
 from training.train import Dist, TrainConfig, setup_distributed
 
 logger = logging.getLogger(__name__)
@@ -53,7 +53,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     )
     parser.add_argument(
         "--sources",
-        type=_sources,
+        type=sources_argument,
         metavar="LIST",
         help="train on several sources under --data-root, e.g. us8k,street-extra,esc10: "
         "street-extra's train half only, negatives as an 11th class 'other' "
@@ -114,14 +114,6 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     if args.data_root is None and not args.report_only:
         parser.error("--data-root is required (except with --report-only)")
     return args
-
-
-def _sources(text: str) -> tuple[str, ...]:
-    """``--sources`` parsed; a typo is argparse's one-line error naming the known sources."""
-    try:
-        return parse_sources(text)
-    except ValueError as error:
-        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 def _noise_root(args: argparse.Namespace) -> Path | None:

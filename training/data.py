@@ -56,12 +56,17 @@ class ClipFeatures:
         """Linear mel power of one clip, (n_mels, frames)."""
         return self.power[:, self.offsets[index] : self.offsets[index + 1]]
 
+    @classmethod
+    def from_parts(cls, parts: list[torch.Tensor], records: list[ClipRecord], n_mels: int) -> ClipFeatures:
+        """Clips given as (n_mels, frames) tensors, stored concatenated along time."""
+        lengths = torch.tensor([0] + [p.shape[1] for p in parts])
+        power = torch.cat(parts, dim=1) if parts else torch.zeros(n_mels, 0)
+        return cls(power, torch.cumsum(lengths, 0), list(records))
+
     def subset(self, indices: list[int]) -> ClipFeatures:
         """The clips at ``indices``, sharing no storage with the rest."""
         parts = [self.clip(i) for i in indices]
-        lengths = torch.tensor([0] + [p.shape[1] for p in parts])
-        power = torch.cat(parts, dim=1) if parts else self.power[:, :0]
-        return ClipFeatures(power, torch.cumsum(lengths, 0), [self.records[i] for i in indices])
+        return ClipFeatures.from_parts(parts, [self.records[i] for i in indices], self.power.shape[0])
 
     @property
     def labels(self) -> torch.Tensor:
@@ -155,8 +160,7 @@ def compute_features(records: list[ClipRecord], params: FrontendParams, desc: st
         for record in tqdm(records, desc=desc, unit="clip", mininterval=5.0):
             wave = load_waveform(record.path, params)  # (samples,)
             parts.append(frontend.power(wave.unsqueeze(0))[0])  # (n_mels, frames)
-    lengths = torch.tensor([0] + [p.shape[1] for p in parts])
-    return ClipFeatures(torch.cat(parts, dim=1), torch.cumsum(lengths, 0), list(records))
+    return ClipFeatures.from_parts(parts, list(records), params.n_mels)
 
 
 def load_features(records: list[ClipRecord], params: FrontendParams, desc: str = "decode") -> ClipFeatures:

@@ -15,12 +15,12 @@ Clips that only train get fold ``TRAIN_ONLY_FOLD``: cross-validation never tests
 
 from __future__ import annotations
 
+import argparse
 import logging
 from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from edge_agent.frontend import FrontendParams
 from edge_agent.labels import URBANSOUND8K_LABELS
@@ -68,6 +68,14 @@ def parse_sources(text: str) -> tuple[str, ...]:
             f"unknown source {unknown[0] if unknown else text!r} (known: {', '.join(SOURCE_NAMES)})"
         )
     return tuple(dict.fromkeys(SOURCE_NAMES[n] for n in names))
+
+
+def sources_argument(text: str) -> tuple[str, ...]:
+    """``parse_sources`` for argparse: a typo is its one-line error naming the known sources."""
+    try:
+        return parse_sources(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 def training_labels(sources: tuple[str, ...]) -> tuple[str, ...]:
@@ -133,9 +141,7 @@ def music_pieces(music: ClipFeatures, params: FrontendParams) -> ClipFeatures:
         chosen += [spans[group][i] for i in picks]
         logger.info("debian-sounds: %s of %s music pieces of %s train", len(picks), len(spans[group]), group)
     parts = [music.clip(i)[:, start:end] for i, start, end in chosen]  # (n_mels, frames) each
-    lengths = torch.tensor([0] + [p.shape[1] for p in parts])
-    power = torch.cat(parts, dim=1) if parts else music.power[:, :0]
-    return ClipFeatures(power, torch.cumsum(lengths, 0), [music.records[i] for i, _, _ in chosen])
+    return ClipFeatures.from_parts(parts, [music.records[i] for i, _, _ in chosen], params.n_mels)
 
 
 def esc10_other(negatives: ClipFeatures, labels: tuple[str, ...]) -> ClipFeatures:
