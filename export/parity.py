@@ -55,11 +55,6 @@ def clip_predictions(logits: np.ndarray, clip_index: np.ndarray, n_clips: int) -
     return aggregate_windows(softmax(logits), clip_index, n_clips, how="mean").argmax(axis=1)
 
 
-def accuracy(predicted: np.ndarray, labels: np.ndarray) -> float:
-    """Fraction of clips predicted right."""
-    return float((predicted == labels).mean()) if len(labels) else float("nan")
-
-
 def parity_failures(figures: dict, policy: ParityPolicy) -> list[str]:
     """Human-readable reasons an export fails its parity policy; empty when it passes. Each source
     checked (``source_checks``) is held to the same marks, its name leading its reasons."""
