@@ -10,7 +10,7 @@ from support.gate_fixtures import train_tiny_checkpoint, write_datasets
 
 from deploy.gate import corruptions as c
 from deploy.gate.attacks import snr_db, waveform_model
-from training.adversarial import main
+from training.adversarial import CLIP_LEVELS, hard_clip_some, main
 from training.attacks import PerClipL2PGD, PerClipLinfPGD, epsilon_for, per_clip_pgd
 from training.checkpoint import load_checkpoint
 from training.cli import main as train_main
@@ -99,6 +99,19 @@ def test_band_limit_mulaw_gain_clip_and_shift():
     shifted = suite["time_shift"](window, np.random.default_rng(0))
     assert abs(shifted[0] - RATE) == c.SHIFT_SECONDS * RATE
     assert c.loudest_start(np.concatenate([np.zeros(RATE), np.ones(RATE), np.zeros(RATE)]), RATE, 250) == RATE
+
+
+def test_hard_clipping_a_share_of_windows_caps_each_at_its_own_level():
+    x = torch.from_numpy(windows(64, RATE))  # (64, samples)
+    rng = np.random.default_rng(0)
+    assert torch.equal(hard_clip_some(x, 0.0, rng), x)
+    clipped = hard_clip_some(x, 1.0, rng)
+    ratio = clipped.abs().amax(dim=1) / x.abs().amax(dim=1)  # each window's new peak / old peak
+    assert float(ratio.min()) >= CLIP_LEVELS[0] - 1e-6 and float(ratio.max()) <= CLIP_LEVELS[1] + 1e-6
+    assert float(ratio.std()) > 0.05  # a random level per window, not one for all
+    half = hard_clip_some(x, 0.5, np.random.default_rng(1))
+    untouched = (half == x).all(dim=1).float().mean()
+    assert 0.25 < float(untouched) < 0.75
 
 
 def test_fine_tuning_writes_a_measured_checkpoint_through_earshot_train(tiny, tmp_path, monkeypatch):

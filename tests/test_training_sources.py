@@ -15,6 +15,7 @@ from edge_agent.model_card import card_path
 from edge_agent.onnx_model import OnnxModel
 from export.cli import main as export_main
 from export.parity import ParityPolicy, parity_failures
+from training.adversarial import split_records
 from training.catalog import STREET_EXTRA, read_source
 from training.checkpoint import load_checkpoint
 from training.cli import main as train_main
@@ -337,3 +338,38 @@ def test_an_all_folds_checkpoint_names_its_validation_recordings(
     split = split_for_checkpoint(data_root / "urbansound8k-subset", checkpoint)
     assert split.heldout and {r.group for r in split.heldout} <= held  # export and the gate judge on them
     assert not {r.group for r in split.calibration} & held  # and INT8 calibrates on training clips only
+
+
+def test_adversarial_fine_tuning_of_an_all_folds_open_set_model(
+    open_set_checkpoint: Path, data_root: Path, tmp_path: Path
+) -> None:
+    checkpoint = load_checkpoint(open_set_checkpoint)
+    split = split_records(data_root, checkpoint)
+    held = set(checkpoint.validation_groups)
+    assert split.heldout and {r.group for r in split.heldout} <= held  # judged on what it never saw
+    assert not {r.group for r in split.train} & held
+    assert {r.label for r in split.train} >= {
+        OPEN_SET_LABELS.index(OTHER),
+        URBANSOUND8K_LABELS.index("siren"),
+    }
+    out = tmp_path / "adv.pt"
+    flags = ["--epochs", "1", "--pgd-steps", "2", "--clip-p", "0.5", "--max-clips", "40", "--out", str(out)]
+    assert (
+        train_main(
+            [
+                "--adversarial",
+                "pgd",
+                "--init",
+                str(open_set_checkpoint),
+                "--data-root",
+                str(data_root),
+                *flags,
+            ]
+        )
+        == 0
+    )
+    tuned = load_checkpoint(out)
+    assert tuned.fold is None and tuned.labels == OPEN_SET_LABELS
+    assert tuned.validation_groups == checkpoint.validation_groups  # export and the gate still find them
+    assert tuned.train_config["adversarial"]["clip_p"] == 0.5
+    assert 0.0 <= tuned.metrics["accuracy"] <= 1.0

@@ -3,8 +3,12 @@
 Each step attacks the batch with the PGD the release gate attacks with too (training/attacks.py: per-clip
 epsilon from the clip's norm, bounds (-1, 1)), with the model in eval mode and frozen, then trains on
 a mix of clean and adversarial windows so clean accuracy is not simply traded away (Madry et al. 2018
-train on adversarials only; the mix is the usual cheaper compromise). Data: the checkpoint's training
-folds, one random 1-s crop per clip per epoch; the held-out fold stays untouched for the gate.
+train on adversarials only; the mix is the usual cheaper compromise). Data: what the checkpoint trained
+on, random 1-s crops (one per started 10 s of clip, at most BANK_SECONDS of a clip) per epoch; what it
+never saw stays untouched for the gate: the held-out fold, or for a model trained on every fold (several
+sources too) the validation recordings the checkpoint names. ``--clip-p`` hard-clips a share of the
+windows at 10-50 % of their peak first: an overloaded microphone, which mel-domain augmentation cannot
+imitate.
 
     earshot train --adversarial pgd --adv-snr 40 --init CKPT --data-root DIR
     python -m training.adversarial --adv-snr 40 --init CKPT --data-root DIR
@@ -28,10 +32,12 @@ from tqdm import tqdm
 from edge_agent.frontend import FrontendParams
 from edge_agent.model_card import file_sha256
 from training.attacks import BOUNDS, PGD_KINDS, PerClipL2PGD, PerClipLinfPGD, epsilons_for, per_clip_pgd
+from training.catalog import URBANSOUND8K
 from training.checkpoint import Checkpoint, load_checkpoint
-from training.data import folds_present, load_features, load_waveform, read_urbansound8k
+from training.data import ClipRecord, folds_present, load_features, load_waveform, read_urbansound8k
 from training.frontend import TorchLogMel, WaveformClassifier
 from training.metrics import classification_metrics
+from training.sources import source_records
 from training.train import AGENT_HOP_FRAMES, predict_clips
 
 logger = logging.getLogger(__name__)
@@ -46,6 +52,7 @@ class AdversarialConfig:
     pgd_steps: int = 7  # training-time PGD is short; the gate attacks with 40 steps
     pgd_rel_stepsize: float = 0.3  # 7 steps x 0.3 can walk 2x the budget
     adv_weight: float = 0.5  # loss = (1 - w) * clean + w * adversarial
+    clip_p: float = 0.0  # share of windows hard-clipped at CLIP_LEVELS of their peak before anything else
     epochs: int = 3
     lr: float = 3e-4  # fine-tuning: a tenth of training's learning rate
     batch_size: int = 32
@@ -60,8 +67,15 @@ class AdversarialConfig:
             raise ValueError(f"--adv-snr must be in (0, 120) dB, got {self.snr_db}")
         if not 0 <= self.adv_weight <= 1:
             raise ValueError(f"--adv-weight must be in [0, 1], got {self.adv_weight}")
+        if not 0 <= self.clip_p <= 1:
+            raise ValueError(f"--clip-p must be in [0, 1], got {self.clip_p}")
         if min(self.pgd_steps, self.epochs, self.batch_size) < 1 or self.lr <= 0:
             raise ValueError("--pgd-steps, --epochs and --batch-size must be >= 1 and --lr > 0")
+
+
+BANK_SECONDS = 30.0  # a longer clip (a soundtrack) keeps one random excerpt this long
+SECONDS_PER_CROP = 10.0  # a clip gives one crop per started 10 s per epoch, as training's music pieces do
+CLIP_LEVELS = (0.1, 0.5)  # --clip-p: hard clipping at this range of the window's peak (6-20 dB)
 
 
 @dataclass
@@ -70,6 +84,11 @@ class ClipBank:
 
     clips: list[np.ndarray]  # each (samples,) int16
     labels: np.ndarray  # (clips,) int64
+
+    def epoch_order(self, sample_rate: int, rng: np.random.Generator) -> np.ndarray:
+        """Clip indices of one epoch, shuffled: a clip appears once per started SECONDS_PER_CROP."""
+        per_clip = [int(np.ceil(len(c) / (SECONDS_PER_CROP * sample_rate))) for c in self.clips]
+        return rng.permutation(np.repeat(np.arange(len(self.clips)), per_clip))
 
     def crops(self, indices: np.ndarray, length: int, rng: np.random.Generator) -> torch.Tensor:
         """One random window per clip: (len(indices), length) float32 in [-1, 1]."""
@@ -81,15 +100,62 @@ class ClipBank:
         return torch.from_numpy(out)
 
 
-def load_bank(data_root: Path, checkpoint: Checkpoint, max_clips: int | None, seed: int) -> ClipBank:
-    """Decode the training folds (every fold but the checkpoint's held-out one)."""
-    records = [r for r in read_urbansound8k(data_root) if r.fold != checkpoint.fold]
-    records = [records[i] for i in np.random.default_rng(seed).permutation(len(records))][:max_clips]
+@dataclass(frozen=True)
+class RecordSplit:
+    """What a checkpoint trained on (fine-tuning data) and what it never saw (the held-out metrics)."""
+
+    train: list[ClipRecord]
+    heldout: list[ClipRecord]
+    heldout_name: str
+
+
+def split_records(data_root: Path, checkpoint: Checkpoint) -> RecordSplit:
+    """A fold model: UrbanSound8K's other folds / its fold. An all-folds model: every clip of its sources
+    outside / inside the validation recordings it names (``data_root`` then holds every source)."""
+    if checkpoint.fold is not None:
+        records = read_urbansound8k(data_root)
+        if checkpoint.fold not in folds_present(records):
+            raise ValueError(f"the checkpoint holds out fold {checkpoint.fold}, which is not in {data_root}")
+        return RecordSplit(
+            [r for r in records if r.fold != checkpoint.fold],
+            [r for r in records if r.fold == checkpoint.fold],
+            f"fold {checkpoint.fold}",
+        )
+    if not checkpoint.validation_groups:
+        raise ValueError("the checkpoint was trained on every fold and names no validation recordings")
+    sources = tuple(s["source"] for s in checkpoint.sources) or (URBANSOUND8K,)
+    records = source_records(data_root, sources, checkpoint.labels)
+    held = set(checkpoint.validation_groups)
+    heldout = [r for r in records if r.group in held]
+    if not heldout:
+        raise ValueError(f"none of the checkpoint's validation recordings is under {data_root}")
+    return RecordSplit([r for r in records if r.group not in held], heldout, "validation recordings")
+
+
+def load_bank(
+    records: list[ClipRecord], params: FrontendParams, max_clips: int | None, seed: int
+) -> ClipBank:
+    """Decode the training clips (a random BANK_SECONDS excerpt of a longer one)."""
+    rng = np.random.default_rng(seed)
+    records = [records[i] for i in rng.permutation(len(records))][:max_clips]
+    longest = int(BANK_SECONDS * params.sample_rate)
     clips = []
-    for record in tqdm(records, desc="decode training folds", unit="clip", mininterval=2.0):
-        wave = np.clip(load_waveform(record.path, checkpoint.frontend).numpy(), -1, 1)  # (samples,)
-        clips.append(np.round(wave * 32767).astype(np.int16))
+    for record in tqdm(records, desc="decode training clips", unit="clip", mininterval=2.0):
+        wave = np.clip(load_waveform(record.path, params).numpy(), -1, 1)  # (samples,)
+        start = int(rng.integers(0, max(1, len(wave) - longest + 1)))
+        clips.append(np.round(wave[start : start + longest] * 32767).astype(np.int16))
     return ClipBank(clips, np.array([r.label for r in records], dtype=np.int64))
+
+
+def hard_clip_some(x: torch.Tensor, share: float, rng: np.random.Generator) -> torch.Tensor:
+    """``share`` of the (batch, samples) windows, hard-clipped at a random CLIP_LEVELS share of their peak."""
+    chosen = torch.from_numpy(rng.random(len(x)) < share)
+    if not chosen.any():
+        return x
+    peak = x.abs().amax(dim=1, keepdim=True)  # (batch, 1)
+    limit = peak * torch.from_numpy(rng.uniform(*CLIP_LEVELS, size=(len(x), 1))).float()
+    clipped = torch.maximum(torch.minimum(x, limit), -limit)
+    return torch.where(chosen[:, None], clipped, x)
 
 
 def adversarial_batch(
@@ -120,12 +186,13 @@ def fine_tune(checkpoint: Checkpoint, bank: ClipBank, cfg: AdversarialConfig) ->
     optimiser = torch.optim.AdamW(model.classifier.parameters(), lr=cfg.lr)
     length, history = checkpoint.frontend.window_samples, []
     for epoch in range(cfg.epochs):
-        order = rng.permutation(len(bank.labels))
+        order = bank.epoch_order(checkpoint.frontend.sample_rate, rng)
         totals = np.zeros(3)  # loss sum, adversarial hits, windows
         bar = tqdm(range(0, len(order), cfg.batch_size), desc=f"adversarial epoch {epoch + 1}", unit="batch")
         for start in bar:
             index = order[start : start + cfg.batch_size]
             x, y = bank.crops(index, length, rng), torch.from_numpy(bank.labels[index])  # (batch, samples)
+            x = hard_clip_some(x, cfg.clip_p, rng)
             # --adv-weight 0 is the control run: the same fine-tuning without attacks.
             x_adv = adversarial_batch(model, fmodel, attack, x, y, cfg) if cfg.adv_weight > 0 else x
             logits = model(torch.cat([x, x_adv]))  # (2 * batch, classes)
@@ -150,11 +217,10 @@ def fine_tune(checkpoint: Checkpoint, bank: ClipBank, cfg: AdversarialConfig) ->
 
 
 def held_out_metrics(
-    classifier: nn.Module, data_root: Path, fold: int, params: FrontendParams, hop_frames: int, n_classes: int
+    classifier: nn.Module, records: list[ClipRecord], params: FrontendParams, hop_frames: int, n_classes: int
 ) -> dict:
-    """Clip-level accuracy / macro F1 / macro recall on the held-out fold, as training reports them."""
-    records = [r for r in read_urbansound8k(data_root) if r.fold == fold]
-    features = load_features(records, params, desc=f"decode fold {fold}")
+    """Clip-level accuracy / macro F1 / macro recall on the held-out clips, as training reports them."""
+    features = load_features(records, params, desc="decode held-out clips")
     predicted = predict_clips(classifier, features, params, hop_frames, torch.device("cpu")).argmax(axis=1)
     metrics = classification_metrics(features.labels.numpy(), predicted, n_classes)
     return {k: float(metrics[k]) for k in ("accuracy", "macro_f1", "macro_recall")}
@@ -165,12 +231,21 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, AdversarialConfig]:
     p = argparse.ArgumentParser(prog="earshot train --adversarial pgd", description=__doc__.split("\n\n")[0])
     p.add_argument("--adversarial", choices=("pgd",), default="pgd", help="adversarial training method")
     p.add_argument("--init", required=True, type=Path, help="checkpoint to start from")
-    p.add_argument("--data-root", required=True, type=Path, help="UrbanSound8K dir (metadata/ + audio/)")
+    p.add_argument(
+        "--data-root",
+        required=True,
+        type=Path,
+        help="UrbanSound8K dir (metadata/ + audio/); for a checkpoint trained on several sources, the folder "
+        "holding every source (../shared/data)",
+    )
     p.add_argument("--out", type=Path, help="output checkpoint (default: INIT with -adv<SNR> before .pt)")
     p.add_argument("--attack", default="linf", help="PGD norm: linf or l2")
     p.add_argument("--adv-snr", type=float, default=40.0, help="budget in dB SNR per clip")
     p.add_argument("--adv-weight", type=float, default=0.5, help="weight of the adversarial loss")
     p.add_argument("--pgd-steps", type=int, default=7)
+    p.add_argument(
+        "--clip-p", type=float, default=0.0, help="share of windows hard-clipped at 10-50%% of their peak"
+    )
     p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--lr", type=float, default=3e-4)
     p.add_argument("--batch-size", type=int, default=32)
@@ -184,6 +259,7 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, AdversarialConfig]:
         snr_db=args.adv_snr,
         pgd_steps=args.pgd_steps,
         adv_weight=args.adv_weight,
+        clip_p=args.clip_p,
         epochs=args.epochs,
         lr=args.lr,
         batch_size=args.batch_size,
@@ -196,17 +272,12 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, AdversarialConfig]:
 def run(args: argparse.Namespace, cfg: AdversarialConfig) -> Path:
     """Load, fine-tune, measure on the held-out fold, save; returns the new checkpoint's path."""
     init = load_checkpoint(args.init)
-    if init.fold is None:
-        raise ValueError(f"{args.init} was trained on every fold: no held-out fold to fine-tune apart from")
-    if init.fold not in folds_present(read_urbansound8k(args.data_root)):
-        raise ValueError(f"{args.init} holds out fold {init.fold}, which is not in {args.data_root}")
+    split = split_records(args.data_root, init)
     out = args.out or args.init.with_name(f"{args.init.stem}-adv{cfg.attack}{cfg.snr_db:g}db.pt")
     started = time.perf_counter()
-    bank = load_bank(args.data_root, init, cfg.max_clips, cfg.seed)
+    bank = load_bank(split.train, init.frontend, cfg.max_clips, cfg.seed)
     classifier, history = fine_tune(init, bank, cfg)
-    metrics = held_out_metrics(
-        classifier, args.data_root, init.fold, init.frontend, cfg.hop_frames, len(init.labels)
-    )
+    metrics = held_out_metrics(classifier, split.heldout, init.frontend, cfg.hop_frames, len(init.labels))
     train_config = {
         **init.train_config,
         "adversarial": {
@@ -221,7 +292,7 @@ def run(args: argparse.Namespace, cfg: AdversarialConfig) -> Path:
     replace(init, state_dict=classifier.state_dict(), metrics=metrics, train_config=train_config).save(out)
     before = init.metrics.get("accuracy", float("nan"))
     print(
-        f"wrote {out}: held-out fold {init.fold} clip accuracy {before:.3f} -> {metrics['accuracy']:.3f}; "
+        f"wrote {out}: {split.heldout_name} clip accuracy {before:.3f} -> {metrics['accuracy']:.3f}; "
         f"judge its robustness with 'earshot gate {out} --data-root ...'"
     )
     return out

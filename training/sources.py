@@ -35,7 +35,14 @@ from training.catalog import (
     source_dir,
 )
 from training.cross_source import street_extra_partition
-from training.data import ClipFeatures, ClipRecord, concat_features, load_features, read_urbansound8k
+from training.data import (
+    ClipFeatures,
+    ClipRecord,
+    concat_features,
+    load_features,
+    read_esc10_negatives,
+    read_urbansound8k,
+)
 from training.debian_sounds import EFFECT, MUSIC, TRAINING_PACKAGES
 
 logger = logging.getLogger(__name__)
@@ -155,6 +162,31 @@ def esc10_other(negatives: ClipFeatures, labels: tuple[str, ...]) -> ClipFeature
         for r in part.records
     ]
     return part
+
+
+def source_records(data_root: Path, sources: tuple[str, ...], labels: tuple[str, ...]) -> list[ClipRecord]:
+    """Every training clip of ``sources`` as a labelled record, for code that needs waveforms rather than
+    cached features (adversarial fine-tuning). Debian music tracks come whole, one record per track."""
+    records: list[ClipRecord] = []
+    if URBANSOUND8K in sources:
+        records += read_urbansound8k(source_dir(data_root, URBANSOUND8K))
+    if STREET_EXTRA in sources:
+        records += street_extra_train_records(data_root, labels)
+    if ESC10 in sources and OTHER in labels:
+        negatives = read_esc10_negatives(source_dir(data_root, ESC10))
+        records += [
+            replace(
+                r,
+                label=labels.index(OTHER),
+                fold=TRAIN_ONLY_FOLD,
+                group=f"{ESC10}:{esc10_group(r.path.name)}",
+            )
+            for r in negatives
+            if r.fold in ESC10_OTHER_FOLDS
+        ]
+    if DEBIAN_SOUNDS in sources:
+        records += debian_train_records(data_root, labels) + debian_music_records(data_root, labels)
+    return records
 
 
 BACKGROUND_MIN_SECONDS = 2.0  # shorter Debian effects are events, not backgrounds
