@@ -147,6 +147,9 @@ class DetectorConfig:
     thresholds: Mapping[str, float] = field(default_factory=FrozenDict)
     confirm_n: int = 2  # a class must pass its threshold in N of the last M windows
     confirm_m: int = 3
+    # Temporal pooling: a class's score is the mean of its last K window scores before the threshold.
+    # Four 1-s windows at the 0.256-s hop see 1.8 s: a two-tone siren's whole cycle, not one tone.
+    pool_windows: int = 1
     cooldown_s: float = 10.0  # after an episode ends, no new start for this class for this long
     end_after_s: float = 2.0  # an episode ends once the class has not been heard for this long
     top_k: int = 3
@@ -191,6 +194,9 @@ class DetectorConfig:
             self.end_after_s,
         )
         _require("detector.top_k", 1 <= self.top_k <= 100, "must be in 1..100", self.top_k)
+        _require(
+            "detector.pool_windows", 1 <= self.pool_windows <= 100, "must be in 1..100", self.pool_windows
+        )
 
 
 MQTT_STRING_MAX_BYTES = 65535  # the protocol's length prefix is two bytes

@@ -1,17 +1,22 @@
 """The detector: a pure state machine from per-window class scores to start/end detections.
 
 ``update(scores, now)`` takes the clock as an argument, so it is tested with made-up score sequences.
-Per listened class: a window is a *hit* when its score reaches the class threshold; an episode
+Per listened class: the score is the mean of the class's last ``pool_windows`` window scores
+(``trailing_mean``; 1 is the window's own score); a window is a *hit* when that score reaches the class
+threshold; an episode
 *starts* when N of the last M windows are hits (and the class is not cooling down); it *ends* once the
 class has not been hit for ``end_after_s``; after an end, no new start for ``cooldown_s``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+
+import numpy as np
 
 from edge_agent.config import ConfigError, DetectorConfig
 from edge_agent.strict import reject_unknown
@@ -38,6 +43,7 @@ class _ClassState:
     """Mutable per-class state, private to the detector."""
 
     hits: deque[bool]
+    recent: deque[float]  # the last pool_windows raw scores
     active: bool = False
     started_at: float = 0.0
     last_hit: float = 0.0
@@ -50,6 +56,28 @@ def rank(labels: Sequence[str], scores: Sequence[float], k: int) -> tuple[tuple[
     """The ``k`` best (label, score) pairs, best first."""
     order = sorted(range(len(labels)), key=lambda i: -float(scores[i]))[:k]
     return tuple((labels[i], float(scores[i])) for i in order)
+
+
+def trailing_mean(scores: np.ndarray, windows: int) -> np.ndarray:
+    """Each (windows,) score replaced by the mean of it and the ``windows - 1`` before it (fewer at the
+    start): what the detector thresholds. Sweeps pool a recorded track once with it, then run the
+    detector with ``pool_windows = 1``."""
+    values = np.asarray(scores, np.float64)
+    padded = np.concatenate([np.zeros(windows - 1), values])  # zeros add nothing, exactly
+    total = padded[: len(values)].copy()
+    # Oldest first, one addition at a time: the same float operations as ``_pooled``, so a replayed
+    # track crosses a threshold exactly where the live detector does (a cumsum difference would not).
+    for lag in range(1, windows):
+        total = total + padded[lag : lag + len(values)]
+    return total / np.minimum(np.arange(1, len(values) + 1), windows)
+
+
+def _pooled(recent: deque[float], windows: int) -> float:
+    """The mean ``trailing_mean`` gives for the newest of these scores (oldest first)."""
+    total = 0.0
+    for value in [0.0] * (windows - len(recent)) + list(recent):
+        total = total + value
+    return total / len(recent)
 
 
 def resolve_thresholds(
@@ -85,7 +113,10 @@ class Detector:
         self.config = config
         self.thresholds = resolve_thresholds(labels, config.thresholds, suggested_thresholds or {})
         self._index = {label: i for i, label in enumerate(self.labels)}
-        self._states = {label: _ClassState(hits=deque(maxlen=config.confirm_m)) for label in config.listen}
+        self._states = {
+            label: _ClassState(hits=deque(maxlen=config.confirm_m), recent=deque(maxlen=config.pool_windows))
+            for label in config.listen
+        }
 
     def top_k(self, scores: Sequence[float]) -> tuple[tuple[str, float], ...]:
         """The ``top_k`` best (label, score) pairs, best first."""
@@ -98,7 +129,8 @@ class Detector:
         detections: list[Detection] = []
         ranked = self.top_k(scores)
         for label, state in self._states.items():
-            score = float(scores[self._index[label]])
+            state.recent.append(float(scores[self._index[label]]))
+            score = _pooled(state.recent, self.config.pool_windows)
             hit = score >= self.thresholds[label]
             state.hits.append(hit)
             if state.active:
@@ -148,3 +180,45 @@ class Detector:
     def flush(self, now: float) -> list[Detection]:
         """End every open episode (end of stream or shutdown)."""
         return [self._end(label, state, now) for label, state in self._states.items() if state.active]
+
+
+def detector_windows(hits: np.ndarray, times: np.ndarray, confirm_m: int, end_after_s: float) -> np.ndarray:
+    """Indices of the windows that can change the detector's output; the rest are provably no-ops.
+
+    Around each hit: the M windows before (the N-of-M count) and after it, and every window up to the
+    one that can end its episode. Outside these, a window is a miss while no episode is open and the
+    last M windows were misses too, so feeding it changes nothing.
+    """
+    hit_index = np.flatnonzero(hits)
+    if hit_index.size == 0:
+        return hit_index
+    n = len(hits)
+    ends = np.searchsorted(times, times[hit_index] + end_after_s, side="left") + 1  # +1: float rounding
+    first = np.clip(hit_index - confirm_m, 0, n)
+    last = np.clip(np.maximum(hit_index + confirm_m, ends) + 1, 0, n)
+    edges = np.zeros(n + 1, dtype=np.int64)
+    np.add.at(edges, first, 1)
+    np.add.at(edges, last, -1)
+    return np.flatnonzero(np.cumsum(edges[:n]) > 0)
+
+
+def replay_starts(
+    scores: np.ndarray, times: np.ndarray, label: str, threshold: float, config: DetectorConfig
+) -> list[float]:
+    """Start times the detector gives for one label's recorded (windows,) scores at ``threshold``.
+
+    The track is pooled once (``trailing_mean``) and only the windows that can change the detector's
+    state are fed (``detector_windows``); the rest are provably no-ops, which makes a sweep over many
+    thresholds cheap. Equal to feeding every window to ``Detector`` with ``config`` (tested).
+    """
+    pooled = trailing_mean(scores, config.pool_windows)  # (windows,)
+    single = dataclasses.replace(
+        config, listen=(label,), thresholds={label: threshold}, top_k=1, pool_windows=1
+    )
+    detector = Detector((label,), single)
+    starts = []
+    for i in detector_windows(pooled >= threshold, times, config.confirm_m, config.end_after_s):
+        starts += [
+            d.started_at for d in detector.update((float(pooled[i]),), float(times[i])) if d.kind == "start"
+        ]
+    return starts

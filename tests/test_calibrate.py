@@ -18,14 +18,13 @@ from hypothesis import strategies as st
 from support.onnx_models import noise, siren_sweep, write_audio
 
 from edge_agent.config import DetectorConfig, load_config
-from edge_agent.detector import Detector
+from edge_agent.detector import Detector, detector_windows, trailing_mean
 from edge_agent.labels import URBANSOUND8K_LABELS
 from edge_agent.tools.calibrate import (
     MAX_THRESHOLD,
     ScoreTrack,
     calibrate,
     count_alarms,
-    detector_windows,
     render_table,
     render_toml,
     suggest_threshold,
@@ -46,6 +45,7 @@ def naive_alarms(scores: np.ndarray, times: np.ndarray, threshold: float, config
             confirm_m=config.confirm_m,
             cooldown_s=config.cooldown_s,
             end_after_s=config.end_after_s,
+            pool_windows=config.pool_windows,
         ),
     )
     return sum(
@@ -73,15 +73,35 @@ def bursts(
     extra_m=st.integers(0, 3),
     cooldown=st.sampled_from([0.0, 0.5, 3.0]),
     end_after=st.sampled_from([0.0, 0.256, 1.0, 2.0]),
+    pool=st.sampled_from([1, 2, 4]),
 )
 def test_skipping_quiet_windows_counts_exactly_what_the_detector_counts(
-    scores: list[float], threshold: float, n: int, extra_m: int, cooldown: float, end_after: float
+    scores: list[float], threshold: float, n: int, extra_m: int, cooldown: float, end_after: float, pool: int
 ) -> None:
-    config = DetectorConfig(confirm_n=n, confirm_m=n + extra_m, cooldown_s=cooldown, end_after_s=end_after)
+    config = DetectorConfig(
+        confirm_n=n, confirm_m=n + extra_m, cooldown_s=cooldown, end_after_s=end_after, pool_windows=pool
+    )
     values = np.asarray(scores)
     times = 1.0 + HOP * np.arange(len(values))
     expected = naive_alarms(values, times, threshold, config)
     assert count_alarms("x", values, times, threshold, config) == expected
+
+
+def test_trailing_mean_is_the_mean_of_the_last_k_windows() -> None:
+    scores = np.random.default_rng(0).random(50)
+    for k in (1, 3, 7):
+        naive = [scores[max(0, i - k + 1) : i + 1].mean() for i in range(len(scores))]
+        np.testing.assert_allclose(trailing_mean(scores, k), naive, rtol=1e-12)
+
+
+def test_pooling_ignores_one_loud_window_and_waits_for_a_sustained_sound() -> None:
+    config = DetectorConfig(listen=("x",), thresholds={"x": 0.5}, confirm_n=1, confirm_m=1, pool_windows=4)
+    detector = Detector(("x",), config)
+    click = [0.1, 0.1, 0.1, 0.95, 0.1, 0.1]  # one loud window: mean of 4 stays at 0.31
+    assert not [d for i, s in enumerate(click) for d in detector.update((s,), float(i))]
+    sustained = [0.7, 0.7, 0.7]  # the mean of the last four reaches 0.5 on the third window
+    starts = [(i, d.score) for i, s in enumerate(sustained) for d in detector.update((s,), 10.0 + i)]
+    assert starts == [(2, pytest.approx((0.1 + 3 * 0.7) / 4))]
 
 
 def test_windows_fed_are_few_when_hits_are_rare() -> None:

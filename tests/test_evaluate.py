@@ -14,13 +14,13 @@ from hypothesis import strategies as st
 from support.onnx_models import noise, siren_sweep, write_audio
 
 from edge_agent.config import AgentConfig, DetectorConfig
+from edge_agent.detector import replay_starts
 from edge_agent.onnx_model import OnnxModel
 from training.catalog import ESC10, STREET_EXTRA, Clip, esc10_group, read_source
 from training.cross_source import group_disjoint_split, resolve_split, street_extra_partition
 from training.evaluate.cli import main
 from training.evaluate.metrics import (
     LabelResult,
-    detector_starts,
     label_result,
     match_starts,
     percentile,
@@ -157,7 +157,7 @@ def test_the_threshold_sweep_reruns_the_detector_as_the_pipeline_did(siren_model
     plan = plan_stream("s", targets, [(clip("n", "negative"), 3.0)] * 4, seed=0, min_gap_s=3.0)
     run = run_stream(plan, model, config, lambda c: sounds[c.path.name], seed=0, progress=False)
     scores = run.track.scores[:, model.labels.index("siren")]
-    again = detector_starts(scores, run.track.times, "siren", 0.5, config.detector)
+    again = replay_starts(scores, run.track.times, "siren", 0.5, config.detector)
     assert again == run.starts["siren"] and len(again) == 3
     assert len(run.track.times) == pytest.approx((plan.duration_s - 1.0) / 0.256 + 1, abs=2)  # every window
 

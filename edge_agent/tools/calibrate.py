@@ -9,7 +9,6 @@ alarms per hour. Everything heard in an ambient recording counts as a false alar
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import logging
 import sys
 from collections.abc import Callable, Sequence
@@ -21,7 +20,7 @@ import numpy as np
 
 from edge_agent.agent_cli import UsageError, add_shared_flags, run_command
 from edge_agent.config import AgentConfig, DetectorConfig
-from edge_agent.detector import Detector
+from edge_agent.detector import replay_starts
 from edge_agent.tools.listen import config_from_args, run_offline
 
 logger = logging.getLogger(__name__)
@@ -52,37 +51,11 @@ class Suggestion:
     current: float  # the threshold in force before calibration (config, else model, else 0.5)
 
 
-def detector_windows(hits: np.ndarray, times: np.ndarray, confirm_m: int, end_after_s: float) -> np.ndarray:
-    """Indices of the windows that can change the detector's output; the rest are provably no-ops.
-
-    Around each hit: the M windows before (the N-of-M count) and after it, and every window up to the
-    one that can end its episode. Outside these, a window is a miss while no episode is open and the
-    last M windows were misses too, so feeding it changes nothing.
-    """
-    hit_index = np.flatnonzero(hits)
-    if hit_index.size == 0:
-        return hit_index
-    n = len(hits)
-    ends = np.searchsorted(times, times[hit_index] + end_after_s, side="left") + 1  # +1: float rounding
-    first = np.clip(hit_index - confirm_m, 0, n)
-    last = np.clip(np.maximum(hit_index + confirm_m, ends) + 1, 0, n)
-    edges = np.zeros(n + 1, dtype=np.int64)
-    np.add.at(edges, first, 1)
-    np.add.at(edges, last, -1)
-    return np.flatnonzero(np.cumsum(edges[:n]) > 0)
-
-
 def count_alarms(
     label: str, scores: np.ndarray, times: np.ndarray, threshold: float, config: DetectorConfig
 ) -> int:
     """How many episodes the real detector starts for ``label`` at ``threshold`` ((windows,) scores)."""
-    detector = Detector(
-        (label,), dataclasses.replace(config, listen=(label,), thresholds={label: threshold}, top_k=1)
-    )
-    starts = 0
-    for i in detector_windows(scores >= threshold, times, config.confirm_m, config.end_after_s):
-        starts += sum(d.kind == "start" for d in detector.update((float(scores[i]),), float(times[i])))
-    return starts
+    return len(replay_starts(scores, times, label, threshold, config))
 
 
 def suggest_threshold(

@@ -16,7 +16,6 @@ episode, a second or more after the onset, is judged here by these simpler defin
 
 from __future__ import annotations
 
-import dataclasses
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -24,8 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from edge_agent.config import DetectorConfig
-from edge_agent.detector import Detector
-from edge_agent.tools.calibrate import detector_windows
+from edge_agent.detector import replay_starts
 from training.evaluate.streams import NEGATIVE, TARGET, Placement, StreamPlan
 
 # The sweep's thresholds: coarse where alerts are many, finer near the top where the curve bends.
@@ -174,25 +172,6 @@ def pool(results: Sequence[LabelResult]) -> LabelResult:
     )
 
 
-def detector_starts(
-    scores: np.ndarray, times: np.ndarray, label: str, threshold: float, config: DetectorConfig
-) -> list[float]:
-    """Start times the real detector gives for one label's (windows,) scores at ``threshold``.
-
-    Only the windows that can change its state are fed (``detector_windows``); the rest are provably
-    no-ops, which makes a sweep over many thresholds cheap.
-    """
-    detector = Detector(
-        (label,), dataclasses.replace(config, listen=(label,), thresholds={label: threshold}, top_k=1)
-    )
-    starts = []
-    for i in detector_windows(scores >= threshold, times, config.confirm_m, config.end_after_s):
-        starts += [
-            d.started_at for d in detector.update((float(scores[i]),), float(times[i])) if d.kind == "start"
-        ]
-    return starts
-
-
 def sweep(
     plan: StreamPlan,
     scores: np.ndarray,
@@ -208,7 +187,7 @@ def sweep(
         (
             threshold,
             label_result(
-                plan, label, detector_starts(scores, times, label, threshold, config), tolerance_s, window_s
+                plan, label, replay_starts(scores, times, label, threshold, config), tolerance_s, window_s
             ),
         )
         for threshold in thresholds

@@ -68,6 +68,7 @@ def to_json(evaluation: Evaluation, command: str) -> dict:
             "thresholds": {k: evaluation.thresholds[k] for k in listen},
             "confirm_n": detector.confirm_n,
             "confirm_m": detector.confirm_m,
+            "pool_windows": detector.pool_windows,
             "end_after_s": detector.end_after_s,
             "cooldown_s": detector.cooldown_s,
         },
@@ -206,7 +207,9 @@ def markdown(data: dict) -> str:
         f"# earshot evaluate: {model['name']} {model['version']}",
         "",
         f"Model `{model['path']}` (sha256 {model['sha256'][:12]}), thresholds {thresholds}; detector "
-        f"confirm {d['confirm_n']} of {d['confirm_m']}, end after {d['end_after_s']:g} s, cooldown "
+        f"confirm {d['confirm_n']} of {d['confirm_m']}"
+        + (f" of {d['pool_windows']}-window mean scores" if d.get("pool_windows", 1) > 1 else "")
+        + f", end after {d['end_after_s']:g} s, cooldown "
         f"{d['cooldown_s']:g} s; window {data['window_s']:g} s, hop {data['hop_s']:.3f} s; tolerance "
         f"{data['tolerance_s']:.3f} s; seed {data['seed']}"
         + (f"; at most {data['hours_cap']:g} h per split" if data["hours_cap"] else "")
