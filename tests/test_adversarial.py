@@ -10,7 +10,7 @@ from support.gate_fixtures import train_tiny_checkpoint, write_datasets
 
 from deploy.gate import corruptions as c
 from deploy.gate.attacks import snr_db, waveform_model
-from training.adversarial import CLIP_LEVELS, hard_clip_some, main
+from training.adversarial import CLIP_LEVELS, ClipBank, hard_clip_some, main
 from training.attacks import PerClipL2PGD, PerClipLinfPGD, epsilon_for, per_clip_pgd
 from training.checkpoint import load_checkpoint
 from training.cli import main as train_main
@@ -114,6 +114,15 @@ def test_hard_clipping_a_share_of_windows_caps_each_at_its_own_level():
     assert 0.25 < float(untouched) < 0.75
 
 
+def test_an_epoch_gives_long_clips_more_crops_or_every_label_an_equal_share():
+    clips = [np.zeros(RATE, np.int16)] * 6 + [np.zeros(25 * RATE, np.int16)] * 2  # six 1-s, two 25-s
+    bank = ClipBank(clips, np.array([0, 0, 0, 0, 0, 0, 1, 1]))
+    order = bank.epoch_order(RATE, np.random.default_rng(0))
+    assert sorted(np.bincount(order).tolist()) == [1, 1, 1, 1, 1, 1, 3, 3]  # one crop per started 10 s
+    balanced = bank.epoch_order(RATE, np.random.default_rng(0), balanced=True)
+    assert len(balanced) == 12 and np.bincount(bank.labels[balanced]).tolist() == [6, 6]
+
+
 def test_fine_tuning_writes_a_measured_checkpoint_through_earshot_train(tiny, tmp_path, monkeypatch):
     monkeypatch.setenv("EARSHOT_CACHE", str(tmp_path / "cache"))
     out = tmp_path / "adv.pt"
@@ -147,11 +156,29 @@ def test_fine_tuning_writes_a_measured_checkpoint_through_earshot_train(tiny, tm
     assert changed  # the weights moved
 
 
+def test_frozen_norm_fine_tuning_keeps_the_batchnorm_statistics(tiny, tmp_path, monkeypatch):
+    monkeypatch.setenv("EARSHOT_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "frozen.pt"
+    flags = ["--epochs", "1", "--pgd-steps", "2", "--frozen-norm", "--anchor-weight", "1", "--balanced"]
+    assert (
+        main(["--init", str(tiny["checkpoint"]), "--data-root", str(tiny["us8k"]), *flags, "--out", str(out)])
+        == 0
+    )
+    tuned, init = load_checkpoint(out), load_checkpoint(tiny["checkpoint"])
+    statistics = [k for k in init.state_dict if k.endswith(("running_mean", "running_var"))]
+    assert statistics and all(torch.equal(init.state_dict[k], tuned.state_dict[k]) for k in statistics)
+    weights = [k for k in init.state_dict if k.endswith("weight")]
+    assert any(not torch.equal(init.state_dict[k], tuned.state_dict[k]) for k in weights)
+    assert tuned.train_config["adversarial"]["frozen_norm"] is True
+
+
 @pytest.mark.parametrize(
     "args, message",
     [
         (["--adv-snr", "-3"], "--adv-snr must be in"),
         (["--attack", "l1"], "--attack must be one of"),
+        (["--anchor-weight", "-1"], "--anchor-weight must be >= 0"),
+        (["--clip-p", "1.5"], "--clip-p must be in [0, 1]"),
     ],
 )
 def test_bad_options_are_one_line_errors(tiny, capsys, args, message):

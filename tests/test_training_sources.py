@@ -353,7 +353,20 @@ def test_adversarial_fine_tuning_of_an_all_folds_open_set_model(
         URBANSOUND8K_LABELS.index("siren"),
     }
     out = tmp_path / "adv.pt"
-    flags = ["--epochs", "1", "--pgd-steps", "2", "--clip-p", "0.5", "--max-clips", "40", "--out", str(out)]
+    flags = [
+        "--epochs",
+        "1",
+        "--pgd-steps",
+        "2",
+        "--clip-p",
+        "0.5",
+        "--anchor-weight",
+        "1",
+        "--max-clips",
+        "40",
+        "--out",
+        str(out),
+    ]
     assert (
         train_main(
             [
@@ -371,5 +384,6 @@ def test_adversarial_fine_tuning_of_an_all_folds_open_set_model(
     tuned = load_checkpoint(out)
     assert tuned.fold is None and tuned.labels == OPEN_SET_LABELS
     assert tuned.validation_groups == checkpoint.validation_groups  # export and the gate still find them
-    assert tuned.train_config["adversarial"]["clip_p"] == 0.5
+    record = tuned.train_config["adversarial"]
+    assert record["clip_p"] == 0.5 and record["anchor_weight"] == 1.0
     assert 0.0 <= tuned.metrics["accuracy"] <= 1.0
