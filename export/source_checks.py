@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from export.clips import WindowSet, logmel_windows, sample_clips
-from training.catalog import DataError, read_source
+from training.catalog import ESC10, DataError, read_source, source_dir
 from training.checkpoint import Checkpoint
 from training.cross_source import resolve_split
 from training.data import ClipRecord, read_esc10_negatives
@@ -73,7 +73,9 @@ def calibration_records(
     parts: list[list[ClipRecord]] = []
     for build in (
         lambda: street_extra_train_records(data_root, labels),
-        lambda: [r for r in read_esc10_negatives(data_root / "esc10") if r.fold in ESC10_NOISE_FOLDS],
+        lambda: [
+            r for r in read_esc10_negatives(source_dir(data_root, ESC10)) if r.fold in ESC10_NOISE_FOLDS
+        ],
         lambda: debian_train_records(data_root, labels),
     ):
         try:
