@@ -119,8 +119,13 @@ def test_an_epoch_gives_long_clips_more_crops_or_every_label_an_equal_share():
     bank = ClipBank(clips, np.array([0, 0, 0, 0, 0, 0, 1, 1]))
     order = bank.epoch_order(RATE, np.random.default_rng(0))
     assert sorted(np.bincount(order).tolist()) == [1, 1, 1, 1, 1, 1, 3, 3]  # one crop per started 10 s
-    balanced = bank.epoch_order(RATE, np.random.default_rng(0), balanced=True)
+    balanced = bank.epoch_order(RATE, np.random.default_rng(0), power=0.0)
     assert len(balanced) == 12 and np.bincount(bank.labels[balanced]).tolist() == [6, 6]
+    half = bank.epoch_order(RATE, np.random.default_rng(0), power=0.5)  # shares as sqrt(6) : sqrt(6)
+    assert np.bincount(bank.labels[half]).tolist() == [6, 6]
+    skewed = ClipBank(clips[:1] * 9 + clips[6:7], np.array([0] * 9 + [1]))  # crops 9 : 3
+    shares = np.bincount(skewed.labels[skewed.epoch_order(RATE, np.random.default_rng(0), power=0.5)])
+    assert shares.tolist() == [8, 4]  # 12 crops as sqrt(9) : sqrt(3) = 3 : 1.73 -> 7.6 : 4.4
 
 
 def test_fine_tuning_writes_a_measured_checkpoint_through_earshot_train(tiny, tmp_path, monkeypatch):
@@ -169,7 +174,8 @@ def test_frozen_norm_fine_tuning_keeps_the_batchnorm_statistics(tiny, tmp_path, 
     assert statistics and all(torch.equal(init.state_dict[k], tuned.state_dict[k]) for k in statistics)
     weights = [k for k in init.state_dict if k.endswith("weight")]
     assert any(not torch.equal(init.state_dict[k], tuned.state_dict[k]) for k in weights)
-    assert tuned.train_config["adversarial"]["frozen_norm"] is True
+    record = tuned.train_config["adversarial"]
+    assert record["frozen_norm"] is True and record["balance_power"] == 0.0  # --balanced
 
 
 @pytest.mark.parametrize(
@@ -179,6 +185,7 @@ def test_frozen_norm_fine_tuning_keeps_the_batchnorm_statistics(tiny, tmp_path, 
         (["--attack", "l1"], "--attack must be one of"),
         (["--anchor-weight", "-1"], "--anchor-weight must be >= 0"),
         (["--clip-p", "1.5"], "--clip-p must be in [0, 1]"),
+        (["--balance-power", "2"], "--balance-power must be in [0, 1]"),
     ],
 )
 def test_bad_options_are_one_line_errors(tiny, capsys, args, message):

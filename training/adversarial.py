@@ -57,7 +57,9 @@ class AdversarialConfig:
     # Without it, fine-tuning an open-set model moved UrbanSound8K clips into ``other`` (0.13 -> 0.24).
     anchor_weight: float = 0.0
     clip_p: float = 0.0  # share of windows hard-clipped at CLIP_LEVELS of their peak before anything else
-    balanced: bool = False  # each label the same share of an epoch's crops (ClipBank.epoch_order)
+    # A label's share of an epoch's crops goes as (its crops) ** balance_power (ClipBank.epoch_order):
+    # 1 keeps the bank's proportions, 0 gives every label the same share.
+    balance_power: float = 1.0
     # Train in eval mode: BatchNorm keeps the statistics of the original training data (its noise mixing
     # and augmentation), dropout is off, and the anchor compares answers as inference computes them.
     frozen_norm: bool = False
@@ -77,6 +79,8 @@ class AdversarialConfig:
             raise ValueError(f"--adv-weight must be in [0, 1], got {self.adv_weight}")
         if self.anchor_weight < 0:
             raise ValueError(f"--anchor-weight must be >= 0, got {self.anchor_weight}")
+        if not 0 <= self.balance_power <= 1:
+            raise ValueError(f"--balance-power must be in [0, 1], got {self.balance_power}")
         if not 0 <= self.clip_p <= 1:
             raise ValueError(f"--clip-p must be in [0, 1], got {self.clip_p}")
         if min(self.pgd_steps, self.epochs, self.batch_size) < 1 or self.lr <= 0:
@@ -95,16 +99,21 @@ class ClipBank:
     clips: list[np.ndarray]  # each (samples,) int16
     labels: np.ndarray  # (clips,) int64
 
-    def epoch_order(self, sample_rate: int, rng: np.random.Generator, balanced: bool = False) -> np.ndarray:
-        """Clip indices of one epoch, shuffled: a clip appears once per started SECONDS_PER_CROP; with
-        ``balanced``, each label gets an equal share of the epoch's crops, drawn in those proportions."""
+    def epoch_order(self, sample_rate: int, rng: np.random.Generator, power: float = 1.0) -> np.ndarray:
+        """Clip indices of one epoch, shuffled: a clip appears once per started SECONDS_PER_CROP. With
+        ``power`` below 1, each label's share of the epoch goes as (its crops) ** power instead (0: equal
+        shares), drawn with replacement from its crops."""
         per_clip = [int(np.ceil(len(c) / (SECONDS_PER_CROP * sample_rate))) for c in self.clips]
         order = np.repeat(np.arange(len(self.clips)), per_clip)
-        if not balanced:
+        if power == 1.0:
             return rng.permutation(order)
-        labels = np.unique(self.labels)
-        each = len(order) // len(labels)
-        picks = [rng.choice(order[self.labels[order] == label], size=each) for label in labels]
+        labels, counts = np.unique(self.labels[order], return_counts=True)
+        shares = counts.astype(np.float64) ** power
+        sizes = np.round(len(order) * shares / shares.sum()).astype(int)
+        picks = [
+            rng.choice(order[self.labels[order] == label], size=size)
+            for label, size in zip(labels, sizes, strict=True)
+        ]
         return rng.permutation(np.concatenate(picks))
 
     def crops(self, indices: np.ndarray, length: int, rng: np.random.Generator) -> torch.Tensor:
@@ -204,7 +213,7 @@ def fine_tune(checkpoint: Checkpoint, bank: ClipBank, cfg: AdversarialConfig) ->
     optimiser = torch.optim.AdamW(model.classifier.parameters(), lr=cfg.lr)
     length, history = checkpoint.frontend.window_samples, []
     for epoch in range(cfg.epochs):
-        order = bank.epoch_order(checkpoint.frontend.sample_rate, rng, cfg.balanced)
+        order = bank.epoch_order(checkpoint.frontend.sample_rate, rng, cfg.balance_power)
         model.train(not cfg.frozen_norm)
         totals = np.zeros(3)  # loss sum, adversarial hits, windows
         bar = tqdm(range(0, len(order), cfg.batch_size), desc=f"adversarial epoch {epoch + 1}", unit="batch")
@@ -270,10 +279,13 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, AdversarialConfig]:
     p.add_argument("--adv-weight", type=float, default=0.5, help="weight of the adversarial loss")
     p.add_argument("--pgd-steps", type=int, default=7)
     p.add_argument(
-        "--balanced",
-        action="store_true",
-        help="as many crops of each label per epoch (default: of each clip)",
+        "--balance-power",
+        type=float,
+        default=1.0,
+        help="a label's share of an epoch goes as (its crops) ** P: 1 keeps the bank's mix (default), "
+        "0 gives every label the same share",
     )
+    p.add_argument("--balanced", action="store_true", help="the same as --balance-power 0")
     p.add_argument(
         "--frozen-norm",
         action="store_true",
@@ -302,7 +314,7 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, AdversarialConfig]:
         pgd_steps=args.pgd_steps,
         adv_weight=args.adv_weight,
         anchor_weight=args.anchor_weight,
-        balanced=args.balanced,
+        balance_power=0.0 if args.balanced else args.balance_power,
         frozen_norm=args.frozen_norm,
         clip_p=args.clip_p,
         epochs=args.epochs,
