@@ -151,16 +151,17 @@ def music_pieces(music: ClipFeatures, params: FrontendParams) -> ClipFeatures:
     return ClipFeatures.from_parts(parts, [music.records[i] for i, _, _ in chosen], params.n_mels)
 
 
+def esc10_other_record(record: ClipRecord, labels: tuple[str, ...]) -> ClipRecord:
+    """An ESC-10 negative relabelled ``other`` (train-only, grouped by its source recording)."""
+    group = f"{ESC10}:{esc10_group(record.path.name)}"
+    return replace(record, label=labels.index(OTHER), fold=TRAIN_ONLY_FOLD, group=group)
+
+
 def esc10_other(negatives: ClipFeatures, labels: tuple[str, ...]) -> ClipFeatures:
-    """ESC-10 negatives of the noise folds relabelled ``other`` (train-only, grouped by category)."""
+    """ESC-10 negatives of the noise folds relabelled ``other`` (``esc10_other_record``)."""
     keep = [i for i, r in enumerate(negatives.records) if r.fold in ESC10_OTHER_FOLDS]
     part = negatives.subset(keep)
-    part.records = [
-        replace(
-            r, label=labels.index(OTHER), fold=TRAIN_ONLY_FOLD, group=f"{ESC10}:{esc10_group(r.path.name)}"
-        )
-        for r in part.records
-    ]
+    part.records = [esc10_other_record(r, labels) for r in part.records]
     return part
 
 
@@ -174,16 +175,7 @@ def source_records(data_root: Path, sources: tuple[str, ...], labels: tuple[str,
         records += street_extra_train_records(data_root, labels)
     if ESC10 in sources and OTHER in labels:
         negatives = read_esc10_negatives(source_dir(data_root, ESC10))
-        records += [
-            replace(
-                r,
-                label=labels.index(OTHER),
-                fold=TRAIN_ONLY_FOLD,
-                group=f"{ESC10}:{esc10_group(r.path.name)}",
-            )
-            for r in negatives
-            if r.fold in ESC10_OTHER_FOLDS
-        ]
+        records += [esc10_other_record(r, labels) for r in negatives if r.fold in ESC10_OTHER_FOLDS]
     if DEBIAN_SOUNDS in sources:
         records += debian_train_records(data_root, labels) + debian_music_records(data_root, labels)
     return records
