@@ -72,10 +72,11 @@ def trailing_mean(scores: np.ndarray, windows: int) -> np.ndarray:
     return total / np.minimum(np.arange(1, len(values) + 1), windows)
 
 
-def _pooled(recent: deque[float], windows: int) -> float:
-    """The mean ``trailing_mean`` gives for the newest of these scores (oldest first)."""
+def _pooled(recent: deque[float]) -> float:
+    """The mean ``trailing_mean`` gives for the newest of these scores: oldest first, one addition at a
+    time from 0.0 (its zero padding adds nothing, exactly)."""
     total = 0.0
-    for value in [0.0] * (windows - len(recent)) + list(recent):
+    for value in recent:
         total = total + value
     return total / len(recent)
 
@@ -130,7 +131,7 @@ class Detector:
         ranked = self.top_k(scores)
         for label, state in self._states.items():
             state.recent.append(float(scores[self._index[label]]))
-            score = _pooled(state.recent, self.config.pool_windows)
+            score = _pooled(state.recent)
             hit = score >= self.thresholds[label]
             state.hits.append(hit)
             if state.active:

@@ -180,7 +180,7 @@ def hard_clip_some(x: torch.Tensor, share: float, rng: np.random.Generator) -> t
         return x
     peak = x.abs().amax(dim=1, keepdim=True)  # (batch, 1)
     limit = peak * torch.from_numpy(rng.uniform(*CLIP_LEVELS, size=(len(x), 1))).float()
-    clipped = torch.maximum(torch.minimum(x, limit), -limit)
+    clipped = torch.clamp(x, -limit, limit)
     return torch.where(chosen[:, None], clipped, x)
 
 
