@@ -10,7 +10,8 @@
 # Environment: VERSION (default: today's UTC date), GATE=0 to skip the gate, KEEP_TWIN=0 to drop the
 # twin (the other precision, kept for 'earshot bench --compare-model' while model + twin <= 1 MB),
 # SOURCES_ROOT=DIR (the folder holding every source: an open-set model is checked and INT8-calibrated on
-# each of them), THRESHOLDS=FILE (calibrated thresholds, as 'earshot evaluate --calibrate' writes them).
+# each of them), THRESHOLDS=FILE (calibrated thresholds, as 'earshot evaluate --calibrate' writes them),
+# CALIBRATION_CLIPS=N (INT8 calibration clips; export's default when unset).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -31,6 +32,7 @@ args=("$checkpoint" --out "$out" --int8 --calibration-data "$data_root" --name e
 [ -n "$train_command" ] && args+=(--train-command "$train_command")
 [ -n "${SOURCES_ROOT:-}" ] && args+=(--data-root "$SOURCES_ROOT")
 [ -n "${THRESHOLDS:-}" ] && args+=(--thresholds "$THRESHOLDS")
+[ -n "${CALIBRATION_CLIPS:-}" ] && args+=(--calibration-clips "$CALIBRATION_CLIPS")
 earshot export "${args[@]}"
 
 size=$(stat -c %s "$out")

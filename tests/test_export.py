@@ -248,6 +248,18 @@ def test_parity_policy_names_each_failure() -> None:
         ParityPolicy(min_agreement=1.5)
 
 
+def test_a_small_source_check_fails_only_on_more_than_one_clip() -> None:
+    policy = ParityPolicy()
+    one_flip = {"clips": 80, "fp32_accuracy": 0.725, "int8_accuracy": 0.7125, "int8_agreement": 79 / 80}
+    assert parity_failures({"source_checks": {"esc10-fold4": one_flip}}, policy) == []
+    two_flips = {**one_flip, "int8_accuracy": 0.70, "int8_agreement": 78 / 80}
+    agreement, drop = parity_failures({"source_checks": {"esc10-fold4": two_flips}}, policy)
+    assert agreement.startswith("esc10-fold4: INT8 top-1 agreement 97.50% < 98.00%")
+    assert drop.startswith("esc10-fold4: INT8 accuracy drop 2.50 pp > 1.25 pp")
+    # The held-out check gives no clip count: one clip of 80 there still fails the 1 pp bound.
+    assert len(parity_failures({"fp32_accuracy": 0.725, "int8_accuracy": 0.7125}, policy)) == 1
+
+
 @pytest.mark.parametrize(
     "args, message",
     [
