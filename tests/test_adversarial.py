@@ -10,10 +10,20 @@ from support.gate_fixtures import train_tiny_checkpoint, write_datasets
 
 from deploy.gate import corruptions as c
 from deploy.gate.attacks import snr_db, waveform_model
-from training.adversarial import CLIP_LEVELS, ClipBank, hard_clip_some, main
+from training.adversarial import (
+    CLIP_LEVELS,
+    ClipBank,
+    hard_clip_some,
+    held_out_metrics,
+    main,
+    mix_backgrounds,
+    split_records,
+)
 from training.attacks import PerClipL2PGD, PerClipLinfPGD, epsilon_for, per_clip_pgd
 from training.checkpoint import load_checkpoint
 from training.cli import main as train_main
+from training.data import load_features
+from training.train import AGENT_HOP_FRAMES
 
 RATE = 16000
 
@@ -114,6 +124,25 @@ def test_hard_clipping_a_share_of_windows_caps_each_at_its_own_level():
     assert 0.25 < float(untouched) < 0.75
 
 
+def test_backgrounds_are_mixed_into_a_share_of_windows_at_the_drawn_snr():
+    backgrounds = [np.round(windows(1, 3 * RATE, seed=s)[0] * 32767).astype(np.int16) for s in (1, 2)]
+    bank = ClipBank(
+        [np.zeros(RATE, np.int16), *backgrounds, np.zeros(RATE, np.int16)], np.array([0, 1, 1, 1])
+    )
+    x = torch.from_numpy(windows(64, RATE)) * 0.5  # (64, samples), room below full scale
+    rng = np.random.default_rng(0)
+    assert torch.equal(mix_backgrounds(x, bank, np.array([1, 2]), 0.0, (0.0, 0.0), rng), x)
+    mixed = mix_backgrounds(x, bank, np.array([1, 2]), 1.0, (10.0, 10.0), rng)
+    added = (mixed - x).pow(2).mean(dim=1)  # (64,) power of what was mixed in
+    assert torch.allclose(10 * torch.log10(x.pow(2).mean(dim=1) / added), torch.full((64,), 10.0), atol=0.05)
+    silent = mix_backgrounds(x, bank, np.array([3]), 1.0, (0.0, 0.0), rng)  # an all-zero background clip
+    assert torch.equal(silent, x)
+    half = mix_backgrounds(x, bank, np.array([1, 2]), 0.5, (-5.0, 20.0), np.random.default_rng(1))
+    assert 0.25 < float((half == x).all(dim=1).float().mean()) < 0.75
+    loud = mix_backgrounds(x, bank, np.array([1, 2]), 1.0, (-20.0, -20.0), rng)
+    assert float(loud.abs().max()) <= 1.0  # kept within the attack's bounds
+
+
 def test_an_epoch_gives_long_clips_more_crops_or_every_label_an_equal_share():
     clips = [np.zeros(RATE, np.int16)] * 6 + [np.zeros(25 * RATE, np.int16)] * 2  # six 1-s, two 25-s
     bank = ClipBank(clips, np.array([0, 0, 0, 0, 0, 0, 1, 1]))
@@ -157,6 +186,11 @@ def test_fine_tuning_writes_a_measured_checkpoint_through_earshot_train(tiny, tm
     record = tuned.train_config["adversarial"]
     assert record["snr_db"] == 40.0 and record["attack"] == "linf" and len(record["history"]) == 1
     assert 0.0 <= tuned.metrics["accuracy"] <= 1.0
+    # The initial model is measured on the same held-out clips as the tuned one.
+    heldout = load_features(split_records(tiny["us8k"], init).heldout, init.frontend)
+    assert len(heldout.records) and all(r.fold == 2 for r in heldout.records)
+    initial = held_out_metrics(init.build(), heldout, init.frontend, AGENT_HOP_FRAMES, len(init.labels))
+    assert record["init_heldout_metrics"] == initial
     changed = [k for k in init.state_dict if not torch.equal(init.state_dict[k], tuned.state_dict[k])]
     assert changed  # the weights moved
 
@@ -186,6 +220,9 @@ def test_frozen_norm_fine_tuning_keeps_the_batchnorm_statistics(tiny, tmp_path, 
         (["--anchor-weight", "-1"], "--anchor-weight must be >= 0"),
         (["--clip-p", "1.5"], "--clip-p must be in [0, 1]"),
         (["--balance-power", "2"], "--balance-power must be in [0, 1]"),
+        (["--background-p", "-0.1"], "--background-p must be in [0, 1]"),
+        (["--background-snr", "20", "-5"], "--background-snr must be LOW HIGH"),
+        (["--background-p", "0.5", "--epochs", "1"], "needs an open-set checkpoint"),
     ],
 )
 def test_bad_options_are_one_line_errors(tiny, capsys, args, message):
