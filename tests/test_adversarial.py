@@ -10,6 +10,7 @@ from support.gate_fixtures import train_tiny_checkpoint, write_datasets
 
 from deploy.gate import corruptions as c
 from deploy.gate.attacks import snr_db, waveform_model
+from training import adversarial
 from training.adversarial import (
     CLIP_LEVELS,
     ClipBank,
@@ -199,6 +200,12 @@ def test_frozen_norm_fine_tuning_keeps_the_batchnorm_statistics(tiny, tmp_path, 
     monkeypatch.setenv("EARSHOT_CACHE", str(tmp_path / "cache"))
     out = tmp_path / "frozen.pt"
     flags = ["--epochs", "1", "--pgd-steps", "2", "--frozen-norm", "--anchor-weight", "1", "--balanced"]
+    flags += ["--attack", "both", "--batch-size", "4"]  # Linf and L2 PGD take turns, batch by batch
+    kinds: list[str] = []
+    budget = adversarial.epsilons_for
+    monkeypatch.setattr(
+        adversarial, "epsilons_for", lambda x, db, kind: kinds.append(kind) or budget(x, db, kind)
+    )
     assert (
         main(["--init", str(tiny["checkpoint"]), "--data-root", str(tiny["us8k"]), *flags, "--out", str(out)])
         == 0
@@ -210,6 +217,7 @@ def test_frozen_norm_fine_tuning_keeps_the_batchnorm_statistics(tiny, tmp_path, 
     assert any(not torch.equal(init.state_dict[k], tuned.state_dict[k]) for k in weights)
     record = tuned.train_config["adversarial"]
     assert record["frozen_norm"] is True and record["balance_power"] == 0.0  # --balanced
+    assert record["attack"] == "both" and kinds[:2] == ["linf", "l2"]
 
 
 @pytest.mark.parametrize(

@@ -51,11 +51,15 @@ from training.train import AGENT_HOP_FRAMES, predict_clips
 logger = logging.getLogger(__name__)
 
 
+# "both" alternates the gate's two PGD norms batch by batch: the gate bounds robust accuracy under each.
+ATTACK_CHOICES = (*PGD_KINDS, "both")
+
+
 @dataclass(frozen=True)
 class AdversarialConfig:
     """Every knob of one fine-tuning run; stored in the new checkpoint's ``train_config``."""
 
-    attack: str = "linf"  # PGD norm: "linf" or "l2"
+    attack: str = "linf"  # PGD norm: "linf", "l2", or "both" (alternating batch by batch)
     snr_db: float = 40.0  # per-clip budget, as the gate measures it
     pgd_steps: int = 7  # training-time PGD is short; the gate attacks with 40 steps
     pgd_rel_stepsize: float = 0.3  # 7 steps x 0.3 can walk 2x the budget
@@ -81,8 +85,8 @@ class AdversarialConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if self.attack not in PGD_KINDS:
-            raise ValueError(f"--attack must be one of {', '.join(PGD_KINDS)}, got {self.attack!r}")
+        if self.attack not in ATTACK_CHOICES:
+            raise ValueError(f"--attack must be one of {', '.join(ATTACK_CHOICES)}, got {self.attack!r}")
         if not 0 < self.snr_db < 120:
             raise ValueError(f"--adv-snr must be in (0, 120) dB, got {self.snr_db}")
         if not 0 <= self.adv_weight <= 1:
@@ -236,6 +240,7 @@ def background_pool(checkpoint: Checkpoint, bank: ClipBank, cfg: AdversarialConf
 def adversarial_batch(
     model: nn.Module,
     fmodel: fb.PyTorchModel,
+    kind: str,
     attack: PerClipLinfPGD | PerClipL2PGD,
     x: torch.Tensor,
     y: torch.Tensor,
@@ -244,7 +249,7 @@ def adversarial_batch(
     """PGD adversarials of (batch, samples) against the current weights, eval mode, parameters frozen."""
     model.eval()
     model.requires_grad_(False)
-    epsilon = torch.from_numpy(epsilons_for(x.numpy(), cfg.snr_db, cfg.attack))  # (batch,)
+    epsilon = torch.from_numpy(epsilons_for(x.numpy(), cfg.snr_db, kind))  # (batch,)
     adversarial = per_clip_pgd(attack, fmodel, x, y, epsilon)  # (batch, samples)
     model.requires_grad_(True)
     model.train(not cfg.frozen_norm)
@@ -257,7 +262,11 @@ def fine_tune(checkpoint: Checkpoint, bank: ClipBank, cfg: AdversarialConfig) ->
     rng = np.random.default_rng(cfg.seed)
     model = WaveformClassifier(TorchLogMel(checkpoint.frontend), checkpoint.build()).eval()
     fmodel = fb.PyTorchModel(model, bounds=BOUNDS)  # built in eval mode, as foolbox asks
-    attack = PGD_KINDS[cfg.attack](steps=cfg.pgd_steps, rel_stepsize=cfg.pgd_rel_stepsize, random_start=True)
+    kinds = tuple(PGD_KINDS) if cfg.attack == "both" else (cfg.attack,)
+    attacks = [
+        PGD_KINDS[kind](steps=cfg.pgd_steps, rel_stepsize=cfg.pgd_rel_stepsize, random_start=True)
+        for kind in kinds
+    ]
     anchor = copy.deepcopy(model).requires_grad_(False)  # the initial model, frozen, in eval mode
     optimiser = torch.optim.AdamW(model.classifier.parameters(), lr=cfg.lr)
     length, history = checkpoint.frontend.window_samples, []
@@ -267,13 +276,18 @@ def fine_tune(checkpoint: Checkpoint, bank: ClipBank, cfg: AdversarialConfig) ->
         model.train(not cfg.frozen_norm)
         totals = np.zeros(3)  # loss sum, adversarial hits, windows
         bar = tqdm(range(0, len(order), cfg.batch_size), desc=f"adversarial epoch {epoch + 1}", unit="batch")
-        for start in bar:
+        for batch, start in enumerate(bar):
             index = order[start : start + cfg.batch_size]
             x, y = bank.crops(index, length, rng), torch.from_numpy(bank.labels[index])  # (batch, samples)
             x = mix_backgrounds(x, bank, backgrounds, cfg.background_p, cfg.background_snr_db, rng)
             x = hard_clip_some(x, cfg.clip_p, rng)
             # --adv-weight 0 is the control run: the same fine-tuning without attacks.
-            x_adv = adversarial_batch(model, fmodel, attack, x, y, cfg) if cfg.adv_weight > 0 else x
+            turn = batch % len(kinds)
+            x_adv = (
+                adversarial_batch(model, fmodel, kinds[turn], attacks[turn], x, y, cfg)
+                if cfg.adv_weight > 0
+                else x
+            )
             logits = model(torch.cat([x, x_adv]))  # (2 * batch, classes)
             clean_loss = nn.functional.cross_entropy(logits[: len(x)], y)
             adv_loss = nn.functional.cross_entropy(logits[len(x) :], y)
@@ -324,7 +338,7 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, AdversarialConfig]:
         "holding every source (../shared/data)",
     )
     p.add_argument("--out", type=Path, help="output checkpoint (default: INIT with -adv<SNR> before .pt)")
-    p.add_argument("--attack", default="linf", help="PGD norm: linf or l2")
+    p.add_argument("--attack", default="linf", help="PGD norm: linf, l2, or both (alternating by batch)")
     p.add_argument("--adv-snr", type=float, default=40.0, help="budget in dB SNR per clip")
     p.add_argument("--adv-weight", type=float, default=0.5, help="weight of the adversarial loss")
     p.add_argument("--pgd-steps", type=int, default=7)
