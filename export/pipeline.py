@@ -308,7 +308,8 @@ def run_export(config: ExportConfig, command: str) -> dict:
     with tempfile.TemporaryDirectory(dir=config.out.parent, prefix=".earshot-export-") as tmp:
         paths, facts = _build_files(config, checkpoint, windows, metadata, Path(tmp))
         figures = _measure(config, checkpoint, windows, paths)
-        failures = parity_failures(figures, config.policy)
+        heldout = f"held-out clips ({windows.provenance['heldout']})" if windows.heldout is not None else None
+        failures = parity_failures(figures, config.policy, heldout)
         if failures and not config.allow_parity_failure:
             raise ParityError("; ".join(failures))
         precision, reason = choose_precision(config, figures)

@@ -209,7 +209,8 @@ def test_forced_parity_failure_exits_non_zero_and_writes_nothing(
     args = int8_args(fragile, out, us8k_root, 8, "--min-agreement", "1.0")  # forced: 100% agreement
     assert export_main(args) == 1
     err = capsys.readouterr().err.strip().splitlines()[-1]  # after the progress bars
-    assert err.startswith("earshot export: parity check failed") and "INT8 top-1 agreement" in err
+    assert err.startswith("earshot export: parity check failed")
+    assert "held-out clips (fold 3): INT8 top-1 agreement" in err  # which clips disagreed
     assert not out.exists() and not card_path(out).exists()
     assert export_main([*args, "--allow-parity-failure", "--twin-budget", "1"]) == 0
     card = read_card(out)
@@ -244,6 +245,9 @@ def test_parity_policy_names_each_failure() -> None:
     bad = {"max_abs_logit_diff": 0.1, "int8_agreement": 0.97, "fp32_accuracy": 0.80, "int8_accuracy": 0.78}
     problems = parity_failures(bad, policy)
     assert len(problems) == 3 and "agreement" in problems[1] and "2.00 pp" in problems[2]
+    named = parity_failures(bad, policy, "held-out clips (fold 10)")
+    assert named[0] == problems[0]  # PyTorch vs ONNX: not one split's figure
+    assert named[1:] == [f"held-out clips (fold 10): {reason}" for reason in problems[1:]]
     with pytest.raises(ValueError, match="min_agreement"):
         ParityPolicy(min_agreement=1.5)
 
