@@ -40,6 +40,8 @@ def test_torchrun_two_cpu_processes_train_and_only_rank0_writes(tmp_path: Path) 
         "4",
         "--device",
         "cpu",
+        "--ema-decay",  # each rank averages its own copy; rank 0's BatchNorm statistics are validated
+        "0.9",
         "--out",
         str(out),
     ]
@@ -52,3 +54,4 @@ def test_torchrun_two_cpu_processes_train_and_only_rank0_writes(tmp_path: Path) 
     assert list(report["folds"]) == ["1"] and report["folds"]["1"]["epochs_run"] == 2
     checkpoint = load_checkpoint(out / "rnn" / "rnn-fold1.pt")
     assert checkpoint.fold == 1 and not any(k.startswith("module.") for k in checkpoint.state_dict)
+    assert checkpoint.train_config["ema_decay"] == 0.9

@@ -28,7 +28,7 @@ from training.models import architecture
 from training.report import goal_checks
 from training.run import load_corpus
 from training.synthetic import SYNTHETIC_CLASSES, write_esc10, write_urbansound8k
-from training.train import TrainConfig, fit, train_dataset
+from training.train import TrainConfig, fit, train_dataset, validation_score, weight_average
 
 PARAMS = FrontendParams()
 TINY = architecture("cnn", conv_channels=(4, 8))
@@ -259,3 +259,57 @@ def test_cli_bad_input_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture
     assert "unknown architecture" in capsys.readouterr().err
     assert train_main(["--report-only", "--out", str(tmp_path / "empty")]) == 2
     assert "run 'earshot train --compare' first" in capsys.readouterr().err
+
+
+def test_weight_average_follows_each_step_parameters_and_batchnorm_statistics() -> None:
+    model = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.BatchNorm1d(2))
+    assert weight_average(model, 0.0) is None
+    averaged = weight_average(model, 0.75)
+    assert averaged is not None
+    averaged.update_parameters(model)  # the first step copies the weights
+    start = {k: v.clone() for k, v in averaged.module.state_dict().items()}
+    with torch.no_grad():
+        model[0].weight.add_(4.0)
+        model[1].running_mean.add_(8.0)
+    averaged.update_parameters(model)
+    after = averaged.module.state_dict()
+    torch.testing.assert_close(after["0.weight"], start["0.weight"] + 0.25 * 4.0)
+    torch.testing.assert_close(after["1.running_mean"], start["1.running_mean"] + 0.25 * 8.0)
+
+
+def test_balanced_selection_gives_every_label_the_same_weight() -> None:
+    labels = np.array([0] * 8 + [1, 2])
+    says_zero = np.zeros(10, dtype=int)  # right on the big label only
+    assert validation_score(says_zero, labels, 3, "accuracy") == pytest.approx(0.8)
+    assert validation_score(says_zero, labels, 3, "balanced") == pytest.approx(1 / 3)
+
+
+def test_training_with_a_weight_average_is_deterministic_and_learns(dataset_dirs: tuple[Path, Path]) -> None:
+    corpus = load_corpus(dataset_dirs[0], dataset_dirs[1], PARAMS)
+    records = corpus.clips.records
+    train = corpus.clips.subset([i for i, r in enumerate(records) if r.fold != 3])
+    val = corpus.clips.subset([i for i, r in enumerate(records) if r.fold == 3])
+    cfg = TrainConfig(
+        epochs=12,
+        batch_size=8,
+        lr=1e-2,
+        mixup_alpha=0.0,
+        noise_p=0.0,
+        crops_per_clip=1,
+        ema_decay=0.8,
+        select_by="balanced",
+    )
+    runs = [fit(TINY, train, val, corpus.noise, PARAMS, cfg, n_classes=10) for _ in range(2)]
+    for key, value in runs[0].model.state_dict().items():
+        assert torch.equal(value, runs[1].model.state_dict()[key]), key
+    best = runs[0].history[runs[0].best_epoch - 1]
+    assert best["val_balanced_accuracy"] == max(h["val_balanced_accuracy"] for h in runs[0].history)
+    assert best["val_balanced_accuracy"] > 0.6  # chance is 1/3
+
+
+def test_cli_refuses_an_unknown_selection_figure(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    data = write_urbansound8k(tmp_path / "urbansound8k")
+    assert train_main(["--data-root", str(data), "--select-by", "loss", "--out", str(tmp_path / "out")]) == 2
+    error = capsys.readouterr().err.strip()
+    assert "select_by must be one of accuracy, balanced" in error and "\n" not in error
+    assert not (tmp_path / "out").exists()

@@ -39,6 +39,8 @@ _RECIPE_FLAGS = (
     ("--snr-db", "snr_db", "SNR range LO HI (dB) of a training window over its background"),
     ("--reverb-p", "reverb_p", "share of training windows given a reverberant tail (RT60 0.2-1.5 s)"),
     ("--colour-p", "colour_p", "share of training windows through a random smooth microphone response"),
+    ("--ema-decay", "ema_decay", "exponential moving average of the weights per step (e.g. 0.999); 0 is off"),
+    ("--select-by", "select_by", "validation figure that picks the epoch kept: accuracy or balanced"),
 )
 
 
@@ -179,7 +181,8 @@ def run(args: argparse.Namespace, command: str) -> None:
     params = FrontendParams()
     arch = best_architecture(args.out) if args.arch == "best" else args.arch
     for name in args.archs if args.compare else [arch]:
-        architecture(name)  # fail on a typo before decoding anything
+        architecture(name)  # fail on a typo or a bad recipe flag before decoding anything
+        _config(args, name)
     if args.sources:
         corpus = load_sources_corpus(args.data_root, args.sources, _noise_root(args), params)
     else:
