@@ -157,9 +157,14 @@ def esc10_other_record(record: ClipRecord, labels: tuple[str, ...]) -> ClipRecor
     return replace(record, label=labels.index(OTHER), fold=TRAIN_ONLY_FOLD, group=group)
 
 
+def trains_as_other(negative: ClipRecord) -> bool:
+    """Whether an ESC-10 negative trains as ``other``: only those of the folds mixed in as noise."""
+    return negative.fold in ESC10_OTHER_FOLDS
+
+
 def esc10_other(negatives: ClipFeatures, labels: tuple[str, ...]) -> ClipFeatures:
     """ESC-10 negatives of the noise folds relabelled ``other`` (``esc10_other_record``)."""
-    keep = [i for i, r in enumerate(negatives.records) if r.fold in ESC10_OTHER_FOLDS]
+    keep = [i for i, r in enumerate(negatives.records) if trains_as_other(r)]
     part = negatives.subset(keep)
     part.records = [esc10_other_record(r, labels) for r in part.records]
     return part
@@ -175,7 +180,7 @@ def source_records(data_root: Path, sources: tuple[str, ...], labels: tuple[str,
         records += street_extra_train_records(data_root, labels)
     if ESC10 in sources and OTHER in labels:
         negatives = read_esc10_negatives(source_dir(data_root, ESC10))
-        records += [esc10_other_record(r, labels) for r in negatives if r.fold in ESC10_OTHER_FOLDS]
+        records += [esc10_other_record(r, labels) for r in negatives if trains_as_other(r)]
     if DEBIAN_SOUNDS in sources:
         records += debian_train_records(data_root, labels) + debian_music_records(data_root, labels)
     return records
