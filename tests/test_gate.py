@@ -74,6 +74,10 @@ def gate(world: dict[str, Path], model: Path, policy: str, report: Path, *extra:
     )
 
 
+def figures_clean(report: dict) -> float:
+    return report["figures"]["clean_accuracy"]
+
+
 def test_weak_policy_passes_with_every_figure_and_plot_and_records_the_pass(world, tmp_path):
     model = fresh_model(world, tmp_path)
     assert gate(world, model, "weak.toml", tmp_path / "report") == 0
@@ -83,6 +87,10 @@ def test_weak_policy_passes_with_every_figure_and_plot_and_records_the_pass(worl
     assert all(v is not None for v in report["figures"].values()), report["figures"]
     assert report["model"]["quantised"] is True
     assert report["clips"] == 3 and report["fold"] == 2
+    interval = report["clean_accuracy_interval"]
+    assert 0 <= interval["low"] <= figures_clean(report) <= interval["high"] <= 1
+    assert 1 <= interval["recordings"] <= 3 and interval["method"] == "bootstrap over recordings"
+    assert f"{interval['low']:.3f}-{interval['high']:.3f}" in (tmp_path / "report" / "report.md").read_text()
     for plot in PLOTS:
         assert (tmp_path / "report" / plot).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "PASSED" in (tmp_path / "report" / "report.md").read_text()

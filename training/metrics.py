@@ -92,3 +92,25 @@ def detection_recall(
         rows = positive_max[y_true == c, c]
         out[label] = float((rows >= thresholds[label]).mean()) if len(rows) else float("nan")
     return out
+
+
+def recording_bootstrap_interval(
+    correct: np.ndarray, recordings: list[str], draws: int = 2000, level: float = 0.95, seed: int = 0
+) -> tuple[float, float]:
+    """A bootstrap interval of accuracy that resamples whole recordings, not clips.
+
+    Clips cut from one recording are not independent (a model tends to get all of them right or all
+    wrong), so the recordings are the sample: on a split of a few recordings per class the interval is
+    wide, however many clips there are. ``correct`` is (clips,) bool; ``recordings`` names each clip's.
+    """
+    if len(correct) != len(recordings):
+        raise ValueError(f"{len(correct)} clips but {len(recordings)} recording names")
+    if not len(correct):
+        return 0.0, 0.0
+    names, index = np.unique(np.asarray(recordings), return_inverse=True)
+    hits = np.bincount(index, weights=np.asarray(correct, dtype=float), minlength=len(names))
+    sizes = np.bincount(index, minlength=len(names)).astype(float)
+    picks = np.random.default_rng(seed).integers(0, len(names), size=(draws, len(names)))
+    accuracies = hits[picks].sum(axis=1) / sizes[picks].sum(axis=1)
+    tail = (1.0 - level) / 2.0
+    return float(np.quantile(accuracies, tail)), float(np.quantile(accuracies, 1.0 - tail))

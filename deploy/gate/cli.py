@@ -59,6 +59,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def clean_interval(m: Measurement, checks: list) -> dict:
+    """The clean-accuracy interval over recordings, and whether the policy's bound lies inside it."""
+    low, high = m.clean_interval
+    bound = next((c.threshold for c in checks if c.figure == "clean_accuracy"), None)
+    return {
+        "low": low,
+        "high": high,
+        "level": 0.95,
+        "recordings": m.recordings,
+        "method": "bootstrap over recordings",
+        "bound_inside": bound is not None and low <= bound <= high,
+    }
+
+
 def _report(target: Target, policy: Policy, policy_path: Path, m: Measurement, checks: list) -> dict:
     return {
         "schema": "earshot.gate-report/1",
@@ -76,6 +90,7 @@ def _report(target: Target, policy: Policy, policy_path: Path, m: Measurement, c
         "fold": m.fold,
         "held_out": m.held_out,
         "clips": m.clips,
+        "clean_accuracy_interval": clean_interval(m, checks),
         "corruptions_judged_by": m.judged_by,
         "figures": m.figures,
         "checks": checks_to_json(checks),

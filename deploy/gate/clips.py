@@ -33,6 +33,7 @@ class HeldOut:
     windows: list[Window]
     labels: np.ndarray  # (clips,) int64
     names: list[str]
+    recordings: list[str]  # each clip's recording (UrbanSound8K fsID): clips of one are not independent
 
     def audio(self) -> np.ndarray:
         """The judged windows stacked: (clips, samples) float32."""
@@ -82,7 +83,7 @@ def load_held_out(
         clip = np.clip(load_waveform(record.path, params).numpy(), -1.0, 1.0)  # (samples,)
         windows.append(Window(clip, loudest_start(clip, length, hop), length))
     label_index = np.array([labels.index(URBANSOUND8K_LABELS[r.label]) for r in chosen], dtype=np.int64)
-    return HeldOut(source, windows, label_index, [r.path.name for r in chosen])
+    return HeldOut(source, windows, label_index, [r.path.name for r in chosen], [r.group for r in chosen])
 
 
 def load_noise_bank(esc10_root: str | Path, params: FrontendParams, seed: int = 0) -> list[np.ndarray]:

@@ -111,6 +111,17 @@ def _plot_spectrograms(m: Measurement, params: FrontendParams, labels: tuple[str
     plt.close(fig)
 
 
+def _interval_line(interval: dict) -> str:
+    """How far the clean figure can be trusted: its spread over the recordings held out."""
+    line = (
+        f"- clean accuracy, {interval['level']:.0%} interval resampling the {interval['recordings']} "
+        f"recordings: {interval['low']:.3f}-{interval['high']:.3f}"
+    )
+    if interval["bound_inside"]:
+        line += " (the policy's bound lies inside it: on other recordings the verdict could differ)"
+    return line
+
+
 def _markdown(report: dict) -> str:
     lines = [
         f"# Robustness gate: {'PASSED' if report['passed'] else 'FAILED'}",
@@ -120,6 +131,7 @@ def _markdown(report: dict) -> str:
         f"- policy: `{report['policy']['path']}` (sha256 `{report['policy']['sha256'][:16]}...`)",
         f"- held out: {report['held_out']}, {report['clips']} clips (loudest 1-s window each); "
         f"corruptions judged on the {report['corruptions_judged_by']} model",
+        _interval_line(report["clean_accuracy_interval"]),
         "",
         "| figure | value | bound | status |",
         "|---|---|---|---|",

@@ -14,6 +14,7 @@ from deploy.gate.clips import HeldOut, held_out_records, load_held_out, load_noi
 from deploy.gate.corruptions import corruption_suite
 from deploy.gate.policy import AttackConfig
 from deploy.gate.target import Target
+from training.metrics import recording_bootstrap_interval
 
 logger = logging.getLogger(__name__)
 
@@ -45,6 +46,9 @@ class Measurement:
     judged_by: str  # which model the corruption figures come from: "ONNX" or "PyTorch"
     example: dict = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    # 95% interval of clean accuracy when whole recordings are resampled, and how many recordings
+    recordings: int = 0
+    clean_interval: tuple[float, float] = (0.0, 0.0)
 
 
 def accuracy(logits: np.ndarray, labels: np.ndarray) -> float:
@@ -118,6 +122,7 @@ def measure(target: Target, config: GateConfig) -> Measurement:
     figures["int8_clean_accuracy"] = accuracy(int8_model(clean), held.labels) if int8_model else None
     figures["int8_drop"] = figures["clean_accuracy"] - figures["int8_clean_accuracy"] if int8_model else None
     correct = np.argmax(clean_logits, axis=1) == held.labels
+    interval = recording_bootstrap_interval(correct, held.recordings, seed=config.seed)
     figures["attacked_clips"] = float(correct.sum())
     result = attack_all(checkpoint, clean[correct], held.labels[correct], config.attack)
     figures.update(_adversarial_figures(result, held.labels[correct], torch_model, int8_model))
@@ -137,6 +142,8 @@ def measure(target: Target, config: GateConfig) -> Measurement:
         "ONNX" if target.onnx else "PyTorch",
         _example(result, clean[correct], held.labels[correct], torch_model),
         _notes(target, fold, attacked=bool(correct.any())),
+        len(set(held.recordings)),
+        interval,
     )
 
 
