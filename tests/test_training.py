@@ -24,6 +24,7 @@ from training.data import (
     window_starts,
 )
 from training.frontend import TorchLogMel
+from training.metrics import classification_metrics
 from training.models import architecture
 from training.report import goal_checks
 from training.run import load_corpus
@@ -280,8 +281,9 @@ def test_weight_average_follows_each_step_parameters_and_batchnorm_statistics() 
 def test_balanced_selection_gives_every_label_the_same_weight() -> None:
     labels = np.array([0] * 8 + [1, 2])
     says_zero = np.zeros(10, dtype=int)  # right on the big label only
-    assert validation_score(says_zero, labels, 3, "accuracy") == pytest.approx(0.8)
-    assert validation_score(says_zero, labels, 3, "balanced") == pytest.approx(1 / 3)
+    metrics = classification_metrics(labels, says_zero, 3)
+    assert validation_score(metrics, "accuracy") == pytest.approx(0.8)
+    assert validation_score(metrics, "balanced") == pytest.approx(1 / 3)
 
 
 def test_training_with_a_weight_average_is_deterministic_and_learns(dataset_dirs: tuple[Path, Path]) -> None:

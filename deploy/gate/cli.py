@@ -13,7 +13,7 @@ import torch
 
 from deploy.gate.policy import Policy, load_policy
 from deploy.gate.report import checks_to_json, write_gate_record, write_report
-from deploy.gate.run import GateConfig, Measurement, measure
+from deploy.gate.run import CLEAN_INTERVAL_LEVEL, GateConfig, Measurement, measure
 from deploy.gate.target import Target, resolve_target
 from export.card import created_at
 
@@ -66,7 +66,7 @@ def clean_interval(m: Measurement, checks: list) -> dict:
     return {
         "low": low,
         "high": high,
-        "level": 0.95,
+        "level": CLEAN_INTERVAL_LEVEL,
         "recordings": m.recordings,
         "method": "bootstrap over recordings",
         "bound_inside": bound is not None and low <= bound <= high,

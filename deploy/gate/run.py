@@ -18,6 +18,8 @@ from training.metrics import recording_bootstrap_interval
 
 logger = logging.getLogger(__name__)
 
+CLEAN_INTERVAL_LEVEL = 0.95  # of the clean-accuracy interval over recordings
+
 Classifier = Callable[[np.ndarray], np.ndarray]  # (n, samples) -> (n, classes) logits
 
 
@@ -46,7 +48,7 @@ class Measurement:
     judged_by: str  # which model the corruption figures come from: "ONNX" or "PyTorch"
     example: dict = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
-    # 95% interval of clean accuracy when whole recordings are resampled, and how many recordings
+    # CLEAN_INTERVAL_LEVEL interval of clean accuracy when whole recordings are resampled, and how many
     recordings: int = 0
     clean_interval: tuple[float, float] = (0.0, 0.0)
 
@@ -122,7 +124,9 @@ def measure(target: Target, config: GateConfig) -> Measurement:
     figures["int8_clean_accuracy"] = accuracy(int8_model(clean), held.labels) if int8_model else None
     figures["int8_drop"] = figures["clean_accuracy"] - figures["int8_clean_accuracy"] if int8_model else None
     correct = np.argmax(clean_logits, axis=1) == held.labels
-    interval = recording_bootstrap_interval(correct, held.recordings, seed=config.seed)
+    interval = recording_bootstrap_interval(
+        correct, held.recordings, level=CLEAN_INTERVAL_LEVEL, seed=config.seed
+    )
     figures["attacked_clips"] = float(correct.sum())
     result = attack_all(checkpoint, clean[correct], held.labels[correct], config.attack)
     figures.update(_adversarial_figures(result, held.labels[correct], torch_model, int8_model))
