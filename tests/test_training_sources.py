@@ -134,6 +134,13 @@ def test_cross_validation_tests_only_on_urbansound8k_folds(data_root: Path, tmp_
     assert code == 0
     report = json.loads((out / "cnn" / "report.json").read_text())
     assert list(report["folds"]) == ["2"] and len(report["mean_per_class_recall"]) == 11
+    # Adversarial fine-tuning of this fold model keeps every source it trained on and is judged on fold 2.
+    split = split_records(data_root, load_checkpoint(out / "cnn" / "cnn-fold2.pt"))
+    assert split.heldout_name == "fold 2" and split.heldout
+    assert all(r.fold == 2 and not r.group.startswith("street-extra:") for r in split.heldout)
+    assert not [r for r in split.train if r.fold == 2]
+    street = [r for r in split.train if r.group.startswith("street-extra:")]
+    assert street and OPEN_SET_LABELS.index(OTHER) in {r.label for r in street}
 
 
 def test_single_urbansound8k_form_is_unchanged(data_root: Path, tmp_path: Path) -> None:
