@@ -42,7 +42,7 @@ def test_default_model_passes_the_shipped_policy(shared_data, tmp_path):
     # Gate a copy: CI must not rewrite the committed card.
     for path in (model, card_path(model)):
         (tmp_path / path.name).write_bytes(path.read_bytes())
-    # A model trained on every fold is judged on its validation split (recordings it never trained on).
+    # Judged on its held-out fold, or for a model trained on every fold on its validation split.
     code = main(
         [
             str(tmp_path / model.name),
