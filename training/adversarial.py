@@ -157,8 +157,15 @@ def split_records(data_root: Path, checkpoint: Checkpoint) -> RecordSplit:
     """A fold model: every training clip but its UrbanSound8K fold / that fold. An all-folds model: every
     clip of its sources outside / inside the validation recordings it names. ``data_root`` holds every
     source for a model trained with ``--sources``, and is the UrbanSound8K dir for one trained on it alone."""
+    sources = tuple(s["source"] for s in checkpoint.sources) or (URBANSOUND8K,)
     if checkpoint.fold is not None:
-        records = _fold_model_records(data_root, checkpoint)
+        # Every source it trained on: reading only UrbanSound8K for a model trained with --sources would
+        # fine-tune it without its `other` clips. The other sources' clips are all in TRAIN_ONLY_FOLD, never
+        # a test fold. A model trained on UrbanSound8K alone names its dir as data_root.
+        if sources == (URBANSOUND8K,):
+            records = read_urbansound8k(data_root)
+        else:
+            records = source_records(data_root, sources, checkpoint.labels)
         if checkpoint.fold not in folds_present(records):
             raise ValueError(f"the checkpoint holds out fold {checkpoint.fold}, which is not in {data_root}")
         return RecordSplit(
@@ -168,23 +175,12 @@ def split_records(data_root: Path, checkpoint: Checkpoint) -> RecordSplit:
         )
     if not checkpoint.validation_groups:
         raise ValueError("the checkpoint was trained on every fold and names no validation recordings")
-    sources = tuple(s["source"] for s in checkpoint.sources) or (URBANSOUND8K,)
     records = source_records(data_root, sources, checkpoint.labels)
     held = set(checkpoint.validation_groups)
     heldout = [r for r in records if r.group in held]
     if not heldout:
         raise ValueError(f"none of the checkpoint's validation recordings is under {data_root}")
     return RecordSplit([r for r in records if r.group not in held], heldout, "validation recordings")
-
-
-def _fold_model_records(data_root: Path, checkpoint: Checkpoint) -> list[ClipRecord]:
-    """What a fold model trained on: its sources' clips (the other sources' only in fold TRAIN_ONLY_FOLD, so
-    never in a test fold), or UrbanSound8K's alone. Reading only UrbanSound8K for a model trained with
-    ``--sources`` would fine-tune it without its ``other`` clips and unlearn them."""
-    sources = tuple(s["source"] for s in checkpoint.sources)
-    if sources in ((), (URBANSOUND8K,)):
-        return read_urbansound8k(data_root)
-    return source_records(data_root, sources, checkpoint.labels)
 
 
 def load_bank(
