@@ -134,6 +134,13 @@ def config_from_args(args: argparse.Namespace) -> ExportConfig:
     )
 
 
+def _measured_on(facts: dict | None) -> str:
+    """ " on <cpu> (INT8 dot product: ...)" for the latency line; empty for a card without it."""
+    if not facts:
+        return ""
+    return f" on {facts['cpu']} (INT8 dot product: {facts['int8_dot_product'] or 'none'})"
+
+
 def _summary(card: dict, out: Path) -> str:
     """A few lines for the terminal; the card holds everything."""
 
@@ -148,7 +155,9 @@ def _summary(card: dict, out: Path) -> str:
         f"  PyTorch vs ONNX max |logit diff|: {card['max_abs_logit_diff']:.2e}",
         f"  accuracy FP32 {pct(card['fp32_accuracy'])}, INT8 {pct(card['int8_accuracy'])}, "
         f"agreement {pct(card['int8_agreement'])}",
-        "  latency per window (1 thread): " + ", ".join(f"{k} {v:.3f} ms" for k, v in latency.items()),
+        "  latency per window (1 thread): "
+        + ", ".join(f"{k} {v:.3f} ms" for k, v in latency.items())
+        + _measured_on(card.get("latency_measured_on")),
         f"  shipped {card['precision']}: {card['precision_reason']}",
     ]
     for name, checked in (card.get("source_checks") or {}).items():

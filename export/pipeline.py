@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from edge_agent.cpu_info import cpu_facts
 from edge_agent.frontend import LogMel
 from edge_agent.model_card import file_sha256
 from edge_agent.model_metadata import ModelMetadata
@@ -184,6 +185,7 @@ def _measure(config: ExportConfig, checkpoint: Checkpoint, windows: Windows, pat
         }
     latency = latency_ms(paths, windows.parity)
     figures["latency_ms_per_window"] = {name: round(value, 4) for name, value in latency.items()}
+    figures["latency_measured_on"] = cpu_facts()  # INT8's lead depends on the CPU's dot-product instructions
     if "int8" in latency:
         figures["int8_vs_fp32_speedup"] = round(latency["fp32"] / latency["int8"], 3)
     return figures

@@ -23,6 +23,7 @@ from edge_agent.agent_cli import DEFAULT_MODEL  # first: it pins BLAS to one thr
 # isort: split
 import numpy as np
 
+from edge_agent.cpu_info import cpu_facts
 from edge_agent.windowing import DEFAULT_HOP_SECONDS
 
 TARGET_RTF = 0.003
@@ -461,7 +462,7 @@ def summarise(runs: list[dict], compare: list[dict], naive: dict | None) -> dict
     # Wall-clock RTF on a shared machine includes time other processes held the pinned core; the load
     # average says how much to trust it, and cpu_rtf is the process's own share.
     out["machine"] = {
-        "cpu": _cpu_name(),
+        **cpu_facts(),
         "python": platform.python_version(),
         "load_average_1m": os.getloadavg()[0],
         "cores_online": os.cpu_count(),
@@ -491,17 +492,6 @@ def _targets(out: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _cpu_name() -> str:
-    """The CPU model, for reading numbers later."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def table(result: dict[str, Any]) -> str:
     """A readable report."""
     lat, model, r = result["latency_ms"], result["model"], result
@@ -519,9 +509,11 @@ def table(result: dict[str, Any]) -> str:
     ]
     lines += [f"threads {n:<4} RTF {rtf:.5f}" for n, rtf in result["per_thread_rtf"].items()]
     if "int8_vs_fp32_speedup" in result:
+        machine = result["machine"]
         lines.append(
             f"compare      model {result['compare']['model_ms']:.3f} ms/window: "
-            f"speedup x{result['int8_vs_fp32_speedup']:.2f} (target >= {TARGET_INT8_SPEEDUP:.0f})"
+            f"speedup x{result['int8_vs_fp32_speedup']:.2f} (target >= {TARGET_INT8_SPEEDUP:.0f}; "
+            f"{machine['cpu']}, INT8 dot product: {machine['int8_dot_product'] or 'none'})"
         )
     if "naive_ratio" in result:
         lines.append(
