@@ -12,7 +12,10 @@ from edge_agent.frontend import FrontendParams
 
 METADATA_SCHEMA = "earshot-model/1"
 INPUT_NAME = "logmel"  # (batch, 1, n_mels, frames) float32 log-mel
-OUTPUT_NAME = "logits"  # (batch, n_classes) float32, before softmax
+OUTPUT_NAME = "logits"  # (batch, n_classes) float32, before the scoring activation
+# How logits become label scores: one softmax over the labels, or an independent sigmoid per label.
+# A model written before this key existed has no ``earshot.scoring``: it is softmax.
+SCORINGS = ("softmax", "sigmoid")
 
 
 @dataclass(frozen=True)
@@ -25,6 +28,11 @@ class ModelMetadata:
     frontend: FrontendParams
     thresholds: dict[str, float] = field(default_factory=dict)
     metrics: dict = field(default_factory=dict)
+    scoring: str = "softmax"
+
+    def __post_init__(self) -> None:
+        if self.scoring not in SCORINGS:
+            raise ValueError(f"earshot.scoring must be one of {', '.join(SCORINGS)}, got {self.scoring!r}")
 
     def to_props(self) -> dict[str, str]:
         """Flatten to ONNX ``metadata_props`` (string -> string)."""
@@ -36,6 +44,7 @@ class ModelMetadata:
             "earshot.frontend": self.frontend.to_json(),
             "earshot.thresholds": json.dumps(self.thresholds, sort_keys=True),
             "earshot.metrics": json.dumps(self.metrics, sort_keys=True),
+            "earshot.scoring": self.scoring,
         }
 
     @classmethod
@@ -54,6 +63,7 @@ class ModelMetadata:
                 frontend=FrontendParams.from_json(props["earshot.frontend"]),
                 thresholds=json.loads(props.get("earshot.thresholds", "{}")),
                 metrics=json.loads(props.get("earshot.metrics", "{}")),
+                scoring=props.get("earshot.scoring", "softmax"),
             )
         except (KeyError, ValueError, TypeError) as error:
             raise ValueError(f"model metadata is incomplete or malformed: {error}") from error

@@ -32,6 +32,16 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     return (exp / exp.sum(axis=-1, keepdims=True)).astype(np.float32)
 
 
+def sigmoid(logits: np.ndarray) -> np.ndarray:
+    """Element-wise logistic, float32, without overflow for large negative logits."""
+    return (0.5 * (1.0 + np.tanh(0.5 * logits))).astype(np.float32)
+
+
+def label_scores(logits: np.ndarray, scoring: str) -> np.ndarray:
+    """(batch, n_classes) logits -> scores in [0, 1], by the model's ``earshot.scoring``."""
+    return sigmoid(logits) if scoring == "sigmoid" else softmax(logits)
+
+
 def open_session(
     model: bytes | str | Path, threads: int = 1, name: str | None = None
 ) -> ort.InferenceSession:
@@ -150,5 +160,6 @@ class OnnxModel:
         return self.session.run([OUTPUT_NAME], {INPUT_NAME: features})[0]
 
     def scores(self, features: np.ndarray) -> np.ndarray:
-        """(batch, 1, n_mels, frames) -> (batch, n_classes) softmax probabilities."""
-        return softmax(self.logits(features))
+        """(batch, 1, n_mels, frames) -> (batch, n_classes) label scores: softmax probabilities, or one
+        sigmoid per label for a model whose metadata says ``scoring = sigmoid``."""
+        return label_scores(self.logits(features), self.metadata.scoring)

@@ -43,7 +43,7 @@ class WindowResult:
 
     window: Window
     time_s: float  # stream time at the window's end
-    scores: np.ndarray  # (n_classes,) softmax
+    scores: np.ndarray  # (n_classes,) label scores (the model's softmax or sigmoid)
     frontend_s: float
     model_s: float
     detections: tuple[Detection, ...]

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from edge_agent.onnx_model import OnnxModel, softmax
+from edge_agent.onnx_model import OnnxModel, label_scores
 from training.metrics import aggregate_windows
 
 
@@ -50,9 +50,11 @@ def torch_logits(model: nn.Module, logmel: np.ndarray, batch: int = 64) -> np.nd
     return np.concatenate(parts)  # (windows, classes)
 
 
-def clip_predictions(logits: np.ndarray, clip_index: np.ndarray, n_clips: int) -> np.ndarray:
-    """Top-1 class per clip from the mean of its windows' softmax scores (training's aggregation)."""
-    return aggregate_windows(softmax(logits), clip_index, n_clips, how="mean").argmax(axis=1)
+def clip_predictions(
+    logits: np.ndarray, clip_index: np.ndarray, n_clips: int, scoring: str = "softmax"
+) -> np.ndarray:
+    """Top-1 class per clip from the mean of its windows' scores (training's aggregation)."""
+    return aggregate_windows(label_scores(logits, scoring), clip_index, n_clips, how="mean").argmax(axis=1)
 
 
 def parity_failures(figures: dict, policy: ParityPolicy, heldout_name: str | None = None) -> list[str]:

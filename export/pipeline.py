@@ -162,6 +162,7 @@ def metadata_for(config: ExportConfig, checkpoint: Checkpoint, checkpoint_sha: s
         frontend=checkpoint.frontend,
         thresholds=thresholds,
         metrics=dict(checkpoint.metrics),
+        scoring=checkpoint.model_config.head,
     )
 
 
@@ -194,10 +195,11 @@ def _measure(config: ExportConfig, checkpoint: Checkpoint, windows: Windows, pat
 def _source_check(fp32: OnnxModel, int8: OnnxModel | None, held: WindowSet) -> dict:
     """One source's clip accuracy per precision and their agreement."""
     n_clips = len(held.labels)
-    fp32_pred = clip_predictions(onnx_logits(fp32, held.logmel), held.clip_index, n_clips)
+    scoring = fp32.metadata.scoring  # the file says how its logits become scores
+    fp32_pred = clip_predictions(onnx_logits(fp32, held.logmel), held.clip_index, n_clips, scoring)
     int8_pred = None
     if int8 is not None:
-        int8_pred = clip_predictions(onnx_logits(int8, held.logmel), held.clip_index, n_clips)
+        int8_pred = clip_predictions(onnx_logits(int8, held.logmel), held.clip_index, n_clips, scoring)
     return source_figures(fp32_pred, int8_pred, held.labels)
 
 
@@ -277,6 +279,7 @@ def _card_body(
         "name": metadata.name,
         "version": metadata.version,
         "labels": list(metadata.labels),
+        "scoring": metadata.scoring,
         "frontend": dict(json.loads(params.to_json())),
         "thresholds": metadata.thresholds,
         "thresholds_source": (

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +14,7 @@ from edge_agent.frontend import FrontendParams, LogMel
 from training.checkpoint import load_checkpoint
 from training.cli import main as train_main
 from training.data import (
+    ClipFeatures,
     RandomCropDataset,
     WindowDataset,
     folds_present,
@@ -29,7 +31,7 @@ from training.models import architecture
 from training.report import goal_checks
 from training.run import load_corpus
 from training.synthetic import SYNTHETIC_CLASSES, write_esc10, write_urbansound8k
-from training.train import TrainConfig, fit, train_dataset, validation_score, weight_average
+from training.train import TrainConfig, fit, train_dataset, validation_score, weight_average, window_scores
 
 PARAMS = FrontendParams()
 TINY = architecture("cnn", conv_channels=(4, 8))
@@ -125,14 +127,22 @@ def test_augmentation_only_in_training_mode(dataset_dirs: tuple[Path, Path]) -> 
     assert torch.equal(windows[5][0], windows[5][0])  # evaluation windows are fixed, never augmented
 
 
-def test_training_is_deterministic_and_learns(dataset_dirs: tuple[Path, Path]) -> None:
-    corpus = load_corpus(dataset_dirs[0], dataset_dirs[1], PARAMS)
+def _fold3_held_out(dirs: tuple[Path, Path]) -> tuple[ClipFeatures, ClipFeatures, ClipFeatures | None]:
+    """(train, validation, noise) of the synthetic corpus: fold 3 validates."""
+    corpus = load_corpus(dirs[0], dirs[1], PARAMS)
     records = corpus.clips.records
     train = corpus.clips.subset([i for i, r in enumerate(records) if r.fold != 3])
     val = corpus.clips.subset([i for i, r in enumerate(records) if r.fold == 3])
-    cfg = TrainConfig(epochs=12, batch_size=8, lr=1e-2, mixup_alpha=0.0, noise_p=0.0, crops_per_clip=1)
-    first = fit(TINY, train, val, corpus.noise, PARAMS, cfg, n_classes=10)
-    second = fit(TINY, train, val, corpus.noise, PARAMS, cfg, n_classes=10)
+    return train, val, corpus.noise
+
+
+QUICK = TrainConfig(epochs=12, batch_size=8, lr=1e-2, mixup_alpha=0.0, noise_p=0.0, crops_per_clip=1)
+
+
+def test_training_is_deterministic_and_learns(dataset_dirs: tuple[Path, Path]) -> None:
+    train, val, noise = _fold3_held_out(dataset_dirs)
+    first = fit(TINY, train, val, noise, PARAMS, QUICK, n_classes=10)
+    second = fit(TINY, train, val, noise, PARAMS, QUICK, n_classes=10)
     for key, value in first.model.state_dict().items():
         assert torch.equal(value, second.model.state_dict()[key]), key
     timeless = [
@@ -140,6 +150,15 @@ def test_training_is_deterministic_and_learns(dataset_dirs: tuple[Path, Path]) -
     ]
     assert timeless[0] == timeless[1]
     assert max(h["val_accuracy"] for h in first.history) > 0.6  # chance is 1/3
+
+
+def test_a_sigmoid_head_learns_and_scores_each_label_apart(dataset_dirs: tuple[Path, Path]) -> None:
+    train, val, noise = _fold3_held_out(dataset_dirs)
+    fitted = fit(replace(TINY, head="sigmoid"), train, val, noise, PARAMS, QUICK, n_classes=10)
+    assert max(h["val_accuracy"] for h in fitted.history) > 0.6  # chance is 1/3
+    scores, _ = window_scores(fitted.model, val, PARAMS, 16, torch.device("cpu"))  # (windows, classes)
+    assert scores.min() >= 0.0 and scores.max() <= 1.0
+    assert not np.allclose(scores.sum(axis=1), 1.0)  # independent per label, not one distribution
 
 
 def test_esc10_negatives_exclude_the_shared_class(dataset_dirs: tuple[Path, Path]) -> None:
@@ -287,21 +306,9 @@ def test_balanced_selection_gives_every_label_the_same_weight() -> None:
 
 
 def test_training_with_a_weight_average_is_deterministic_and_learns(dataset_dirs: tuple[Path, Path]) -> None:
-    corpus = load_corpus(dataset_dirs[0], dataset_dirs[1], PARAMS)
-    records = corpus.clips.records
-    train = corpus.clips.subset([i for i, r in enumerate(records) if r.fold != 3])
-    val = corpus.clips.subset([i for i, r in enumerate(records) if r.fold == 3])
-    cfg = TrainConfig(
-        epochs=12,
-        batch_size=8,
-        lr=1e-2,
-        mixup_alpha=0.0,
-        noise_p=0.0,
-        crops_per_clip=1,
-        ema_decay=0.8,
-        select_by="balanced",
-    )
-    runs = [fit(TINY, train, val, corpus.noise, PARAMS, cfg, n_classes=10) for _ in range(2)]
+    train, val, noise = _fold3_held_out(dataset_dirs)
+    cfg = replace(QUICK, ema_decay=0.8, select_by="balanced")
+    runs = [fit(TINY, train, val, noise, PARAMS, cfg, n_classes=10) for _ in range(2)]
     for key, value in runs[0].model.state_dict().items():
         assert torch.equal(value, runs[1].model.state_dict()[key]), key
     best = runs[0].history[runs[0].best_epoch - 1]

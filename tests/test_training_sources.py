@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -394,3 +395,24 @@ def test_adversarial_fine_tuning_of_an_all_folds_open_set_model(
     record = tuned.train_config["adversarial"]
     assert record["clip_p"] == 0.5 and record["anchor_weight"] == 1.0
     assert 0.0 <= tuned.metrics["accuracy"] <= 1.0
+
+
+def test_a_sigmoid_head_trains_fine_tunes_and_tells_the_agent_how_to_score(
+    data_root: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "sigmoid"
+    common = ["--data-root", str(data_root), "--sources", "us8k,street-extra,esc10", "--all-folds"]
+    assert train_main([*common, *TINY_FLAGS, "--head", "sigmoid", "--out", str(out)]) == 0
+    checkpoint = out / "default" / "cnn.pt"
+    assert load_checkpoint(checkpoint).model_config.head == "sigmoid"
+    tuned = tmp_path / "tuned.pt"
+    fine_tune = ["--adversarial", "pgd", "--init", str(checkpoint), "--data-root", str(data_root)]
+    flags = ["--epochs", "1", "--pgd-steps", "2", "--anchor-weight", "1", "--max-clips", "20"]
+    assert train_main([*fine_tune, *flags, "--out", str(tuned)]) == 0  # BCE and its anchor, not softmax's
+    model = tmp_path / "sigmoid.onnx"
+    assert export_main([str(tuned), "--out", str(model)]) == 0
+    loaded = OnnxModel.load(model, threads=1, allow_ungated=True)
+    assert loaded.metadata.scoring == "sigmoid"
+    assert json.loads(card_path(model).read_text())["scoring"] == "sigmoid"
+    window = np.random.default_rng(0).normal(size=(3, 1, PARAMS.n_mels, PARAMS.n_frames)).astype(np.float32)
+    np.testing.assert_allclose(loaded.scores(window), 1 / (1 + np.exp(-loaded.logits(window))), rtol=1e-5)

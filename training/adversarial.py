@@ -44,6 +44,7 @@ from training.data import (
     read_urbansound8k,
 )
 from training.frontend import TorchLogMel, WaveformClassifier
+from training.heads import anchor_loss, hard_label_loss
 from training.metrics import classification_metrics
 from training.sources import OTHER, source_records
 from training.train import AGENT_HOP_FRAMES, predict_clips
@@ -277,6 +278,7 @@ def fine_tune(checkpoint: Checkpoint, bank: ClipBank, cfg: AdversarialConfig) ->
     anchor = copy.deepcopy(model).requires_grad_(False)  # the initial model, frozen, in eval mode
     optimiser = torch.optim.AdamW(model.classifier.parameters(), lr=cfg.lr)
     length, history = checkpoint.frontend.window_samples, []
+    head = checkpoint.model_config.head
     backgrounds = background_pool(checkpoint, bank, cfg)
     for epoch in range(cfg.epochs):
         order = bank.epoch_order(checkpoint.frontend.sample_rate, rng, cfg.balance_power)
@@ -296,16 +298,13 @@ def fine_tune(checkpoint: Checkpoint, bank: ClipBank, cfg: AdversarialConfig) ->
                 else x
             )
             logits = model(torch.cat([x, x_adv]))  # (2 * batch, classes)
-            clean_loss = nn.functional.cross_entropy(logits[: len(x)], y)
-            adv_loss = nn.functional.cross_entropy(logits[len(x) :], y)
+            clean_loss = hard_label_loss(logits[: len(x)], y, head)
+            adv_loss = hard_label_loss(logits[len(x) :], y, head)
             loss = (1 - cfg.adv_weight) * clean_loss + cfg.adv_weight * adv_loss
             if cfg.anchor_weight > 0:
                 with torch.no_grad():
-                    initial = nn.functional.softmax(anchor(x), dim=1)  # (batch, classes)
-                drift = nn.functional.kl_div(
-                    nn.functional.log_softmax(logits[: len(x)], dim=1), initial, reduction="batchmean"
-                )
-                loss = loss + cfg.anchor_weight * drift
+                    initial = anchor(x)  # (batch, classes) logits
+                loss = loss + cfg.anchor_weight * anchor_loss(logits[: len(x)], initial, head)
             optimiser.zero_grad()
             loss.backward()
             optimiser.step()

@@ -10,7 +10,8 @@ import sys
 from pathlib import Path
 
 from edge_agent.frontend import FrontendParams
-from training.models import ARCHITECTURES, architecture
+from training.heads import HEADS
+from training.models import ARCHITECTURES, ModelConfig, architecture
 from training.report import write_comparison, write_report
 from training.run import Corpus, cross_validate, load_corpus, load_sources_corpus, train_default
 from training.sources import sources_argument
@@ -68,6 +69,13 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "(highest mean accuracy in OUT/comparison.json) with --all-folds",
     )
     parser.add_argument("--archs", nargs="+", default=list(COMPARE_ORDER), help="architectures for --compare")
+    parser.add_argument(
+        "--head",
+        choices=HEADS,
+        default="softmax",
+        help="how logits become label scores: one softmax over the labels, or an independent sigmoid "
+        "per label trained with binary cross-entropy (training/heads.py); the exported model tells the agent",
+    )
     parser.add_argument("--folds", nargs="+", type=int, help="test folds (default: every fold present)")
     parser.add_argument("--epochs", type=int, help="epochs (default 30; per-architecture with --compare)")
     parser.add_argument("--out", type=Path, default=Path("training/results"), help="output directory")
@@ -152,6 +160,11 @@ def _config(args: argparse.Namespace, arch: str) -> TrainConfig:
     )
 
 
+def _model_config(args: argparse.Namespace, arch: str) -> ModelConfig:
+    """The named preset with the head the flags ask for."""
+    return architecture(arch, head=args.head)
+
+
 def _as_field(value: object) -> object:
     """argparse gives nargs=2 flags as lists; TrainConfig holds tuples."""
     return tuple(value) if isinstance(value, list) else value
@@ -161,7 +174,9 @@ def _cross_validate(
     args: argparse.Namespace, corpus: Corpus, arch: str, params: FrontendParams, dist: Dist, command: str
 ) -> dict:
     out = args.out / arch
-    report = cross_validate(corpus, architecture(arch), _config(args, arch), params, out, args.folds, dist)
+    report = cross_validate(
+        corpus, _model_config(args, arch), _config(args, arch), params, out, args.folds, dist
+    )
     report["command"] = command
     if dist.main:
         write_report(report, out)
@@ -188,8 +203,9 @@ def run(args: argparse.Namespace, command: str) -> None:
     else:
         corpus = load_corpus(args.data_root, _noise_root(args), params)
     if args.all_folds:
+        checkpoint = args.out / "default" / f"{arch}.pt"
         report = train_default(
-            corpus, architecture(arch), _config(args, arch), params, args.out / "default" / f"{arch}.pt", dist
+            corpus, _model_config(args, arch), _config(args, arch), params, checkpoint, dist
         )
         report["command"] = command
         if dist.main:

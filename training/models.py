@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from edge_agent.strict import reject_unknown
+from training.heads import HEADS
 
 
 @dataclass(frozen=True)
@@ -32,8 +33,11 @@ class ModelConfig:
     # "flatten" keeps where in frequency the energy sits (channels x bins), which tones need.
     freq_reduce: str = "mean"
     dropout: float = 0.2
+    head: str = "softmax"  # how logits become scores: see training/heads.py
 
     def __post_init__(self) -> None:
+        if self.head not in HEADS:
+            raise ValueError(f"head must be one of {', '.join(HEADS)}, got {self.head!r}")
         if self.conv_kind not in ("standard", "separable"):
             raise ValueError(f"conv_kind must be 'standard' or 'separable', got {self.conv_kind!r}")
         if self.recurrent not in (None, "rnn", "lstm", "gru"):

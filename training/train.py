@@ -36,6 +36,7 @@ from training.augment import (
     mixup,
 )
 from training.data import ClipFeatures, RandomCropDataset, WindowDataset, check_crop_settings
+from training.heads import label_loss, label_scores
 from training.metrics import aggregate_windows, classification_metrics
 from training.models import AudioClassifier, ModelConfig, build_model
 
@@ -193,6 +194,13 @@ def train_dataset(
     return data
 
 
+def _head(model: nn.Module) -> str:
+    """The head of a model, through the wrappers training puts around it (DDP, weight averaging)."""
+    while not isinstance(model, AudioClassifier) and hasattr(model, "module"):
+        model = model.module
+    return model.config.head if isinstance(model, AudioClassifier) else "softmax"
+
+
 def window_scores(
     model: nn.Module,
     features: ClipFeatures,
@@ -201,14 +209,15 @@ def window_scores(
     device: torch.device,
     batch_size: int = 512,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Softmax of every sliding window: (windows, classes) scores and (windows,) clip indices."""
+    """Scores of every sliding window (the model head's softmax or sigmoid): (windows, classes) scores and
+    (windows,) clip indices."""
     data = ToLogMel(WindowDataset(features, params.n_frames, hop_frames), params.log_offset)
     scores, clips = [], []
     model.eval()
     with torch.no_grad():
         for logmel, clip in DataLoader(data, batch_size=batch_size):
             logits = model(logmel.to(device))  # (batch, classes)
-            scores.append(torch.softmax(logits, dim=1).cpu().numpy())
+            scores.append(label_scores(logits, _head(model)).cpu().numpy())
             clips.append(clip.numpy())
     return np.concatenate(scores), np.concatenate(clips)
 
@@ -216,7 +225,7 @@ def window_scores(
 def predict_clips(
     model: nn.Module, features: ClipFeatures, params: FrontendParams, hop_frames: int, device: torch.device
 ) -> np.ndarray:
-    """Clip scores (clips, classes): the mean of the clip's window softmaxes."""
+    """Clip scores (clips, classes): the mean of the clip's window scores."""
     scores, clips = window_scores(model, features, params, hop_frames, device)
     return aggregate_windows(scores, clips, len(features.records), "mean")
 
@@ -238,7 +247,7 @@ def _train_epoch(
     for logmel, target in tqdm(loader, desc="batch", leave=False, disable=not show, mininterval=2.0):
         inputs, soft = mixup(logmel, target, n_classes, cfg.mixup_alpha)  # (batch, 1, mels, frames)
         logits = model(inputs.to(device))  # (batch, n_classes)
-        loss = nn.functional.cross_entropy(logits, soft.to(device), label_smoothing=cfg.label_smoothing)
+        loss = label_loss(logits, soft.to(device), _head(model), cfg.label_smoothing)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

@@ -35,7 +35,7 @@ class ScoreTrack:
 
     labels: tuple[str, ...]
     times: np.ndarray  # (windows,) stream time at each window's end, seconds
-    scores: np.ndarray  # (windows, n_classes) softmax
+    scores: np.ndarray  # (windows, n_classes) label scores (the model's softmax or sigmoid)
     duration_s: float
 
 
