@@ -31,7 +31,15 @@ from training.models import architecture
 from training.report import goal_checks
 from training.run import load_corpus
 from training.synthetic import SYNTHETIC_CLASSES, write_esc10, write_urbansound8k
-from training.train import TrainConfig, fit, train_dataset, validation_score, weight_average, window_scores
+from training.train import (
+    TrainConfig,
+    fit,
+    train_dataset,
+    validation_score,
+    warmed_decay,
+    weight_average,
+    window_scores,
+)
 
 PARAMS = FrontendParams()
 TINY = architecture("cnn", conv_channels=(4, 8))
@@ -287,14 +295,20 @@ def test_weight_average_follows_each_step_parameters_and_batchnorm_statistics() 
     averaged = weight_average(model, 0.75)
     assert averaged is not None
     averaged.update_parameters(model)  # the first step copies the weights
-    start = {k: v.clone() for k, v in averaged.module.state_dict().items()}
-    with torch.no_grad():
-        model[0].weight.add_(4.0)
-        model[1].running_mean.add_(8.0)
-    averaged.update_parameters(model)
-    after = averaged.module.state_dict()
-    torch.testing.assert_close(after["0.weight"], start["0.weight"] + 0.25 * 4.0)
-    torch.testing.assert_close(after["1.running_mean"], start["1.running_mean"] + 0.25 * 8.0)
+    for step in (1, 30):  # warm-up: the second step keeps 2/11 of the average; the 31st keeps 0.75
+        keep = warmed_decay(0.75, step)
+        assert keep == pytest.approx(min(0.75, (1 + step) / (10 + step)))
+        averaged.n_averaged.fill_(step)
+        start = {k: v.clone() for k, v in averaged.module.state_dict().items()}
+        with torch.no_grad():
+            model[0].weight.add_(4.0)
+            model[1].running_mean.add_(8.0)
+        gap = model[0].weight - start["0.weight"], model[1].running_mean - start["1.running_mean"]
+        averaged.update_parameters(model)
+        after = averaged.module.state_dict()
+        torch.testing.assert_close(after["0.weight"], start["0.weight"] + (1 - keep) * gap[0])
+        torch.testing.assert_close(after["1.running_mean"], start["1.running_mean"] + (1 - keep) * gap[1])
+    assert warmed_decay(0.999, 9_000) == pytest.approx(0.999, abs=1e-6)
 
 
 def test_balanced_selection_gives_every_label_the_same_weight() -> None:

@@ -11,13 +11,14 @@ import logging
 import os
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import torch
 import torch.distributed as torch_dist
 from torch import nn
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from torch.optim.swa_utils import AveragedModel
 from torch.utils.data import DataLoader, Dataset
 from torch.utils.data.distributed import DistributedSampler
 from tqdm import tqdm
@@ -278,11 +279,38 @@ def _sync_buffers(model: nn.Module, dist: Dist) -> None:
             torch_dist.broadcast(buffer, src=0)
 
 
+def warmed_decay(decay: float, updates: int) -> float:
+    """The decay of the ``updates``-th average step: min(decay, (1 + n) / (10 + n)).
+
+    A fixed 0.999 keeps about 1/1000 of each step, so the average spends its first thousands of steps
+    (three epochs here) near the random initial weights; the warm-up lets it follow the early, fast
+    changes and reach ``decay`` after about 9,000 steps (as TensorFlow's ExponentialMovingAverage does
+    with ``num_updates``).
+    """
+    return min(decay, (1.0 + updates) / (10.0 + updates))
+
+
+def _warmed_ema(decay: float) -> Callable[[list[torch.Tensor], list[torch.Tensor], torch.Tensor], None]:
+    """AveragedModel's ``multi_avg_fn``: average += (1 - warmed decay) * (weights - average)."""
+
+    @torch.no_grad()
+    def update(averaged: list[torch.Tensor], current: list[torch.Tensor], updates: torch.Tensor) -> None:
+        keep = warmed_decay(decay, int(updates))
+        if torch.is_floating_point(averaged[0]):
+            torch._foreach_lerp_(averaged, current, 1.0 - keep)
+        else:  # integer buffers (BatchNorm's num_batches_tracked)
+            for mine, theirs in zip(averaged, current, strict=True):
+                mine.copy_(mine * keep + theirs * (1 - keep))
+
+    return update
+
+
 def weight_average(model: nn.Module, decay: float) -> AveragedModel | None:
-    """An EMA copy of ``model`` (parameters and buffers), or None when ``decay`` is 0."""
+    """An EMA copy of ``model`` (parameters and buffers) with a warm-up (``warmed_decay``), or None
+    when ``decay`` is 0."""
     if decay <= 0:
         return None
-    return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
+    return AveragedModel(model, multi_avg_fn=_warmed_ema(decay), use_buffers=True)
 
 
 def validation_score(metrics: dict, select_by: str) -> float:
