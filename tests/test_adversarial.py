@@ -237,3 +237,20 @@ def test_bad_options_are_one_line_errors(tiny, capsys, args, message):
     assert main(["--init", str(tiny["checkpoint"]), "--data-root", str(tiny["us8k"]), *args]) == 2
     err = capsys.readouterr().err.strip()
     assert message in err and "\n" not in err
+
+
+def test_the_clip_bank_is_decoded_once_and_loaded_from_the_cache_after(tiny, tmp_path, monkeypatch):
+    monkeypatch.setenv("EARSHOT_CACHE", str(tmp_path / "cache"))
+    checkpoint = load_checkpoint(tiny["checkpoint"])
+    records = split_records(tiny["us8k"], checkpoint).train
+    first = adversarial.load_bank(records, checkpoint.frontend, max_clips=6, seed=3)
+    assert len(list((tmp_path / "cache").glob("bank-*.npz"))) == 1
+    monkeypatch.setattr(adversarial, "decode_bank", lambda *args: pytest.fail("decoded again"))
+    second = adversarial.load_bank(records, checkpoint.frontend, max_clips=6, seed=3)
+    assert len(second.clips) == len(first.clips) == 6
+    assert all(
+        np.array_equal(a, b) and b.dtype == np.int16 for a, b in zip(first.clips, second.clips, strict=True)
+    )
+    assert np.array_equal(first.labels, second.labels)
+    with pytest.raises(pytest.fail.Exception, match="decoded again"):  # another seed is another bank
+        adversarial.load_bank(records, checkpoint.frontend, max_clips=6, seed=4)

@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import copy
 import logging
+import os
 import sys
 import time
 from dataclasses import asdict, dataclass, replace
@@ -38,6 +39,8 @@ from training.checkpoint import Checkpoint, load_checkpoint
 from training.data import (
     ClipFeatures,
     ClipRecord,
+    cache_dir,
+    cache_key,
     folds_present,
     load_features,
     load_waveform,
@@ -185,6 +188,26 @@ def split_records(data_root: Path, checkpoint: Checkpoint) -> RecordSplit:
 
 
 def load_bank(
+    records: list[ClipRecord], params: FrontendParams, max_clips: int | None, seed: int
+) -> ClipBank:
+    """Cached ``decode_bank``: the first run decodes (minutes for thousands of clips), later runs with the
+    same clips, front-end, ``max_clips`` and seed load the same bank in seconds."""
+    path = cache_dir() / f"bank-{cache_key(records, params)}-{max_clips}-{seed}.npz"
+    if path.is_file():
+        with np.load(path) as stored:
+            samples, offsets, labels = stored["samples"], stored["offsets"], stored["labels"]
+        logger.info("loaded cached clip bank %s", path)
+        return ClipBank(np.split(samples, offsets[1:-1]), labels)
+    bank = decode_bank(records, params, max_clips, seed)
+    offsets = np.concatenate([[0], np.cumsum([len(c) for c in bank.clips])])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_suffix(f".{os.getpid()}.partial.npz")
+    np.savez(partial, samples=np.concatenate(bank.clips), offsets=offsets, labels=bank.labels)
+    partial.replace(path)
+    return bank
+
+
+def decode_bank(
     records: list[ClipRecord], params: FrontendParams, max_clips: int | None, seed: int
 ) -> ClipBank:
     """Decode the training clips (a random BANK_SECONDS excerpt of a longer one)."""

@@ -144,7 +144,7 @@ def cache_dir() -> Path:
     return Path(os.environ.get("EARSHOT_CACHE", Path.home() / ".cache" / "earshot"))
 
 
-def _cache_key(records: list[ClipRecord], params: FrontendParams) -> str:
+def cache_key(records: list[ClipRecord], params: FrontendParams) -> str:
     digest = hashlib.sha256(f"{CACHE_VERSION}|{params.to_json()}".encode())
     for r in records:
         stat = r.path.stat()
@@ -165,7 +165,7 @@ def compute_features(records: list[ClipRecord], params: FrontendParams, desc: st
 
 def load_features(records: list[ClipRecord], params: FrontendParams, desc: str = "decode") -> ClipFeatures:
     """Cached ``compute_features``: the first run decodes, later runs load in seconds."""
-    path = cache_dir() / f"melpower-{_cache_key(records, params)}.pt"
+    path = cache_dir() / f"melpower-{cache_key(records, params)}.pt"
     if path.is_file():
         stored = torch.load(path, weights_only=True)
         logger.info("loaded cached features %s", path)
