@@ -50,10 +50,9 @@ def torch_logits(model: nn.Module, logmel: np.ndarray, batch: int = 64) -> np.nd
     return np.concatenate(parts)  # (windows, classes)
 
 
-def clip_predictions(
-    logits: np.ndarray, clip_index: np.ndarray, n_clips: int, scoring: str = "softmax"
-) -> np.ndarray:
-    """Top-1 class per clip from the mean of its windows' scores (training's aggregation)."""
+def clip_predictions(logits: np.ndarray, clip_index: np.ndarray, n_clips: int, scoring: str) -> np.ndarray:
+    """Top-1 class per clip from the mean of its windows' scores, scored as the model says (``scoring``:
+    its ``earshot.scoring``), as training aggregates them."""
     return aggregate_windows(label_scores(logits, scoring), clip_index, n_clips, how="mean").argmax(axis=1)
 
 

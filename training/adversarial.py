@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import copy
 import logging
-import os
 import sys
 import time
 from dataclasses import asdict, dataclass, replace
@@ -45,6 +44,7 @@ from training.data import (
     load_features,
     load_waveform,
     read_urbansound8k,
+    write_cache,
 )
 from training.frontend import TorchLogMel, WaveformClassifier
 from training.heads import anchor_loss, hard_label_loss
@@ -199,11 +199,12 @@ def load_bank(
         logger.info("loaded cached clip bank %s", path)
         return ClipBank(np.split(samples, offsets[1:-1]), labels)
     bank = decode_bank(records, params, max_clips, seed)
-    offsets = np.concatenate([[0], np.cumsum([len(c) for c in bank.clips])])
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_suffix(f".{os.getpid()}.partial.npz")
-    np.savez(partial, samples=np.concatenate(bank.clips), offsets=offsets, labels=bank.labels)
-    partial.replace(path)
+    arrays = {
+        "samples": np.concatenate(bank.clips),
+        "offsets": np.concatenate([[0], np.cumsum([len(c) for c in bank.clips])]),
+        "labels": bank.labels,
+    }
+    write_cache(path, lambda to: np.savez(to, **arrays))
     return bank
 
 

@@ -15,6 +15,7 @@ import csv
 import hashlib
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -152,6 +153,15 @@ def cache_key(records: list[ClipRecord], params: FrontendParams) -> str:
     return digest.hexdigest()[:20]
 
 
+def write_cache(path: Path, save: Callable[[Path], object]) -> None:
+    """``save`` into a file of this process, then rename it to ``path``: a run that dies mid-write, or
+    another process writing the same entry, never leaves a half-written cache file under ``path``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f"{path.stem}.{os.getpid()}.partial{path.suffix}")
+    save(partial)
+    partial.replace(path)
+
+
 def compute_features(records: list[ClipRecord], params: FrontendParams, desc: str = "decode") -> ClipFeatures:
     """Decode every clip and take its linear mel power (no caching)."""
     frontend = TorchLogMel(params)
@@ -171,10 +181,7 @@ def load_features(records: list[ClipRecord], params: FrontendParams, desc: str =
         logger.info("loaded cached features %s", path)
         return ClipFeatures(stored["power"], stored["offsets"], list(records))
     features = compute_features(records, params, desc)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_suffix(f".{os.getpid()}.partial")
-    torch.save({"power": features.power, "offsets": features.offsets}, partial)
-    partial.replace(path)
+    write_cache(path, lambda to: torch.save({"power": features.power, "offsets": features.offsets}, to))
     logger.info("cached features of %s clips at %s", len(records), path)
     return features
 

@@ -214,11 +214,12 @@ def window_scores(
     (windows,) clip indices."""
     data = ToLogMel(WindowDataset(features, params.n_frames, hop_frames), params.log_offset)
     scores, clips = [], []
+    head = _head(model)
     model.eval()
     with torch.no_grad():
         for logmel, clip in DataLoader(data, batch_size=batch_size):
             logits = model(logmel.to(device))  # (batch, classes)
-            scores.append(label_scores(logits, _head(model)).cpu().numpy())
+            scores.append(label_scores(logits, head).cpu().numpy())
             clips.append(clip.numpy())
     return np.concatenate(scores), np.concatenate(clips)
 
@@ -244,11 +245,11 @@ def _train_epoch(
 ) -> float:
     """One pass over the training loader; returns the mean loss. ``averaged`` follows every step."""
     model.train()
-    total, batches = 0.0, 0
+    total, batches, head = 0.0, 0, _head(model)
     for logmel, target in tqdm(loader, desc="batch", leave=False, disable=not show, mininterval=2.0):
         inputs, soft = mixup(logmel, target, n_classes, cfg.mixup_alpha)  # (batch, 1, mels, frames)
         logits = model(inputs.to(device))  # (batch, n_classes)
-        loss = label_loss(logits, soft.to(device), _head(model), cfg.label_smoothing)
+        loss = label_loss(logits, soft.to(device), head, cfg.label_smoothing)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
